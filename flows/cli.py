@@ -14,6 +14,11 @@ app = typer.Typer(
 )
 
 
+@app.callback()
+def main() -> None:
+    """Three-phase walk-forward backtests over a whole stock market, orchestrated by Prefect."""
+
+
 @app.command()
 def version() -> None:
     """Print the version of the core library."""
