@@ -1,0 +1,492 @@
+"""The three-phase walk-forward study (DESIGN.md section 2) for one chunk of symbols, and the merge of chunks.
+
+Phase 1 scores every combination of the grid on each fold's train window and keeps the top K per symbol;
+phase 2 picks, among those K, the best on the validate window; phase 3 applies it on the test window and
+stitches the test windows into one out-of-sample series per symbol. Every symbol is computed on its own bars
+only and folds are fixed by dates for the whole study, so the results are the same whatever the chunking.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from backtest.config import OBJECTIVES, ParamGrid, StudyConfig
+from backtest.errors import ConfigError, DataError
+from backtest.folds import WINDOWS, Fold, FoldLayout, check_warmup, make_folds
+from backtest.metrics import metrics_table
+from backtest.panel import PricePanel
+from backtest.simulate_nb import (
+    METRIC_NAMES,
+    grid_scores_nb,
+    oos_nb,
+    weights_scores_nb,
+)
+from backtest.strategies import Strategy, get_strategy
+
+OBJECTIVE_IDS = {name: i for i, name in enumerate(OBJECTIVES)}
+
+
+@dataclass(frozen=True, eq=False)
+class StudyPlan:
+    """A validated configuration resolved against the data's date range: strategy, combinations, folds."""
+
+    config: StudyConfig
+    strategy: Strategy
+    grid: ParamGrid
+    combos: np.ndarray
+    folds: tuple[Fold, ...]
+
+    @classmethod
+    def create(cls, config: StudyConfig, first: dt.date, last: dt.date) -> StudyPlan:
+        strategy = get_strategy(config.strategy)
+        grid, combos = strategy.combinations(config.grid)
+        start = max(first, config.start) if config.start else first
+        end = min(last, config.end) if config.end else last
+        if start >= end:
+            raise ConfigError(f"no data between {start} and {end}: check --start/--end against the store")
+        folds = tuple(make_folds(start, end, config.folds))
+        check_warmup(folds, strategy.warmup(combos), strategy.name)
+        return cls(config=config, strategy=strategy, grid=grid, combos=combos, folds=folds)
+
+    @property
+    def last_date(self) -> dt.date:
+        return self.folds[-1].test_end - dt.timedelta(days=1)
+
+    def combo_params(self, k: int) -> dict[str, float]:
+        return dict(zip(self.strategy.params, (float(v) for v in self.combos[k]), strict=True))
+
+
+def _timed(timings: dict[str, float], name: str, start: float) -> float:
+    now = time.perf_counter()
+    timings[name] = timings.get(name, 0.0) + now - start
+    return now
+
+
+@dataclass(frozen=True, eq=False)
+class ChunkResult:
+    """Everything a chunk produced; small enough to persist as one file, mergeable across chunks."""
+
+    symbols: tuple[str, ...]
+    selections: pd.DataFrame
+    oos_returns: pd.DataFrame
+    symbol_metrics: pd.DataFrame
+    portfolio_parts: pd.DataFrame
+    grid_scores: pd.DataFrame
+    timings: dict[str, float] = field(default_factory=dict)
+
+    TABLES = ("selections", "oos_returns", "symbol_metrics", "portfolio_parts", "grid_scores")
+
+
+def _grid_phase(plan: StudyPlan, panel: PricePanel, layout: FoldLayout) -> tuple[np.ndarray, np.ndarray]:
+    """Scores and trade counts of every (symbol, combination, window): phase 1 and 2's raw material."""
+    cfg = plan.config
+    next_open = cfg.execution == "next_open"
+    objective = OBJECTIVE_IDS[cfg.objective]
+    if plan.strategy.kernel is not None:
+        return grid_scores_nb(
+            plan.strategy.kernel,
+            plan.combos,
+            panel.open,
+            panel.high,
+            panel.low,
+            panel.close,
+            layout.seg_bounds,
+            layout.win_segs,
+            cfg.cost,
+            next_open,
+            objective,
+            cfg.min_bars,
+        )
+    n_win = layout.win_segs.shape[0]
+    scores = np.full((panel.n_symbols, len(plan.combos), n_win), np.nan)
+    trades = np.zeros_like(scores)
+    for k in range(len(plan.combos)):
+        w = plan.strategy.weights(panel, plan.combo_params(k))
+        scores[:, k], trades[:, k] = weights_scores_nb(
+            w,
+            panel.open,
+            panel.close,
+            layout.seg_bounds,
+            layout.win_segs,
+            cfg.cost,
+            next_open,
+            objective,
+            cfg.min_bars,
+        )
+    return scores, trades
+
+
+def _select(
+    plan: StudyPlan, scores: np.ndarray, trades: np.ndarray, fold: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Phases 1 and 2 for one fold: the chosen combination per symbol (-1: none), its rank, and the basis.
+
+    Top K by train score (ties: earlier combination first), restricted to combinations with a finite score
+    and at least ``min_trades`` trades; then the best validation score among them (ties: better train rank).
+    When none of the K has a finite validation score, the best train combination is kept (basis 1).
+    """
+    cfg = plan.config
+    n_sym = scores.shape[0]
+    train = scores[:, :, 3 * fold]
+    valid = scores[:, :, 3 * fold + 1]
+    eligible = np.isfinite(train) & (trades[:, :, 3 * fold] >= cfg.min_trades)
+    key = np.where(eligible, train, -np.inf)
+    order = np.argsort(-key, axis=1, kind="stable")[:, : cfg.top_k]
+    rows = np.arange(n_sym)[:, None]
+    top_ok = eligible[rows, order]
+    val = np.where(top_ok, valid[rows, order], np.nan)
+    val_key = np.where(np.isfinite(val) | np.isposinf(val), val, -np.inf)
+    best = np.argmax(val_key, axis=1)
+    has_val = np.isfinite(val_key[np.arange(n_sym), best]) | np.isposinf(val_key[np.arange(n_sym), best])
+    rank = np.where(has_val, best, 0)
+    chosen = order[np.arange(n_sym), rank]
+    basis = np.where(has_val, 0, 1)
+    chosen = np.where(top_ok[:, 0], chosen, -1)
+    return chosen, rank, basis
+
+
+def _python_fold_weights(plan: StudyPlan, panel: PricePanel, chosen: np.ndarray) -> np.ndarray:
+    """Full-history weights of each symbol's chosen combination per fold (folds x symbols x bars).
+
+    For strategies written in Python: each distinct chosen combination is computed once for all folds.
+    """
+    weights = np.zeros((chosen.shape[1], panel.n_symbols, panel.n_bars))
+    for k in np.unique(chosen[chosen >= 0]):
+        w = plan.strategy.weights(panel, plan.combo_params(int(k)))
+        for f in range(chosen.shape[1]):
+            rows = chosen[:, f] == k
+            weights[f, rows] = w[rows]
+    return weights
+
+
+def run_chunk(panel: PricePanel, plan: StudyPlan) -> ChunkResult:
+    """All three phases for the symbols of ``panel``: the unit of work a Prefect task wraps."""
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    cfg = plan.config
+    end = np.datetime64(plan.last_date, "D")
+    if panel.n_bars and panel.dates[-1] > end:
+        panel = _cut(panel, end)
+    layout = FoldLayout.build(plan.folds, panel.dates)
+    n_sym = panel.n_symbols
+    cost = cfg.cost
+    next_open = cfg.execution == "next_open"
+
+    scores, trades = _grid_phase(plan, panel, layout)
+    t = _timed(timings, "optimise", t)
+
+    n_folds = len(plan.folds)
+    chosen = np.full((n_sym, n_folds), -1, dtype=np.int64)
+    rank = np.zeros((n_sym, n_folds), dtype=np.int64)
+    basis = np.zeros((n_sym, n_folds), dtype=np.int64)
+    for fold in plan.folds:
+        chosen[:, fold.index], rank[:, fold.index], basis[:, fold.index] = _select(
+            plan, scores, trades, fold.index
+        )
+    t = _timed(timings, "select", t)
+
+    test_bounds = np.ascontiguousarray(layout.win_bounds[2::3])
+    if plan.strategy.kernel is not None:
+        kind, weights = plan.strategy.kernel, np.zeros((1, 1, 1))
+    else:
+        kind, weights = -1, _python_fold_weights(plan, panel, chosen)
+    oos_ret, oos_traded, oos_held, bench, oos_fold = oos_nb(
+        kind,
+        plan.combos,
+        weights,
+        chosen,
+        test_bounds,
+        panel.open,
+        panel.high,
+        panel.low,
+        panel.close,
+        cost,
+        next_open,
+    )
+    t = _timed(timings, "test", t)
+
+    obj_col = METRIC_NAMES.index(cfg.objective)
+    sel_frames: list[pd.DataFrame] = []
+    for fold in plan.folds:
+        k = fold.index
+        lo, hi = layout.window_bars(k, "test")
+        test_metrics = metrics_table(oos_ret, oos_traded, oos_held, lo, hi)
+        in_test = ~np.isnan(panel.close[:, lo:hi]).all(axis=1)
+        sel_frames.append(
+            _selection_frame(
+                plan,
+                fold,
+                panel,
+                scores,
+                chosen[:, k],
+                rank[:, k],
+                basis[:, k],
+                test_metrics[:, obj_col],
+                test_metrics,
+                (chosen[:, k] >= 0) | in_test,
+            )
+        )
+    t = _timed(timings, "select", t)
+
+    mask = oos_fold >= 0
+    sym_idx, day_idx = np.nonzero(mask)
+    oos_returns = pd.DataFrame(
+        {
+            "date": panel.dates[day_idx],
+            "symbol": pd.Categorical.from_codes(sym_idx, categories=list(panel.symbols)),
+            "fold": oos_fold[sym_idx, day_idx].astype(np.int16),
+            "ret": oos_ret[sym_idx, day_idx],
+            "traded": oos_traded[sym_idx, day_idx],
+            "held": oos_held[sym_idx, day_idx],
+        }
+    )
+    oos_ret[~mask] = np.nan
+    metrics = metrics_table(oos_ret, oos_traded, oos_held)
+    symbol_metrics = pd.DataFrame(metrics, columns=list(METRIC_NAMES))
+    symbol_metrics.insert(0, "symbol", list(panel.symbols))
+    symbol_metrics["folds"] = [len(np.unique(oos_fold[i][oos_fold[i] >= 0])) for i in range(n_sym)]
+    symbol_metrics = symbol_metrics[symbol_metrics["days"] > 0].reset_index(drop=True)
+
+    counts = mask.sum(axis=0)
+    days = counts > 0
+    portfolio_parts = pd.DataFrame(
+        {
+            "date": panel.dates[days],
+            "ret_sum": np.nansum(oos_ret, axis=0)[days],
+            "count": counts[days].astype(np.int64),
+            "traded_sum": oos_traded.sum(axis=0, where=mask)[days],
+            "held_sum": np.abs(oos_held).sum(axis=0, where=mask)[days],
+            "bench_sum": np.nansum(bench, axis=0)[days],
+        }
+    )
+    grid_scores = _grid_score_frame(plan, scores)
+    _timed(timings, "collect", t)
+    return ChunkResult(
+        symbols=panel.symbols,
+        selections=pd.concat(sel_frames, ignore_index=True),
+        oos_returns=oos_returns,
+        symbol_metrics=symbol_metrics,
+        portfolio_parts=portfolio_parts,
+        grid_scores=grid_scores,
+        timings=timings,
+    )
+
+
+def _cut(panel: PricePanel, end: np.datetime64) -> PricePanel:
+    n = int(np.searchsorted(panel.dates, end, side="right"))
+    return PricePanel(
+        symbols=panel.symbols,
+        dates=panel.dates[:n],
+        **{
+            f: np.ascontiguousarray(getattr(panel, f)[:, :n])
+            for f in ("open", "high", "low", "close", "volume")
+        },
+    )
+
+
+def _selection_frame(
+    plan: StudyPlan,
+    fold: Fold,
+    panel: PricePanel,
+    scores: np.ndarray,
+    chosen: np.ndarray,
+    rank: np.ndarray,
+    basis: np.ndarray,
+    test_score: np.ndarray,
+    test_metrics: np.ndarray,
+    keep: np.ndarray,
+) -> pd.DataFrame:
+    k = fold.index
+    rows = np.flatnonzero(keep)
+    ch = chosen[rows]
+    ok = ch >= 0
+    safe = np.maximum(ch, 0)
+    is_score = np.where(ok, scores[rows, safe, 3 * k], np.nan)
+    val_score = np.where(ok, scores[rows, safe, 3 * k + 1], np.nan)
+    frame = pd.DataFrame(
+        {
+            "symbol": [panel.symbols[i] for i in rows],
+            "fold": np.full(len(rows), k, dtype=np.int16),
+            **{
+                f"{w}_{e}": np.full(len(rows), np.datetime64(getattr(fold, f"{w}_{e}"), "D"))
+                for w in WINDOWS
+                for e in ("start", "end")
+            },
+            "combo": ch.astype(np.int32),
+            **{
+                f"param_{p}": np.where(ok, plan.combos[safe, j], np.nan)
+                for j, p in enumerate(plan.strategy.params)
+            },
+            "is_score": is_score,
+            "val_score": val_score,
+            "test_score": np.where(ok, test_score[rows], np.nan),
+            "degradation": is_score - val_score,
+            "train_rank": np.where(ok, rank[rows], -1).astype(np.int16),
+            "basis": np.where(ok, np.where(basis[rows] == 0, "validation", "in_sample"), "skipped"),
+            "test_return": np.where(ok, test_metrics[rows, METRIC_NAMES.index("total_return")], np.nan),
+            "test_days": np.where(ok, test_metrics[rows, 0], 0).astype(np.int32),
+        }
+    )
+    return frame
+
+
+def _grid_score_frame(plan: StudyPlan, scores: np.ndarray) -> pd.DataFrame:
+    """Sum and count of finite scores per (fold, window, combination): the grid heat map, mergeable."""
+    n_folds = len(plan.folds)
+    finite = np.isfinite(scores)
+    sums = np.where(finite, scores, 0.0).sum(axis=0)  # combos x windows
+    counts = finite.sum(axis=0)
+    combo, win = np.meshgrid(np.arange(len(plan.combos)), np.arange(3 * n_folds), indexing="ij")
+    return pd.DataFrame(
+        {
+            "fold": (win // 3).ravel().astype(np.int16),
+            "window": np.array(WINDOWS)[(win % 3).ravel()],
+            "combo": combo.ravel().astype(np.int32),
+            "score_sum": sums.ravel(),
+            "score_count": counts.ravel().astype(np.int64),
+        }
+    )
+
+
+@dataclass(frozen=True, eq=False)
+class StudyResult:
+    """The merged results of a whole study."""
+
+    plan: StudyPlan
+    selections: pd.DataFrame
+    oos_returns: pd.DataFrame
+    symbol_metrics: pd.DataFrame
+    portfolio: pd.DataFrame
+    portfolio_metrics: dict[str, float]
+    benchmark_metrics: dict[str, float]
+    grid_scores: pd.DataFrame
+    timings: dict[str, float]
+
+    def save(self, out: Path) -> dict[str, Path]:
+        """Write the result tables as Parquet into ``out`` (atomically, file by file)."""
+        out.mkdir(parents=True, exist_ok=True)
+        files = {
+            "selections": self.selections,
+            "oos_returns": self.oos_returns,
+            "oos_metrics": self.symbol_metrics,
+            "portfolio": self.portfolio,
+            "grid_scores": self.grid_scores,
+        }
+        paths = {}
+        for name, frame in files.items():
+            path = out / f"{name}.parquet"
+            tmp = path.with_suffix(".parquet.tmp")
+            frame.to_parquet(tmp, index=False)
+            tmp.replace(path)
+            paths[name] = path
+        return paths
+
+
+def combine(plan: StudyPlan, results: Iterable[ChunkResult]) -> StudyResult:
+    """Merge chunk results: concatenate per-symbol tables, sum the portfolio and grid parts by key."""
+    results = list(results)
+    selections = pd.concat([r.selections for r in results], ignore_index=True)
+    selections = selections.sort_values(["symbol", "fold"], kind="stable").reset_index(drop=True)
+    oos = pd.concat(
+        [r.oos_returns.assign(symbol=r.oos_returns["symbol"].astype(str)) for r in results], ignore_index=True
+    )
+    oos = oos.sort_values(["symbol", "date"], kind="stable").reset_index(drop=True)
+    symbol_metrics = pd.concat([r.symbol_metrics for r in results], ignore_index=True)
+    symbol_metrics = symbol_metrics.sort_values("symbol", kind="stable").reset_index(drop=True)
+
+    parts = (
+        pd.concat([r.portfolio_parts for r in results], ignore_index=True).groupby("date", sort=True).sum()
+    )
+    portfolio = pd.DataFrame(
+        {
+            "date": parts.index.to_numpy(),
+            "ret": (parts["ret_sum"] / parts["count"]).to_numpy(),
+            "n_symbols": parts["count"].to_numpy(),
+            "turnover": (parts["traded_sum"] / parts["count"]).to_numpy(),
+            "gross_exposure": (parts["held_sum"] / parts["count"]).to_numpy(),
+            "benchmark_ret": (parts["bench_sum"] / parts["count"]).to_numpy(),
+        }
+    )
+    portfolio["equity"] = np.cumprod(1.0 + portfolio["ret"].to_numpy())
+    portfolio["benchmark_equity"] = np.cumprod(1.0 + portfolio["benchmark_ret"].to_numpy())
+    row = metrics_table(
+        portfolio["ret"].to_numpy(), portfolio["turnover"].to_numpy(), portfolio["gross_exposure"].to_numpy()
+    )[0]
+    bench_row = metrics_table(portfolio["benchmark_ret"].to_numpy(), held=np.ones(len(portfolio)))[0]
+
+    grid = pd.concat([r.grid_scores for r in results], ignore_index=True)
+    grid = grid.groupby(["fold", "window", "combo"], as_index=False, sort=True)[
+        ["score_sum", "score_count"]
+    ].sum()
+    grid["mean_score"] = grid["score_sum"] / grid["score_count"].where(grid["score_count"] > 0)
+    for j, p in enumerate(plan.strategy.params):
+        grid[f"param_{p}"] = plan.combos[grid["combo"].to_numpy(), j]
+
+    timings: dict[str, float] = {}
+    for r in results:
+        for key, value in r.timings.items():
+            timings[key] = timings.get(key, 0.0) + value
+    return StudyResult(
+        plan=plan,
+        selections=selections,
+        oos_returns=oos,
+        symbol_metrics=symbol_metrics,
+        portfolio=portfolio,
+        portfolio_metrics=dict(zip(METRIC_NAMES, map(float, row), strict=True)),
+        benchmark_metrics=dict(zip(METRIC_NAMES, map(float, bench_row), strict=True)),
+        grid_scores=grid,
+        timings=timings,
+    )
+
+
+def chunked(symbols: Sequence[str], size: int) -> list[tuple[str, ...]]:
+    if size < 1:
+        raise ConfigError(f"chunk size must be at least 1, got {size}")
+    return [tuple(symbols[i : i + size]) for i in range(0, len(symbols), size)]
+
+
+def date_range(panel: PricePanel) -> tuple[dt.date, dt.date]:
+    if panel.n_bars == 0:
+        raise DataError("no prices: the panel is empty")
+    return panel.dates[0].astype(dt.date), panel.dates[-1].astype(dt.date)
+
+
+def run_study(
+    config: StudyConfig,
+    symbols: Sequence[str],
+    load: Callable[[Sequence[str]], PricePanel],
+    first: dt.date,
+    last: dt.date,
+    chunk_size: int = 100,
+    workers: int = 2,
+) -> StudyResult:
+    """The whole study with the core alone: chunks of symbols on a thread pool (the kernels release the GIL).
+
+    ``load`` returns the prices of a chunk; ``first``/``last`` are the dates of the whole universe, which fix
+    the folds for every chunk.
+    """
+    plan = StudyPlan.create(config, first, last)
+
+    def one(chunk: tuple[str, ...]) -> ChunkResult:
+        t0 = time.perf_counter()
+        panel = load(chunk)
+        load_seconds = time.perf_counter() - t0
+        result = run_chunk(panel, plan)
+        result.timings["load"] = load_seconds
+        return result
+
+    chunks = chunked(list(symbols), chunk_size)
+    if workers <= 1:
+        results = [one(c) for c in chunks]
+    else:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            results = list(pool.map(one, chunks))
+    return combine(plan, results)
