@@ -32,6 +32,8 @@ from backtest.simulate_nb import (
 from backtest.strategies import Strategy, get_strategy
 
 OBJECTIVE_IDS = {name: i for i, name in enumerate(OBJECTIVES)}
+#: dates in result tables: millisecond timestamps survive a Parquet round trip unchanged
+RESULT_DATE = "datetime64[ms]"
 
 
 @dataclass(frozen=True, eq=False)
@@ -240,7 +242,7 @@ def run_chunk(panel: PricePanel, plan: StudyPlan) -> ChunkResult:
     sym_idx, day_idx = np.nonzero(mask)
     oos_returns = pd.DataFrame(
         {
-            "date": panel.dates[day_idx],
+            "date": panel.dates[day_idx].astype(RESULT_DATE),
             "symbol": pd.Categorical.from_codes(sym_idx, categories=list(panel.symbols)),
             "fold": oos_fold[sym_idx, day_idx].astype(np.int16),
             "ret": oos_ret[sym_idx, day_idx],
@@ -259,7 +261,7 @@ def run_chunk(panel: PricePanel, plan: StudyPlan) -> ChunkResult:
     days = counts > 0
     portfolio_parts = pd.DataFrame(
         {
-            "date": panel.dates[days],
+            "date": panel.dates[days].astype(RESULT_DATE),
             "ret_sum": np.nansum(oos_ret, axis=0)[days],
             "count": counts[days].astype(np.int64),
             "traded_sum": oos_traded.sum(axis=0, where=mask)[days],
@@ -316,7 +318,9 @@ def _selection_frame(
             "symbol": [panel.symbols[i] for i in rows],
             "fold": np.full(len(rows), k, dtype=np.int16),
             **{
-                f"{w}_{e}": np.full(len(rows), np.datetime64(getattr(fold, f"{w}_{e}"), "D"))
+                f"{w}_{e}": np.full(
+                    len(rows), np.datetime64(getattr(fold, f"{w}_{e}"), "D").astype(RESULT_DATE)
+                )
                 for w in WINDOWS
                 for e in ("start", "end")
             },
