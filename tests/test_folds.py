@@ -1,4 +1,5 @@
 import datetime as dt
+import itertools
 
 import numpy as np
 import pytest
@@ -30,7 +31,7 @@ def test_test_windows_tile_the_history_without_gaps_or_overlaps(
     except ConfigError:
         assert (train + validate) / 12 * 365 > (last - first).days - 40
         return
-    for a, b in zip(folds, folds[1:], strict=False):
+    for a, b in itertools.pairwise(folds):
         assert b.test_start == a.test_end  # no gap, no overlap
     for f in folds:
         assert f.train_start < f.train_end == f.validate_start < f.validate_end == f.test_start < f.test_end
@@ -52,7 +53,7 @@ def test_rolling_and_anchored_defaults_on_twenty_years():
 
 
 def test_too_short_history_says_how_to_fix_it():
-    with pytest.raises(ConfigError, match="too short for one fold.*--train-years"):
+    with pytest.raises(ConfigError, match=r"too short for one fold.*--train-years"):
         make_folds(dt.date(2013, 2, 8), dt.date(2018, 2, 7), FoldSpec())
 
 

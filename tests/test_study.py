@@ -218,6 +218,6 @@ def test_per_symbol_function_records_errors_per_symbol(tmp_path, monkeypatch):
     ok = out[out["error"].isna()]
     for row in ok.itertuples():
         assert row.mean_close == pytest.approx(np.nanmean(panel.close[panel.symbols.index(row.symbol)]))
-    with pytest.raises(ConfigError, match="package.module:function"):
+    with pytest.raises(ConfigError, match=r"package\.module:function"):
         load_function("nocolon")
     sys.modules.pop("seed_style", None)
