@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from pandas.api.types import union_categoricals
 
 from backtest.config import OBJECTIVES, ParamGrid, StudyConfig
 from backtest.errors import ConfigError, DataError
@@ -216,7 +217,7 @@ def run_chunk(panel: PricePanel, plan: StudyPlan) -> ChunkResult:
     t = _timed(timings, "test", t)
 
     obj_col = METRIC_NAMES.index(cfg.objective)
-    sel_frames: list[pd.DataFrame] = []
+    sel_frames: list[pd.DataFrame] = []  # appended fold by fold, then ordered by symbol
     for fold in plan.folds:
         k = fold.index
         lo, hi = layout.window_bars(k, "test")
@@ -273,7 +274,10 @@ def run_chunk(panel: PricePanel, plan: StudyPlan) -> ChunkResult:
     _timed(timings, "collect", t)
     return ChunkResult(
         symbols=panel.symbols,
-        selections=pd.concat(sel_frames, ignore_index=True),
+        selections=pd.concat(sel_frames, ignore_index=True)
+        .sort_values(["sym_pos", "fold"], kind="stable")
+        .drop(columns="sym_pos")
+        .reset_index(drop=True),
         oos_returns=oos_returns,
         symbol_metrics=symbol_metrics,
         portfolio_parts=portfolio_parts,
@@ -316,6 +320,7 @@ def _selection_frame(
     frame = pd.DataFrame(
         {
             "symbol": [panel.symbols[i] for i in rows],
+            "sym_pos": rows,
             "fold": np.full(len(rows), k, dtype=np.int16),
             **{
                 f"{w}_{e}": np.full(
@@ -397,14 +402,11 @@ class StudyResult:
 def combine(plan: StudyPlan, results: Iterable[ChunkResult]) -> StudyResult:
     """Merge chunk results: concatenate per-symbol tables, sum the portfolio and grid parts by key."""
     results = list(results)
+    # chunks come in universe order and each is ordered by symbol, so concatenation keeps that order
     selections = pd.concat([r.selections for r in results], ignore_index=True)
-    selections = selections.sort_values(["symbol", "fold"], kind="stable").reset_index(drop=True)
-    oos = pd.concat(
-        [r.oos_returns.assign(symbol=r.oos_returns["symbol"].astype(str)) for r in results], ignore_index=True
-    )
-    oos = oos.sort_values(["symbol", "date"], kind="stable").reset_index(drop=True)
+    oos = pd.concat([r.oos_returns.drop(columns="symbol") for r in results], ignore_index=True)
+    oos.insert(1, "symbol", union_categoricals([r.oos_returns["symbol"] for r in results]))
     symbol_metrics = pd.concat([r.symbol_metrics for r in results], ignore_index=True)
-    symbol_metrics = symbol_metrics.sort_values("symbol", kind="stable").reset_index(drop=True)
 
     parts = (
         pd.concat([r.portfolio_parts for r in results], ignore_index=True).groupby("date", sort=True).sum()
