@@ -371,7 +371,7 @@ class StudyResult:
 
     plan: StudyPlan
     selections: pd.DataFrame
-    oos_returns: pd.DataFrame
+    oos_returns: pd.DataFrame | None  # None when streamed to a file by ``combine``
     symbol_metrics: pd.DataFrame
     portfolio: pd.DataFrame
     portfolio_metrics: dict[str, float]
@@ -384,7 +384,7 @@ class StudyResult:
         out.mkdir(parents=True, exist_ok=True)
         files = {
             "selections": self.selections,
-            "oos_returns": self.oos_returns,
+            **({"oos_returns": self.oos_returns} if self.oos_returns is not None else {}),
             "oos_metrics": self.symbol_metrics,
             "portfolio": self.portfolio,
             "grid_scores": self.grid_scores,
@@ -399,17 +399,45 @@ class StudyResult:
         return paths
 
 
-def combine(plan: StudyPlan, results: Iterable[ChunkResult]) -> StudyResult:
-    """Merge chunk results: concatenate per-symbol tables, sum the portfolio and grid parts by key."""
-    results = list(results)
+def combine(
+    plan: StudyPlan,
+    results: Iterable[ChunkResult],
+    oos_sink: Callable[[pd.DataFrame], None] | None = None,
+) -> StudyResult:
+    """Merge chunk results: concatenate per-symbol tables, sum the portfolio and grid parts by key.
+
+    ``results`` is consumed once, in universe order, so it can be a generator reading chunk files one at a
+    time; with ``oos_sink`` the (large) out-of-sample returns go there chunk by chunk instead of into memory.
+    """
+    selections_parts: list[pd.DataFrame] = []
+    metric_parts: list[pd.DataFrame] = []
+    portfolio_parts: list[pd.DataFrame] = []
+    grid_parts: list[pd.DataFrame] = []
+    oos_parts: list[pd.DataFrame] = []
+    timings: dict[str, float] = {}
+    for r in results:
+        selections_parts.append(r.selections)
+        metric_parts.append(r.symbol_metrics)
+        portfolio_parts.append(r.portfolio_parts)
+        grid_parts.append(r.grid_scores)
+        if oos_sink is None:
+            oos_parts.append(r.oos_returns)
+        else:
+            oos_sink(r.oos_returns)
+        for key, value in r.timings.items():
+            timings[key] = timings.get(key, 0.0) + value
+    if not selections_parts:
+        raise DataError("no chunk results to combine")
     # chunks come in universe order and each is ordered by symbol, so concatenation keeps that order
-    selections = pd.concat([r.selections for r in results], ignore_index=True)
-    oos = pd.concat([r.oos_returns.drop(columns="symbol") for r in results], ignore_index=True)
-    oos.insert(1, "symbol", union_categoricals([r.oos_returns["symbol"] for r in results]))
-    symbol_metrics = pd.concat([r.symbol_metrics for r in results], ignore_index=True)
+    selections = pd.concat(selections_parts, ignore_index=True)
+    symbol_metrics = pd.concat(metric_parts, ignore_index=True)
+    oos = None
+    if oos_sink is None:
+        oos = pd.concat([o.drop(columns="symbol") for o in oos_parts], ignore_index=True)
+        oos.insert(1, "symbol", union_categoricals([o["symbol"] for o in oos_parts]))
 
     parts = (
-        pd.concat([r.portfolio_parts for r in results], ignore_index=True).groupby("date", sort=True).sum()
+        pd.concat(portfolio_parts, ignore_index=True).groupby("date", sort=True).sum()
     )
     portfolio = pd.DataFrame(
         {
@@ -428,7 +456,7 @@ def combine(plan: StudyPlan, results: Iterable[ChunkResult]) -> StudyResult:
     )[0]
     bench_row = metrics_table(portfolio["benchmark_ret"].to_numpy(), held=np.ones(len(portfolio)))[0]
 
-    grid = pd.concat([r.grid_scores for r in results], ignore_index=True)
+    grid = pd.concat(grid_parts, ignore_index=True)
     grid = grid.groupby(["fold", "window", "combo"], as_index=False, sort=True)[
         ["score_sum", "score_count"]
     ].sum()
@@ -436,10 +464,6 @@ def combine(plan: StudyPlan, results: Iterable[ChunkResult]) -> StudyResult:
     for j, p in enumerate(plan.strategy.params):
         grid[f"param_{p}"] = plan.combos[grid["combo"].to_numpy(), j]
 
-    timings: dict[str, float] = {}
-    for r in results:
-        for key, value in r.timings.items():
-            timings[key] = timings.get(key, 0.0) + value
     return StudyResult(
         plan=plan,
         selections=selections,

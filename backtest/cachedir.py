@@ -1,0 +1,68 @@
+"""Limits on the result cache: nothing in it grows without bound.
+
+Prefect writes a chunk's result file and, in a separate folder, its cache record (same name). Pruning removes
+the oldest pairs until the folder is under its size limit, and every pair older than the expiry; the record
+goes first, so a half-pruned pair is a cache miss, never a record pointing at a missing file.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class PruneReport:
+    kept: int
+    removed: int
+    bytes_before: int
+    bytes_after: int
+
+    def to_dict(self) -> dict[str, int]:
+        return {"kept": self.kept, "removed": self.removed, "bytes_before": self.bytes_before, "bytes_after": self.bytes_after}
+
+
+def prune(
+    results: Path,
+    records: Path,
+    max_bytes: int,
+    max_age_seconds: float,
+    keep: frozenset[str] = frozenset(),
+    extra: tuple[Path, ...] = (),
+) -> PruneReport:
+    """Remove expired entries, then the least recently used until under ``max_bytes``.
+
+    ``keep`` names entries the current run uses (never removed). ``extra`` folders hold plain cache files
+    (such as chunk price files) under the same limits.
+    """
+    now = time.time()
+    entries: list[tuple[float, int, list[Path], str]] = []
+    if results.is_dir():
+        for f in results.iterdir():
+            if f.is_file() and not f.name.startswith("."):
+                st = f.stat()
+                entries.append((max(st.st_mtime, st.st_atime), st.st_size, [records / f.name, f], f.name))
+    for folder in extra:
+        if folder.is_dir():
+            for f in folder.iterdir():
+                if f.is_file() and not f.name.startswith("."):
+                    st = f.stat()
+                    entries.append((max(st.st_mtime, st.st_atime), st.st_size, [f], f.name))
+    # records whose result file is gone are dead weight: drop them
+    if records.is_dir():
+        for r in records.iterdir():
+            if r.is_file() and not (results / r.name).exists() and r.name not in keep:
+                r.unlink(missing_ok=True)
+    total = sum(e[1] for e in entries)
+    before = total
+    removed = 0
+    for used, size, paths, name in sorted(entries):
+        if name in keep:
+            continue
+        if now - used > max_age_seconds or total > max_bytes:
+            for p in paths:
+                p.unlink(missing_ok=True)
+            total -= size
+            removed += 1
+    return PruneReport(kept=len(entries) - removed, removed=removed, bytes_before=before, bytes_after=total)

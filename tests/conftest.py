@@ -1,0 +1,41 @@
+"""Fixtures shared by the test modules: the real-data folder and a writer of small CSV files."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SP500_ENV = "BACKTEST_SP500_DIR"
+
+
+@pytest.fixture(scope="session")
+def sp500_dir() -> Path:
+    """The real S&P 500 sample (505 ``<SYMBOL>_data.csv`` files), or a skip that says how to provide it.
+
+    ``$BACKTEST_SP500_DIR`` wins; otherwise ``../shared/data/sp500_5yr`` beside the repository.
+    """
+    configured = os.environ.get(SP500_ENV)
+    folder = Path(configured) if configured else REPO_ROOT.parent / "shared" / "data" / "sp500_5yr"
+    if not folder.is_dir() or not any(folder.glob("*.csv")):
+        pytest.skip(
+            f"real S&P 500 data not found at {folder}; set {SP500_ENV} to a folder of <SYMBOL>_data.csv files"
+        )
+    return folder
+
+
+@pytest.fixture
+def write_file(tmp_path: Path) -> Callable[[str, str | bytes], Path]:
+    """Write text (UTF-8, line endings kept as given) or bytes to ``tmp_path/src/<name>``."""
+    source = tmp_path / "src"
+    source.mkdir(exist_ok=True)
+
+    def write(name: str, content: str | bytes) -> Path:
+        path = source / name
+        path.write_bytes(content.encode("utf-8") if isinstance(content, str) else content)
+        return path
+
+    return write
