@@ -1,0 +1,105 @@
+"""Running the study flow from the command line: environment, live progress, and the printed summary."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+QUIET_ENV = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DO_NOT_TRACK": "1",
+    # run logs still go to the Prefect API (and the UI); the terminal shows the progress bar instead
+    "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "WARNING",
+}
+
+
+def prepare_environment(verbose: bool = False) -> None:
+    """Settings Prefect reads at import: set before the first ``import prefect`` (users' values win)."""
+    for key, value in QUIET_ENV.items():
+        if verbose and key == "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL":
+            continue
+        os.environ.setdefault(key, value)
+
+
+def run_study_cli(params: Any, console: Console) -> int:
+    """Run the flow in this process with a progress bar; print the summary; return the exit code."""
+    from flows.progress import set_listener
+    from flows.study import three_phase_study
+
+    with Progress(
+        TextColumn("[bold]backtest[/]"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("chunks"),
+        TimeElapsedColumn(),
+        TextColumn("{task.description}"),
+        console=console,
+        transient=False,
+    ) as progress:
+        bar = progress.add_task("planning...", total=None)
+
+        def on_chunk(done: int, total: int, chunk: str, state: str) -> None:
+            progress.update(bar, completed=done, total=total, description=f"{chunk} {state.lower()}")
+
+        set_listener(on_chunk)
+        try:
+            state = three_phase_study(params, return_state=True)
+        finally:
+            set_listener(None)
+    summary_path = Path(params.out) / "summary.json"
+    summary = read_summary(summary_path.parent) if summary_path.exists() and not state.is_crashed() else None
+    if summary is None or summary.get("flow_run_id") != str(state.state_details.flow_run_id):
+        exc = state.result(raise_on_failure=False)
+        message = f"{type(exc).__name__}: {exc}" if isinstance(exc, BaseException) else state.message
+        console.print(f"[red]error:[/] {message}")
+        return 1
+    print_summary(summary, console)
+    if state.is_failed():
+        console.print(f"[red]{state.message}[/]")
+        console.print("Re-run the same command: finished chunks come from the cache, only the failed ones run.")
+        return 1
+    return 0
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:,.4f}"
+    return str(value)
+
+
+def print_summary(summary: dict[str, Any], console: Console) -> None:
+    counts, cache = summary["counts"], summary["cache"]
+    console.print(
+        f"[bold]{summary['state']}[/] in {summary['wall_seconds']:.1f} s - flow run {summary['flow_run_id']}: "
+        f"{counts['symbols']} symbols, {counts['chunks']} chunks, {counts['folds']} folds, "
+        f"{counts['combinations']} combinations; cache {cache['hits']} hits, {cache['misses']} misses"
+        + (f", {cache['failed']} failed" if cache.get("failed") else "")
+    )
+    for failed in summary.get("failed_chunks", []):
+        console.print(f"  [red]{failed['chunk']}[/]: {failed['error']}")
+    figures = summary.get("figures")
+    if figures:
+        table = Table(title=f"Out of sample {figures['oos_start']} to {figures['oos_end']}")
+        table.add_column("metric")
+        table.add_column("portfolio", justify="right")
+        table.add_column("buy and hold", justify="right")
+        for key in ("total_return", "cagr", "annual_volatility", "sharpe", "sortino", "max_drawdown", "calmar", "turnover", "exposure"):
+            table.add_row(key, _fmt(figures["portfolio"].get(key)), _fmt(figures["benchmark"].get(key)))
+        console.print(table)
+        console.print(
+            f"selected combinations: mean score in sample {_fmt(figures['mean_in_sample_score'])}, "
+            f"validation {_fmt(figures['mean_validation_score'])}, test {_fmt(figures['mean_test_score'])}"
+        )
+    console.print(f"results in {summary['out']}")
+
+
+def read_summary(out: Path) -> dict[str, Any]:
+    return json.loads((out / "summary.json").read_text())

@@ -1,0 +1,153 @@
+"""The main flow: the three-phase walk-forward study over a whole store, chunk by chunk."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.context import get_run_context
+from prefect.futures import as_completed
+from prefect.states import Completed, Failed
+from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTaskRunner
+
+from backtest.outputs import write_json
+from backtest.planning import make_plan, plan_chunks, resolve_universe
+from backtest.store import Store
+from flows.params import StudyParams
+from flows.progress import notify
+from tasks import artifacts
+from tasks.chunks import backtest_chunk, chunk_cache_policy, load_chunk
+from tasks.results import collect_results, prune_cache
+
+
+def make_task_runner(kind: str, workers: int, dask_address: str | None = None) -> TaskRunner:
+    """The runner for the chunk tasks: bounded threads (numba releases the GIL), processes, or Dask."""
+    if kind == "threads":
+        return ThreadPoolTaskRunner(max_workers=workers)
+    if kind == "processes":
+        return ProcessPoolTaskRunner(max_workers=workers)
+    if kind == "dask":
+        from prefect_dask import DaskTaskRunner
+
+        if dask_address:
+            return DaskTaskRunner(address=dask_address)
+        return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True})
+    raise ValueError(f"unknown runner {kind!r}: choose threads, processes or dask")
+
+
+def cache_dirs(store: Store) -> dict[str, Path]:
+    base = store.root / "cache"
+    return {"results": base / "results", "records": base / "records", "locks": base / "locks", "prices": base / "prices"}
+
+
+@flow(name="three-phase-study", log_prints=False, persist_result=False)
+def three_phase_study(params: StudyParams = StudyParams()) -> Any:  # noqa: B008 - pydantic default
+    """Plan the chunks, load and backtest each (cached by its inputs), collect, publish, prune."""
+    t_start = time.perf_counter()
+    logger = get_run_logger()
+    run_id = str(get_run_context().flow_run.id)
+    phases: dict[str, float] = {}
+    t = time.perf_counter()
+
+    store = Store(params.store)
+    universe = resolve_universe(store.catalog(), params.symbols)
+    plan = make_plan(params.to_config(), universe)
+    workers = params.worker_count()
+    specs = plan_chunks(plan, universe, store.data_fingerprint, params.chunk_size, workers)
+    dirs = cache_dirs(store)
+    out = Path(params.out) if params.out else store.root / "runs" / run_id
+    logger.info(
+        "%d symbols from %s to %s, %d folds x %d combinations, %d chunks on %d %s workers",
+        len(universe.symbols), universe.first, universe.last, len(plan.folds), len(plan.combos), len(specs),
+        workers, params.runner,
+    )
+    phases["plan"] = time.perf_counter() - t
+    t = time.perf_counter()
+
+    chunk_task = backtest_chunk.with_options(
+        cache_policy=chunk_cache_policy(dirs["records"], dirs["locks"]), result_storage=dirs["results"]
+    )
+    progress = artifacts.start_progress(len(specs))
+    outcomes: dict[str, dict[str, Any]] = {}
+    with make_task_runner(params.runner, workers, params.dask_address) as runner:
+        futures = []
+        for spec in specs:
+            loaded = runner.submit(
+                load_chunk,
+                {"store_root": str(store.root), "spec": spec, "last": plan.last_date, "cache_dir": str(dirs["prices"])},
+            )
+            futures.append(runner.submit(chunk_task, {"spec": spec, "prices_path": loaded, "plan": plan}))
+        by_future = dict(zip((f.task_run_id for f in futures), specs, strict=True))
+        for done, future in enumerate(as_completed(futures), start=1):
+            future.wait()
+            spec, state = by_future[future.task_run_id], future.state
+            outcome = {"chunk": spec.name, "symbols": len(spec.symbols), "state": state.name, "key": spec.key}
+            if state.is_failed():
+                outcome["error"] = _error_text(state)
+                logger.error("%s failed: %s", spec.describe(), outcome["error"])
+            else:
+                logger.info("%s: %s", spec.describe(), "cache hit" if state.name == "Cached" else "computed")
+            outcomes[spec.name] = outcome
+            artifacts.update_progress(progress, done, len(specs))
+            notify(done, len(specs), spec.name, state.name)
+        del futures, future, state
+    phases["backtest"] = time.perf_counter() - t
+    t = time.perf_counter()
+
+    failed = [o for o in outcomes.values() if "error" in o]
+    hits = sum(o["state"] == "Cached" for o in outcomes.values())
+    summary: dict[str, Any] = {
+        "flow_run_id": run_id,
+        "state": "Failed" if failed else "Completed",
+        "config": params.model_dump(mode="json"),
+        "counts": {
+            "symbols": len(universe.symbols),
+            "chunks": len(specs),
+            "folds": len(plan.folds),
+            "combinations": len(plan.combos),
+            "bars_x_combinations": None,
+        },
+        "folds": [f.to_dict() for f in plan.folds],
+        "cache": {"hits": hits, "misses": len(specs) - hits - len(failed), "failed": len(failed)},
+        "failed_chunks": [{"chunk": o["chunk"], "error": o["error"]} for o in failed],
+        "out": str(out),
+    }
+    if not failed:
+        collected = collect_results(plan, specs, str(dirs["results"]), str(out))
+        summary["figures"] = collected["figures"]
+        summary["chunk_seconds"] = collected["timings"]
+        artifacts.chunk_table(
+            [{**row, "state": outcomes[row["chunk"]]["state"]} for row in collected["chunks"]]
+        )
+    phases["collect"] = time.perf_counter() - t
+    t = time.perf_counter()
+
+    keep = [s.key for s in specs]
+    pruned = prune_cache(
+        str(dirs["results"]), str(dirs["records"]), str(dirs["prices"]),
+        int(params.cache_max_gb * 1e9), params.cache_max_age_days * 86400.0, keep,
+    )
+    summary["cache"]["pruned"] = pruned.to_dict()
+    phases["prune"] = time.perf_counter() - t
+    summary["phase_seconds"] = phases
+    summary["wall_seconds"] = time.perf_counter() - t_start
+    write_json(out / "summary.json", summary)
+    artifacts.summary_markdown(summary)
+
+    if failed:
+        names = ", ".join(o["chunk"] for o in failed)
+        return Failed(
+            message=f"{len(failed)} of {len(specs)} chunks failed ({names}); the others are persisted. "
+            "Re-run the same study (or retry this flow run) to recompute only the failed chunks.",
+            data=summary,
+        )
+    return Completed(message=f"{len(specs)} chunks ({hits} from cache)", data=summary)
+
+
+def _error_text(state: Any) -> str:
+    exc = state.result(raise_on_failure=False)
+    if isinstance(exc, BaseException):
+        return f"{type(exc).__name__}: {exc}"
+    return state.message or "failed"

@@ -1,0 +1,90 @@
+"""Tasks of the study's load/cache and backtest steps: a few lines each over the core."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from pathlib import Path
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import CachePolicy
+from prefect.locking.filesystem import FileSystemLockManager
+from prefect.tasks import exponential_backoff
+
+from backtest.panelio import read_panel, write_panel
+from backtest.planning import ChunkSpec
+from backtest.store import Store
+from backtest.study import ChunkResult, StudyPlan, run_chunk
+from tasks.serializers import ChunkResultSerializer
+
+#: errors that can pass on a second try (a busy disk, a dropped connection, a worker short of memory);
+#: anything else is a data or code error that would fail again, so it is not retried
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (OSError, TimeoutError, ConnectionError, MemoryError)
+
+
+def retry_transient(task: Any, task_run: Any, state: Any) -> bool:
+    """Prefect's ``retry_condition_fn``: retry only transient errors."""
+    exc = state.result(raise_on_failure=False)
+    return isinstance(exc, TRANSIENT_ERRORS) and not isinstance(exc, FileNotFoundError | PermissionError)
+
+
+def _chunk_key(context: Any, parameters: dict[str, Any]) -> str:
+    return parameters["spec"].key
+
+
+def chunk_cache_policy(records: Path, locks: Path) -> CachePolicy:
+    """Cache chunks by their key across runs; two runs never compute the same chunk at once."""
+    return CachePolicy.from_cache_key_fn(_chunk_key).configure(
+        key_storage=records,
+        isolation_level="SERIALIZABLE",
+        lock_manager=FileSystemLockManager(lock_files_directory=locks),
+    )
+
+
+def prices_file(cache_dir: Path, spec: ChunkSpec, last: dt.date) -> Path:
+    """Content-addressed: the same symbols' data up to the same date is the same file."""
+    return cache_dir / f"prices-{spec.data_fingerprint}-{last.isoformat()}.parquet"
+
+
+@task(
+    name="load-chunk",
+    task_run_name="load-{spec.index:04d}",
+    retries=2,
+    retry_delay_seconds=exponential_backoff(backoff_factor=1),
+    retry_condition_fn=retry_transient,
+    persist_result=False,
+)
+def load_chunk(store_root: str, spec: ChunkSpec, last: dt.date, cache_dir: str) -> str:
+    """Make the chunk's prices available as one columnar file (kept until the cache is pruned)."""
+    path = prices_file(Path(cache_dir), spec, last)
+    if not path.exists():
+        write_panel(Store(store_root).load(spec.symbols, end=last), path)
+    return str(path)
+
+
+@task(
+    name="backtest-chunk",
+    task_run_name="backtest-{spec.index:04d}",
+    retries=2,
+    retry_delay_seconds=exponential_backoff(backoff_factor=2),
+    retry_condition_fn=retry_transient,
+    persist_result=True,
+    cache_result_in_memory=False,
+    result_serializer=ChunkResultSerializer(),
+)
+def backtest_chunk(spec: ChunkSpec, prices_path: str, plan: StudyPlan) -> ChunkResult:
+    """All three phases for one chunk of symbols; the result is persisted as Parquet (the cache)."""
+    t0 = time.perf_counter()
+    panel = read_panel(Path(prices_path))
+    load_seconds = time.perf_counter() - t0
+    result = run_chunk(panel, plan)
+    result.timings["load"] = result.timings.get("load", 0.0) + load_seconds
+    get_run_logger().info(
+        "%s: %d symbols computed in %.2f s (%s)",
+        spec.name,
+        len(spec.symbols),
+        time.perf_counter() - t0,
+        ", ".join(f"{k} {v:.2f} s" for k, v in result.timings.items()),
+    )
+    return result
