@@ -20,7 +20,12 @@ class PruneReport:
     bytes_after: int
 
     def to_dict(self) -> dict[str, int]:
-        return {"kept": self.kept, "removed": self.removed, "bytes_before": self.bytes_before, "bytes_after": self.bytes_after}
+        return {
+            "kept": self.kept,
+            "removed": self.removed,
+            "bytes_before": self.bytes_before,
+            "bytes_after": self.bytes_after,
+        }
 
 
 def prune(

@@ -91,8 +91,8 @@ def study_figures(result: StudyResult) -> dict[str, Any]:
     sel = result.selections
     chosen = sel[sel["basis"] != "skipped"]
     return {
-        "symbols_with_results": int(len(result.symbol_metrics)),
-        "selections": int(len(chosen)),
+        "symbols_with_results": len(result.symbol_metrics),
+        "selections": len(chosen),
         "skipped_symbol_folds": int((sel["basis"] == "skipped").sum()),
         "in_sample_fallbacks": int((sel["basis"] == "in_sample").sum()),
         "mean_in_sample_score": float(chosen["is_score"].mean()) if len(chosen) else None,
@@ -112,8 +112,8 @@ def chunk_row(name: str, r: ChunkResult) -> dict[str, Any]:
     return {
         "chunk": name,
         "symbols": len(r.symbols),
-        "with_results": int(len(m)),
-        "oos_rows": int(len(r.oos_returns)),
+        "with_results": len(m),
+        "oos_rows": len(r.oos_returns),
         "mean_sharpe": round(float(m["sharpe"].mean()), 4) if len(m) else None,
         "mean_total_return": round(float(m["total_return"].mean()), 4) if len(m) else None,
         "compute_seconds": round(sum(r.timings.values()), 3),

@@ -142,7 +142,9 @@ def plan_chunks(
     specs = []
     for i, symbols in enumerate(chunked(list(universe.symbols), size)):
         fp = fingerprint(symbols)
-        specs.append(ChunkSpec(index=i, symbols=symbols, data_fingerprint=fp, key=chunk_key(plan, symbols, fp, code)))
+        specs.append(
+            ChunkSpec(index=i, symbols=symbols, data_fingerprint=fp, key=chunk_key(plan, symbols, fp, code))
+        )
     return specs
 
 

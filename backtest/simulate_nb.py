@@ -34,8 +34,8 @@ OBJ_TOTAL_RETURN = 2
 OBJ_CALMAR = 3
 
 # per-segment statistics
-_N, _S1, _S2, _D2, _LOGG, _TRADES, _CORR, _G, _MX, _MN, _DD = range(11)
-N_SEG_STATS = 11
+_N, _S1, _S2, _D2, _TRADES, _CORR, _G, _MX, _MN, _DD = range(10)
+N_SEG_STATS = 10
 
 # series metrics, in this column order
 METRIC_NAMES: tuple[str, ...] = (
@@ -151,7 +151,6 @@ def segment_stats_nb(
         seg[s, _S1] = s1
         seg[s, _S2] = s2
         seg[s, _D2] = d2
-        seg[s, _LOGG] = math.log(eq) if eq > 0.0 else -np.inf
         seg[s, _TRADES] = trades
         if b > a:
             wp = w[a - 1] if a >= 1 else 0.0
@@ -166,17 +165,21 @@ def segment_stats_nb(
 
 @njit(nogil=True, cache=True)
 def score_from_sums_nb(
-    objective: int, n: float, s1: float, s2: float, d2: float, logg: float, dd: float
+    objective: int, n: float, s1: float, s2: float, d2: float, growth: float, dd: float
 ) -> float:
-    """The objective of a window from its additive statistics (empyrical's definitions, 252 periods)."""
+    """The objective of a window from its statistics (empyrical's definitions, 252 periods).
+
+    ``growth`` is the window's product of (1 + r); a zero-dispersion window has no defined Sharpe (NaN: not
+    eligible), judged relative to the size of the returns since running sums leave rounding residue.
+    """
     if objective == OBJ_TOTAL_RETURN:
-        return math.exp(logg) - 1.0
+        return growth - 1.0
     if objective == OBJ_SHARPE:
         if n < 2.0:
             return np.nan
         mean = s1 / n
         var = (s2 - s1 * mean) / (n - 1.0)
-        if var <= 0.0:
+        if var <= 1e-14 * (s2 / n):
             return np.nan
         return mean / math.sqrt(var) * math.sqrt(PERIODS)
     if objective == OBJ_SORTINO:
@@ -187,9 +190,9 @@ def score_from_sums_nb(
             return np.inf if mean > 0.0 else np.nan
         return mean * PERIODS / (math.sqrt(d2 / n) * math.sqrt(PERIODS))
     # calmar
-    if n < 1.0 or not dd > 0.0:
+    if n < 1.0 or not dd > 0.0 or growth < 0.0:
         return np.nan
-    cagr = math.exp(logg * PERIODS / n) - 1.0
+    cagr = growth ** (PERIODS / n) - 1.0
     return cagr / dd
 
 
@@ -205,15 +208,14 @@ def window_scores_nb(
 ) -> None:
     """Scores and trade counts of every window (a range of segments) from the per-segment statistics."""
     n_seg = seg.shape[0]
-    for k in range(6):
+    for k in range(5):
         cum[0, k] = 0.0
     for s in range(n_seg):
         cum[s + 1, 0] = cum[s, 0] + seg[s, _N]
         cum[s + 1, 1] = cum[s, 1] + seg[s, _S1]
         cum[s + 1, 2] = cum[s, 2] + seg[s, _S2]
         cum[s + 1, 3] = cum[s, 3] + seg[s, _D2]
-        cum[s + 1, 4] = cum[s, 4] + seg[s, _LOGG]
-        cum[s + 1, 5] = cum[s, 5] + seg[s, _TRADES]
+        cum[s + 1, 4] = cum[s, 4] + seg[s, _TRADES]
     for wi in range(win_segs.shape[0]):
         lo = win_segs[wi, 0]
         hi = win_segs[wi, 1]
@@ -223,17 +225,17 @@ def window_scores_nb(
             if seg[s, _N] > 0.0:
                 corr = seg[s, _CORR]
                 break
-        out_trades[wi] = cum[hi, 5] - cum[lo, 5] + corr
+        out_trades[wi] = cum[hi, 4] - cum[lo, 4] + corr
         if n < min_bars:
             out_scores[wi] = np.nan
             continue
+        # growth is a product, not a sum of logs, so a wipe-out (equity <= 0) stays exact
+        g = 1.0
         dd = 0.0
         if objective == OBJ_CALMAR:
             # drawdown monoid: (growth, max, min, drawdown) of consecutive segments
-            g = 1.0
             mx = 1.0
             for s in range(lo, hi):
-                gs = seg[s, _G]
                 low_here = g * seg[s, _MN]
                 cand = 1.0 - low_here / mx
                 if seg[s, _DD] > dd:
@@ -242,14 +244,17 @@ def window_scores_nb(
                     dd = cand
                 if g * seg[s, _MX] > mx:
                     mx = g * seg[s, _MX]
-                g *= gs
+                g *= seg[s, _G]
+        elif objective == OBJ_TOTAL_RETURN:
+            for s in range(lo, hi):
+                g *= seg[s, _G]
         out_scores[wi] = score_from_sums_nb(
             objective,
             n,
             cum[hi, 1] - cum[lo, 1],
             cum[hi, 2] - cum[lo, 2],
             cum[hi, 3] - cum[lo, 3],
-            cum[hi, 4] - cum[lo, 4],
+            g,
             dd,
         )
 
@@ -304,7 +309,7 @@ def grid_scores_nb(
     scratch = np.empty(2 * n_bars, np.int64)
     cb = np.empty(n_seg + 1, np.int64)
     seg = np.empty((n_seg, N_SEG_STATS))
-    cum = np.empty((n_seg + 1, 6))
+    cum = np.empty((n_seg + 1, 5))
     need_dd = objective == OBJ_CALMAR
     for i in range(n_sym):
         m = compact_row_nb(close[i], idx)
@@ -356,7 +361,7 @@ def weights_scores_nb(
     intra = np.empty(n_bars)
     cb = np.empty(n_seg + 1, np.int64)
     seg = np.empty((n_seg, N_SEG_STATS))
-    cum = np.empty((n_seg + 1, 6))
+    cum = np.empty((n_seg + 1, 5))
     need_dd = objective == OBJ_CALMAR
     for i in range(n_sym):
         m = compact_row_nb(close[i], idx)
@@ -644,6 +649,8 @@ def series_metrics_nb(rets: np.ndarray, traded: np.ndarray, held: np.ndarray, lo
         mean = s1 / n
         ss = 0.0
         dn = 0.0
+        lowest = np.inf
+        highest = -np.inf
         for t in range(lo, hi):
             r = rets[i, t]
             if np.isnan(r):
@@ -651,6 +658,10 @@ def series_metrics_nb(rets: np.ndarray, traded: np.ndarray, held: np.ndarray, lo
             ss += (r - mean) * (r - mean)
             if r < 0.0:
                 dn += r * r
+            lowest = min(lowest, r)
+            highest = max(highest, r)
+        if lowest == highest:
+            ss = 0.0  # identical returns: no dispersion, whatever the rounding of the mean (as empyrical)
         years = n / PERIODS
         out[i, 1] = eq - 1.0
         out[i, 2] = eq ** (1.0 / years) - 1.0 if eq >= 0.0 else np.nan
@@ -666,6 +677,8 @@ def series_metrics_nb(rets: np.ndarray, traded: np.ndarray, held: np.ndarray, lo
             out[i, 3] = std * math.sqrt(PERIODS)
             if std > 0.0:
                 out[i, 4] = mean / std * math.sqrt(PERIODS)
+            elif mean != 0.0:
+                out[i, 4] = np.inf if mean > 0.0 else -np.inf
             down = math.sqrt(dn / n) * math.sqrt(PERIODS)
             if down > 0.0:
                 out[i, 5] = mean * PERIODS / down

@@ -436,9 +436,7 @@ def combine(
         oos = pd.concat([o.drop(columns="symbol") for o in oos_parts], ignore_index=True)
         oos.insert(1, "symbol", union_categoricals([o["symbol"] for o in oos_parts]))
 
-    parts = (
-        pd.concat(portfolio_parts, ignore_index=True).groupby("date", sort=True).sum()
-    )
+    parts = pd.concat(portfolio_parts, ignore_index=True).groupby("date", sort=True).sum()
     portfolio = pd.DataFrame(
         {
             "date": parts.index.to_numpy(),

@@ -214,7 +214,9 @@ def _study_params(**values: object) -> object:
 def run(
     store: Annotated[Path, typer.Option("--store", help="Price store folder (filled by `backtest ingest`).")],
     out: Annotated[Path, typer.Option("--out", help="Folder for summary.json and the result tables.")],
-    strategy: Annotated[str, typer.Option(help="Built-in strategy or package.module:function.")] = "sma_crossover",
+    strategy: Annotated[
+        str, typer.Option(help="Built-in strategy or package.module:function.")
+    ] = "sma_crossover",
     param: Annotated[
         list[str] | None, typer.Option("--param", help="Grid values: name=v1,v2,... or name=start:stop:step.")
     ] = None,
@@ -234,7 +236,9 @@ def run(
     symbols: Annotated[str | None, typer.Option(help="Comma-separated symbols (default: all).")] = None,
     start: Annotated[str | None, typer.Option(help="First date of the study, YYYY-MM-DD.")] = None,
     end: Annotated[str | None, typer.Option(help="Last date of the study, YYYY-MM-DD.")] = None,
-    verbose: Annotated[bool, typer.Option("--verbose", help="Show Prefect's run logs in the terminal.")] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", help="Show Prefect's run logs in the terminal.")
+    ] = False,
 ) -> None:
     """Run the three-phase walk-forward study as a Prefect flow and write its results to --out."""
     from flows.runs import prepare_environment
@@ -247,7 +251,10 @@ def run(
     from flows.runs import run_study_cli
 
     if not (store / "catalog.parquet").exists():
-        typer.echo(f"error: {store} is not a price store: fill it first with `backtest ingest SOURCE --store {store}`", err=True)
+        typer.echo(
+            f"error: {store} is not a price store: fill it first with `backtest ingest SOURCE --store {store}`",
+            err=True,
+        )
         raise typer.Exit(1)
     try:
         grid = parse_params(param or [])
@@ -286,7 +293,9 @@ def demo(
     years: Annotated[float, typer.Option(help="Years of daily bars.")] = 20.0,
     seed: Annotated[int, typer.Option(help="Random seed of the synthetic market.")] = 42,
     runner: Annotated[str, typer.Option(help="threads, processes or dask.")] = "threads",
-    verbose: Annotated[bool, typer.Option("--verbose", help="Show Prefect's run logs in the terminal.")] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", help="Show Prefect's run logs in the terminal.")
+    ] = False,
 ) -> None:
     """Generate a synthetic market, ingest it and run the study on it (repeated, it reuses what exists)."""
     from flows.runs import prepare_environment
@@ -306,13 +315,17 @@ def demo(
     manifest = data / "universe.json"
     wanted = {"n_symbols": symbols, "years": float(years)}
     existing = json.loads(manifest.read_text()).get("parameters", {}) if manifest.exists() else {}
-    if manifest.exists() and json.loads(manifest.read_text()).get("seed") == seed and all(
-        existing.get(k) == v for k, v in wanted.items()
+    if (
+        manifest.exists()
+        and json.loads(manifest.read_text()).get("seed") == seed
+        and all(existing.get(k) == v for k, v in wanted.items())
     ):
         console.print(f"synthetic market: reusing {data}")
     else:
         summary = generate_universe(data, symbols, years, seed)
-        console.print(f"synthetic market: {summary.symbols} symbols x {summary.bars} bars in {summary.seconds:.1f} s")
+        console.print(
+            f"synthetic market: {summary.symbols} symbols x {summary.bars} bars in {summary.seconds:.1f} s"
+        )
     report = ingest_folder(data, Store(store_dir))
     console.print(
         f"store {store_dir}: {report.count('added')} added, {report.count('replaced')} replaced, "

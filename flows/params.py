@@ -25,25 +25,40 @@ class StudyParams(BaseModel):
     out: str | None = Field(None, description="Folder for the results; default: <store>/runs/<flow run id>.")
     strategy: str = Field("sma_crossover", description="A built-in strategy or package.module:function.")
     grid: dict[str, list[float]] | None = Field(
-        None, description="Parameter values to search, e.g. {'fast': [5, 10], 'slow': [60, 120]}; default grid if empty."
+        None,
+        description="Parameter values to search, e.g. {'fast': [5, 10], 'slow': [60, 120]}; default grid if empty.",
     )
     train_years: float = Field(5.0, gt=0, description="Length of each train window (phase 1).")
     validate_years: float = Field(1.0, gt=0, description="Length of each validate window (phase 2).")
-    test_years: float = Field(1.0, gt=0, description="Length of each test window (phase 3); folds advance by it.")
-    anchored: bool = Field(False, description="Expanding train windows from the first date instead of rolling.")
+    test_years: float = Field(
+        1.0, gt=0, description="Length of each test window (phase 3); folds advance by it."
+    )
+    anchored: bool = Field(
+        False, description="Expanding train windows from the first date instead of rolling."
+    )
     top_k: int = Field(5, ge=1, description="Combinations kept per symbol after phase 1.")
     objective: Literal["sharpe", "sortino", "total_return", "calmar"] = Field("sharpe")
-    min_trades: int = Field(1, ge=0, description="Fewest trades in the train window for a combination to count.")
+    min_trades: int = Field(
+        1, ge=0, description="Fewest trades in the train window for a combination to count."
+    )
     fees_bps: float = Field(0.0, ge=0, lt=10_000, description="Fees, basis points of traded notional.")
-    slippage_bps: float = Field(0.0, ge=0, lt=10_000, description="Slippage, basis points of traded notional.")
-    execution: Literal["close", "next_open"] = Field("close", description="Fill at the signal's close or next open.")
-    start: dt.date | None = Field(None, description="First date of the study (default: first date in the store).")
+    slippage_bps: float = Field(
+        0.0, ge=0, lt=10_000, description="Slippage, basis points of traded notional."
+    )
+    execution: Literal["close", "next_open"] = Field(
+        "close", description="Fill at the signal's close or next open."
+    )
+    start: dt.date | None = Field(
+        None, description="First date of the study (default: first date in the store)."
+    )
     end: dt.date | None = Field(None, description="Last date of the study (default: last date in the store).")
     symbols: list[str] | None = Field(None, description="Symbols to study (default: all in the store).")
     runner: Runner = Field("threads", description="Task runner: threads, processes, or dask.")
     workers: int | None = Field(None, ge=1, description="Concurrent chunks (default: the number of CPUs).")
     dask_address: str | None = Field(None, description="Address of an existing Dask scheduler (runner dask).")
-    chunk_size: int | None = Field(None, ge=1, description="Symbols per chunk (default: chosen from the workload).")
+    chunk_size: int | None = Field(
+        None, ge=1, description="Symbols per chunk (default: chosen from the workload)."
+    )
     cache_max_gb: float = Field(20.0, gt=0, description="Size limit of the result cache.")
     cache_max_age_days: float = Field(30.0, gt=0, description="Cached results older than this are removed.")
 

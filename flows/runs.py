@@ -62,7 +62,9 @@ def run_study_cli(params: Any, console: Console) -> int:
     print_summary(summary, console)
     if state.is_failed():
         console.print(f"[red]{state.message}[/]")
-        console.print("Re-run the same command: finished chunks come from the cache, only the failed ones run.")
+        console.print(
+            "Re-run the same command: finished chunks come from the cache, only the failed ones run."
+        )
         return 1
     return 0
 
@@ -91,7 +93,17 @@ def print_summary(summary: dict[str, Any], console: Console) -> None:
         table.add_column("metric")
         table.add_column("portfolio", justify="right")
         table.add_column("buy and hold", justify="right")
-        for key in ("total_return", "cagr", "annual_volatility", "sharpe", "sortino", "max_drawdown", "calmar", "turnover", "exposure"):
+        for key in (
+            "total_return",
+            "cagr",
+            "annual_volatility",
+            "sharpe",
+            "sortino",
+            "max_drawdown",
+            "calmar",
+            "turnover",
+            "exposure",
+        ):
             table.add_row(key, _fmt(figures["portfolio"].get(key)), _fmt(figures["benchmark"].get(key)))
         console.print(table)
         console.print(

@@ -33,13 +33,20 @@ def make_task_runner(kind: str, workers: int, dask_address: str | None = None) -
 
         if dask_address:
             return DaskTaskRunner(address=dask_address)
-        return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True})
+        return DaskTaskRunner(
+            cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True}
+        )
     raise ValueError(f"unknown runner {kind!r}: choose threads, processes or dask")
 
 
 def cache_dirs(store: Store) -> dict[str, Path]:
     base = store.root / "cache"
-    return {"results": base / "results", "records": base / "records", "locks": base / "locks", "prices": base / "prices"}
+    return {
+        "results": base / "results",
+        "records": base / "records",
+        "locks": base / "locks",
+        "prices": base / "prices",
+    }
 
 
 @flow(name="three-phase-study", log_prints=False, persist_result=False)
@@ -60,8 +67,14 @@ def three_phase_study(params: StudyParams = StudyParams()) -> Any:  # noqa: B008
     out = Path(params.out) if params.out else store.root / "runs" / run_id
     logger.info(
         "%d symbols from %s to %s, %d folds x %d combinations, %d chunks on %d %s workers",
-        len(universe.symbols), universe.first, universe.last, len(plan.folds), len(plan.combos), len(specs),
-        workers, params.runner,
+        len(universe.symbols),
+        universe.first,
+        universe.last,
+        len(plan.folds),
+        len(plan.combos),
+        len(specs),
+        workers,
+        params.runner,
     )
     phases["plan"] = time.perf_counter() - t
     t = time.perf_counter()
@@ -76,7 +89,12 @@ def three_phase_study(params: StudyParams = StudyParams()) -> Any:  # noqa: B008
         for spec in specs:
             loaded = runner.submit(
                 load_chunk,
-                {"store_root": str(store.root), "spec": spec, "last": plan.last_date, "cache_dir": str(dirs["prices"])},
+                {
+                    "store_root": str(store.root),
+                    "spec": spec,
+                    "last": plan.last_date,
+                    "cache_dir": str(dirs["prices"]),
+                },
             )
             futures.append(runner.submit(chunk_task, {"spec": spec, "prices_path": loaded, "plan": plan}))
         by_future = dict(zip((f.task_run_id for f in futures), specs, strict=True))
@@ -126,8 +144,12 @@ def three_phase_study(params: StudyParams = StudyParams()) -> Any:  # noqa: B008
 
     keep = [s.key for s in specs]
     pruned = prune_cache(
-        str(dirs["results"]), str(dirs["records"]), str(dirs["prices"]),
-        int(params.cache_max_gb * 1e9), params.cache_max_age_days * 86400.0, keep,
+        str(dirs["results"]),
+        str(dirs["records"]),
+        str(dirs["prices"]),
+        int(params.cache_max_gb * 1e9),
+        params.cache_max_age_days * 86400.0,
+        keep,
     )
     summary["cache"]["pruned"] = pruned.to_dict()
     phases["prune"] = time.perf_counter() - t

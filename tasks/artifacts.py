@@ -47,7 +47,11 @@ def summary_markdown(summary: dict[str, Any]) -> None:
         "",
     ]
     if summary.get("failed_chunks"):
-        lines += ["## Failed chunks", ""] + [f"- `{c['chunk']}`: {c['error']}" for c in summary["failed_chunks"]] + [""]
+        lines += (
+            ["## Failed chunks", ""]
+            + [f"- `{c['chunk']}`: {c['error']}" for c in summary["failed_chunks"]]
+            + [""]
+        )
     if port:
         lines += [
             f"Out of sample from {fig.get('oos_start')} to {fig.get('oos_end')}.",
@@ -55,7 +59,16 @@ def summary_markdown(summary: dict[str, Any]) -> None:
             "| metric | portfolio | buy and hold |",
             "| --- | --- | --- |",
         ]
-        for key in ("total_return", "cagr", "annual_volatility", "sharpe", "sortino", "max_drawdown", "calmar", "turnover"):
+        for key in (
+            "total_return",
+            "cagr",
+            "annual_volatility",
+            "sharpe",
+            "sortino",
+            "max_drawdown",
+            "calmar",
+            "turnover",
+        ):
             lines.append(f"| {key} | {_fmt(port.get(key))} | {_fmt(bench.get(key))} |")
         lines += [
             "",

@@ -15,7 +15,9 @@ from backtest.study import StudyPlan
 
 
 @task(name="collect-results", persist_result=False)
-def collect_results(plan: StudyPlan, specs: Sequence[ChunkSpec], results_dir: str, out: str) -> dict[str, Any]:
+def collect_results(
+    plan: StudyPlan, specs: Sequence[ChunkSpec], results_dir: str, out: str
+) -> dict[str, Any]:
     """Read each chunk's persisted Parquet result once, in universe order, and write the merged tables."""
     rows: list[dict[str, Any]] = []
 
@@ -30,9 +32,19 @@ def collect_results(plan: StudyPlan, specs: Sequence[ChunkSpec], results_dir: st
 
 @task(name="prune-cache", persist_result=False)
 def prune_cache(
-    results_dir: str, records_dir: str, prices_dir: str, max_bytes: int, max_age_seconds: float, keep: Sequence[str]
+    results_dir: str,
+    records_dir: str,
+    prices_dir: str,
+    max_bytes: int,
+    max_age_seconds: float,
+    keep: Sequence[str],
 ) -> PruneReport:
     """Keep the cache folders under their size limit and expiry (the current run's entries are kept)."""
     return prune(
-        Path(results_dir), Path(records_dir), max_bytes, max_age_seconds, frozenset(keep), extra=(Path(prices_dir),)
+        Path(results_dir),
+        Path(records_dir),
+        max_bytes,
+        max_age_seconds,
+        frozenset(keep),
+        extra=(Path(prices_dir),),
     )

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
+# Prefect reads its settings at import: give the test run its own home (never the user's), no telemetry.
+os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="backtest-tests-prefect-")
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ["DO_NOT_TRACK"] = "1"
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SP500_ENV = "BACKTEST_SP500_DIR"
