@@ -7,6 +7,7 @@ goes first, so a half-pruned pair is a cache miss, never a record pointing at a 
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +65,8 @@ def prune(
     removed = 0
     for used, size, paths, name in sorted(entries):
         if name in keep:
+            for p in paths:
+                os.utime(p, None)  # used by the current run: most recently used from now on
             continue
         if now - used > max_age_seconds or total > max_bytes:
             for p in paths:
