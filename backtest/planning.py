@@ -79,6 +79,7 @@ class Universe:
     symbols: tuple[str, ...]
     first: dt.date
     last: dt.date
+    rows: int = 0
 
 
 def resolve_universe(catalog_frame, symbols: Sequence[str] | None = None) -> Universe:
@@ -98,6 +99,7 @@ def resolve_universe(catalog_frame, symbols: Sequence[str] | None = None) -> Uni
         symbols=tuple(sorted(frame.index)),
         first=_as_date(frame["first_date"].min()),
         last=_as_date(frame["last_date"].max()),
+        rows=int(frame["rows"].sum()),
     )
 
 

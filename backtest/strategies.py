@@ -101,10 +101,12 @@ class Strategy:
         return check_weights(self.name, w, prices, kwargs)
 
     def source_hash(self) -> str:
-        """Hash of the strategy's code: changing it changes every cache key that depends on it."""
+        """Hash of the strategy's code (its whole module): changing it changes every cache key using it."""
         h = hashlib.blake2b(digest_size=16)
+        module = inspect.getmodule(self.func)
         try:
-            h.update(inspect.getsource(self.func).encode())
+            # the whole module: a helper the function calls is as much its code as its own body
+            h.update(inspect.getsource(module if module is not None else self.func).encode())
         except (OSError, TypeError):
             h.update(repr(self.func).encode())
         for src in self._extra_sources:

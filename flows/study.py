@@ -125,7 +125,7 @@ def three_phase_study(params: StudyParams = StudyParams()) -> Any:  # noqa: B008
             "chunks": len(specs),
             "folds": len(plan.folds),
             "combinations": len(plan.combos),
-            "bars_x_combinations": None,
+            "bars_x_combinations": universe.rows * len(plan.combos),
         },
         "folds": [f.to_dict() for f in plan.folds],
         "cache": {"hits": hits, "misses": len(specs) - hits - len(failed), "failed": len(failed)},

@@ -23,10 +23,20 @@ from tasks.serializers import ChunkResultSerializer
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (OSError, TimeoutError, ConnectionError, MemoryError)
 
 
+def is_transient(exc: BaseException | None) -> bool:
+    """A transient error, raised directly or as the cause of another (a strategy's I/O failure, say)."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, TRANSIENT_ERRORS) and not isinstance(exc, FileNotFoundError | PermissionError):
+            return True
+        exc, seen = exc.__cause__, seen + 1
+    return False
+
+
 def retry_transient(task: Any, task_run: Any, state: Any) -> bool:
     """Prefect's ``retry_condition_fn``: retry only transient errors."""
     exc = state.result(raise_on_failure=False)
-    return isinstance(exc, TRANSIENT_ERRORS) and not isinstance(exc, FileNotFoundError | PermissionError)
+    return is_transient(exc if isinstance(exc, BaseException) else None)
 
 
 def _chunk_key(context: Any, parameters: dict[str, Any]) -> str:

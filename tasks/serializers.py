@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Literal
 
 from prefect.serializers import Serializer
@@ -26,13 +27,29 @@ class StoredChunk:
         return chunk_from_bytes(self.blob)
 
 
+class ChunkFailure(RuntimeError):
+    """A failed chunk's exception as read back from storage: its type and message, never executable data."""
+
+
+_ERROR_PREFIX = b"BACKTEST-ERROR\n"
+
+
 class ChunkResultSerializer(Serializer):
-    """Writes a ChunkResult as Parquet (with ``key_storage`` the result file is exactly these bytes)."""
+    """Writes a ChunkResult as Parquet (with ``key_storage`` the result file is exactly these bytes).
+
+    Prefect also persists a failed run's exception with the task's serializer: that is written as a small
+    JSON record (type and message) instead of pickle, so nothing read back from storage can run code.
+    """
 
     type: Literal["backtest-chunk-parquet"] = "backtest-chunk-parquet"
 
-    def dumps(self, obj: ChunkResult | StoredChunk) -> bytes:
+    def dumps(self, obj: ChunkResult | StoredChunk | BaseException) -> bytes:
+        if isinstance(obj, BaseException):
+            return _ERROR_PREFIX + json.dumps({"type": type(obj).__name__, "message": str(obj)}).encode()
         return obj.blob if isinstance(obj, StoredChunk) else chunk_to_bytes(obj)
 
-    def loads(self, blob: bytes) -> StoredChunk:
+    def loads(self, blob: bytes) -> StoredChunk | ChunkFailure:
+        if blob.startswith(_ERROR_PREFIX):
+            record = json.loads(blob[len(_ERROR_PREFIX) :])
+            return ChunkFailure(f"{record['type']}: {record['message']}")
         return StoredChunk(blob)

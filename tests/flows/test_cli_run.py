@@ -12,9 +12,23 @@ def test_run_on_real_data_end_to_end_then_from_cache(sp500_dir, tmp_path):
     store = tmp_path / "store"
     assert runner.invoke(app, ["ingest", str(sp500_dir), "--store", str(store)]).exit_code == 0
     args = [
-        "run", "--store", str(store), "--out", str(tmp_path / "out"),
-        "--param", "fast=5,20", "--param", "slow=50:150:50",
-        "--train-years", "2", "--validate-years", "1", "--test-years", "1", "--fees-bps", "5",
+        "run",
+        "--store",
+        str(store),
+        "--out",
+        str(tmp_path / "out"),
+        "--param",
+        "fast=5,20",
+        "--param",
+        "slow=50:150:50",
+        "--train-years",
+        "2",
+        "--validate-years",
+        "1",
+        "--test-years",
+        "1",
+        "--fees-bps",
+        "5",
     ]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
@@ -39,7 +53,9 @@ def test_run_refuses_bad_input_with_one_clear_line(tmp_path):
     assert missing.exit_code == 1 and "is not a price store" in missing.output
     (tmp_path / "s").mkdir()
     (tmp_path / "s" / "catalog.parquet").write_bytes(b"")
-    bad = runner.invoke(app, ["run", "--store", str(tmp_path / "s"), "--out", str(tmp_path / "o"), "--param", "fast=x"])
+    bad = runner.invoke(
+        app, ["run", "--store", str(tmp_path / "s"), "--out", str(tmp_path / "o"), "--param", "fast=x"]
+    )
     assert bad.exit_code == 1 and "values must be numbers" in bad.output
     bad = runner.invoke(
         app, ["run", "--store", str(tmp_path / "s"), "--out", str(tmp_path / "o"), "--strategy", "nope"]

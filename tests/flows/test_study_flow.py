@@ -138,3 +138,94 @@ def test_runners_give_identical_results(store, tmp_path, runner):
     assert state.is_completed(), state.message
     assert read_summary(tmp_path / runner)["cache"]["misses"] == 3
     assert_same_tables(tables(tmp_path / "threads"), tables(tmp_path / runner))
+
+
+COUNTING = """
+import fcntl
+import os
+from backtest.strategies import sma_crossover
+
+def counted(prices, fast=10, slow=50):
+    with open({log!r}, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        fh.write(prices.symbols[0] + "\\n")
+    first = {flaky_dir!r} and not os.path.exists(os.path.join({flaky_dir!r}, prices.symbols[0]))
+    if first:
+        open(os.path.join({flaky_dir!r}, prices.symbols[0]), "w").close()
+        raise OSError("disk busy (transient)")
+    return sma_crossover(prices, fast=fast, slow=slow)
+"""
+
+
+def _counting_strategy(tmp_path, monkeypatch, name, flaky_dir=""):
+    log = tmp_path / f"{name}.log"
+    module = tmp_path / "mods" / f"{name}.py"
+    module.parent.mkdir(exist_ok=True)
+    module.write_text(textwrap.dedent(COUNTING.format(log=str(log), flaky_dir=flaky_dir)))
+    monkeypatch.syspath_prepend(str(module.parent))
+    return log, module
+
+
+def _computed_chunks(log):
+    """First symbols of the chunks whose strategy ran (each combination call logs one line)."""
+    lines = log.read_text().split() if log.exists() else []
+    return {s: lines.count(s) for s in set(lines)}
+
+
+def test_two_concurrent_runs_never_compute_the_same_chunk_twice(store, tmp_path, monkeypatch):
+    from concurrent.futures import ThreadPoolExecutor
+
+    log, _ = _counting_strategy(tmp_path, monkeypatch, "counting_a")
+    p1 = params(store, tmp_path / "one", strategy="counting_a:counted")
+    p2 = params(store, tmp_path / "two", strategy="counting_a:counted")
+    with ThreadPoolExecutor(2) as pool:
+        states = list(pool.map(lambda p: three_phase_study(p, return_state=True), [p1, p2]))
+    assert all(s.is_completed() for s in states), [s.message for s in states]
+    counts = _computed_chunks(log)
+    assert (
+        len(counts) == 3
+    )  # three chunks, each computed by one run only: 4 combinations x (phase 1 + phase 3)
+    per_chunk = set(counts.values())
+    assert len(per_chunk) == 1
+    hits = [read_summary(tmp_path / d)["cache"]["hits"] for d in ("one", "two")]
+    assert sum(hits) == 3  # whatever one run computed, the other took from the cache
+    assert_same_tables(tables(tmp_path / "one"), tables(tmp_path / "two"))
+    sys.modules.pop("counting_a", None)
+
+
+def test_transient_errors_are_retried_and_code_changes_recompute_everything(store, tmp_path, monkeypatch):
+    flaky = tmp_path / "flaky"
+    flaky.mkdir()
+    log, module = _counting_strategy(tmp_path, monkeypatch, "counting_b", flaky_dir=str(flaky))
+    p = params(store, tmp_path / "out", strategy="counting_b:counted")
+    state = three_phase_study(p, return_state=True)
+    assert state.is_completed(), state.message  # every chunk failed once with OSError, then passed on retry
+    assert len(list(flaky.iterdir())) == 3
+    assert read_summary(tmp_path / "out")["cache"]["misses"] == 3
+    calls = _computed_chunks(log)
+    assert len(calls) == 3 and all(n > 1 for n in calls.values())  # the failed try, then the full retry
+
+    state = three_phase_study(p, return_state=True)
+    assert read_summary(tmp_path / "out")["cache"]["hits"] == 3
+    # editing the strategy's code changes every chunk's key
+    module.write_text(module.read_text() + "\n# a harmless edit\n")
+    sys.modules.pop("counting_b", None)
+    from backtest import strategies
+
+    strategies._REGISTRY.pop("counting_b:counted", None)
+    state = three_phase_study(p, return_state=True)
+    assert state.is_completed()
+    assert read_summary(tmp_path / "out")["cache"]["misses"] == 3
+    sys.modules.pop("counting_b", None)
+
+
+def test_dask_runner_on_an_existing_cluster_by_address(store, tmp_path):
+    from distributed import LocalCluster
+
+    three_phase_study(params(store, tmp_path / "threads"), return_state=True)
+    shutil.rmtree(store.root / "cache")
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        p = params(store, tmp_path / "dask", runner="dask", dask_address=cluster.scheduler_address)
+        state = three_phase_study(p, return_state=True)
+    assert state.is_completed(), state.message
+    assert_same_tables(tables(tmp_path / "threads"), tables(tmp_path / "dask"))
