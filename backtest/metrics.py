@@ -10,6 +10,19 @@ import pandas as pd
 
 from backtest.simulate_nb import METRIC_NAMES, series_metrics_nb
 
+#: the metrics shown wherever a portfolio is summarised (terminal, artifacts, reports)
+HEADLINE_METRICS: tuple[str, ...] = (
+    "total_return",
+    "cagr",
+    "annual_volatility",
+    "sharpe",
+    "sortino",
+    "max_drawdown",
+    "calmar",
+    "turnover",
+    "exposure",
+)
+
 
 def metrics_table(
     returns: np.ndarray,

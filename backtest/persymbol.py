@@ -7,32 +7,21 @@ error recorded in the ``error`` column instead of failing its chunk.
 
 from __future__ import annotations
 
-import importlib
 import traceback
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import pandas as pd
 
-from backtest.errors import ConfigError
 from backtest.panel import PricePanel
+from backtest.strategies import import_function
 
 PerSymbolFunc = Callable[[str, pd.DataFrame], Mapping[str, Any]]
 
 
 def load_function(spec: str) -> PerSymbolFunc:
     """Import a per-symbol function named as ``package.module:function``."""
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
-        raise ConfigError(f"name the function as package.module:function, got {spec!r}")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigError(f"cannot import {module_name!r}: {exc}") from None
-    func = getattr(module, attr, None)
-    if not callable(func):
-        raise ConfigError(f"module {module_name!r} has no function {attr!r}")
-    return func
+    return import_function(spec)  # type: ignore[return-value]
 
 
 def run_per_symbol(panel: PricePanel, func: PerSymbolFunc) -> pd.DataFrame:

@@ -14,7 +14,7 @@ the gap from the last close, so nothing is filled with fake returns.
 The grid kernel never materialises symbols x bars x combinations: per symbol it computes shared inputs once
 (compact prices, prefix sums, bar returns), then per combination one weights row and one pass that accumulates
 additive statistics per *segment* (the pieces between consecutive fold-window boundaries). A window's score
-comes from differences of the cumulative segment sums, so overlapping train windows cost nothing extra.
+comes from adding up its few segments, so overlapping train windows cost nothing extra.
 """
 
 from __future__ import annotations
@@ -62,6 +62,30 @@ def compact_row_nb(close_row: np.ndarray, idx: np.ndarray) -> int:
         if not np.isnan(close_row[t]):
             idx[m] = t
             m += 1
+    return m
+
+
+@njit(nogil=True, cache=True)
+def gather_row_nb(
+    i: int,
+    open_: np.ndarray,
+    high: np.ndarray,
+    low: np.ndarray,
+    close: np.ndarray,
+    idx: np.ndarray,
+    oc: np.ndarray,
+    hc: np.ndarray,
+    lc: np.ndarray,
+    cc: np.ndarray,
+) -> int:
+    """Copy row i's own bars (calendar positions into ``idx``, prices into the compact buffers)."""
+    m = compact_row_nb(close[i], idx)
+    for j in range(m):
+        t = idx[j]
+        oc[j] = open_[i, t]
+        hc[j] = high[i, t]
+        lc[j] = low[i, t]
+        cc[j] = close[i, t]
     return m
 
 
@@ -202,30 +226,34 @@ def window_scores_nb(
     win_segs: np.ndarray,
     objective: int,
     min_bars: int,
-    cum: np.ndarray,
     out_scores: np.ndarray,
     out_trades: np.ndarray,
 ) -> None:
-    """Scores and trade counts of every window (a range of segments) from the per-segment statistics."""
-    n_seg = seg.shape[0]
-    for k in range(5):
-        cum[0, k] = 0.0
-    for s in range(n_seg):
-        cum[s + 1, 0] = cum[s, 0] + seg[s, _N]
-        cum[s + 1, 1] = cum[s, 1] + seg[s, _S1]
-        cum[s + 1, 2] = cum[s, 2] + seg[s, _S2]
-        cum[s + 1, 3] = cum[s, 3] + seg[s, _D2]
-        cum[s + 1, 4] = cum[s, 4] + seg[s, _TRADES]
+    """Scores and trade counts of every window (a range of segments) from the per-segment statistics.
+
+    Each window adds up its own segments (a handful) rather than differencing running totals: a quiet
+    window after a volatile one keeps its full relative precision.
+    """
     for wi in range(win_segs.shape[0]):
         lo = win_segs[wi, 0]
         hi = win_segs[wi, 1]
-        n = cum[hi, 0] - cum[lo, 0]
+        n = 0.0
+        s1 = 0.0
+        s2 = 0.0
+        d2 = 0.0
+        trades = 0.0
         corr = 0.0
+        first = True
         for s in range(lo, hi):
-            if seg[s, _N] > 0.0:
+            n += seg[s, _N]
+            s1 += seg[s, _S1]
+            s2 += seg[s, _S2]
+            d2 += seg[s, _D2]
+            trades += seg[s, _TRADES]
+            if first and seg[s, _N] > 0.0:
                 corr = seg[s, _CORR]
-                break
-        out_trades[wi] = cum[hi, 4] - cum[lo, 4] + corr
+                first = False
+        out_trades[wi] = trades + corr
         if n < min_bars:
             out_scores[wi] = np.nan
             continue
@@ -248,15 +276,7 @@ def window_scores_nb(
         elif objective == OBJ_TOTAL_RETURN:
             for s in range(lo, hi):
                 g *= seg[s, _G]
-        out_scores[wi] = score_from_sums_nb(
-            objective,
-            n,
-            cum[hi, 1] - cum[lo, 1],
-            cum[hi, 2] - cum[lo, 2],
-            cum[hi, 3] - cum[lo, 3],
-            g,
-            dd,
-        )
+        out_scores[wi] = score_from_sums_nb(objective, n, s1, s2, d2, g, dd)
 
 
 @njit(nogil=True, cache=True)
@@ -309,25 +329,18 @@ def grid_scores_nb(
     scratch = np.empty(2 * n_bars, np.int64)
     cb = np.empty(n_seg + 1, np.int64)
     seg = np.empty((n_seg, N_SEG_STATS))
-    cum = np.empty((n_seg + 1, 5))
     need_dd = objective == OBJ_CALMAR
     for i in range(n_sym):
-        m = compact_row_nb(close[i], idx)
+        m = gather_row_nb(i, open_, high, low, close, idx, oc, hc, lc, cc)
         if m == 0:
             continue
-        for j in range(m):
-            t = idx[j]
-            oc[j] = open_[i, t]
-            hc[j] = high[i, t]
-            lc[j] = low[i, t]
-            cc[j] = close[i, t]
         bar_returns_nb(oc[:m], cc[:m], ret, gap, intra)
         prefix_sums_nb(cc[:m], prefix, prefix_sq)
         compact_bounds_nb(idx, m, seg_bounds, cb)
         for k in range(n_combo):
             weights_row_nb(kind, params[k], hc[:m], lc[:m], cc[:m], prefix, prefix_sq, w[:m], scratch)
             segment_stats_nb(w[:m], ret, gap, intra, cb, cost, next_open, need_dd, seg)
-            window_scores_nb(seg, win_segs, objective, min_bars, cum, scores[i, k], trades[i, k])
+            window_scores_nb(seg, win_segs, objective, min_bars, scores[i, k], trades[i, k])
     return scores, trades
 
 
@@ -361,7 +374,6 @@ def weights_scores_nb(
     intra = np.empty(n_bars)
     cb = np.empty(n_seg + 1, np.int64)
     seg = np.empty((n_seg, N_SEG_STATS))
-    cum = np.empty((n_seg + 1, 5))
     need_dd = objective == OBJ_CALMAR
     for i in range(n_sym):
         m = compact_row_nb(close[i], idx)
@@ -375,7 +387,7 @@ def weights_scores_nb(
         bar_returns_nb(oc[:m], cc[:m], ret, gap, intra)
         compact_bounds_nb(idx, m, seg_bounds, cb)
         segment_stats_nb(w[:m], ret, gap, intra, cb, cost, next_open, need_dd, seg)
-        window_scores_nb(seg, win_segs, objective, min_bars, cum, scores[i], trades[i])
+        window_scores_nb(seg, win_segs, objective, min_bars, scores[i], trades[i])
     return scores, trades
 
 
@@ -387,6 +399,7 @@ def builtin_weights_nb(
     n_sym, n_bars = close.shape
     out = np.zeros((n_sym, n_bars))
     idx = np.empty(n_bars, np.int64)
+    oc = np.empty(n_bars)
     hc = np.empty(n_bars)
     lc = np.empty(n_bars)
     cc = np.empty(n_bars)
@@ -395,14 +408,9 @@ def builtin_weights_nb(
     w = np.empty(n_bars)
     scratch = np.empty(2 * n_bars, np.int64)
     for i in range(n_sym):
-        m = compact_row_nb(close[i], idx)
+        m = gather_row_nb(i, close, high, low, close, idx, oc, hc, lc, cc)
         if m == 0:
             continue
-        for j in range(m):
-            t = idx[j]
-            hc[j] = high[i, t]
-            lc[j] = low[i, t]
-            cc[j] = close[i, t]
         prefix_sums_nb(cc[:m], prefix, prefix_sq)
         weights_row_nb(kind, row_params[i], hc[:m], lc[:m], cc[:m], prefix, prefix_sq, w[:m], scratch)
         for j in range(m):
@@ -550,15 +558,9 @@ def oos_nb(
     scratch = np.empty(2 * n_bars, np.int64)
     cb = np.empty(2, np.int64)
     for i in range(n_sym):
-        m = compact_row_nb(close[i], idx)
+        m = gather_row_nb(i, open_, high, low, close, idx, oc, hc, lc, cc)
         if m == 0:
             continue
-        for j in range(m):
-            t = idx[j]
-            oc[j] = open_[i, t]
-            hc[j] = high[i, t]
-            lc[j] = low[i, t]
-            cc[j] = close[i, t]
         bar_returns_nb(oc[:m], cc[:m], ret, gap, intra)
         if kind >= 0:
             prefix_sums_nb(cc[:m], prefix, prefix_sq)

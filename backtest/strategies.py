@@ -201,19 +201,27 @@ def strategy_from_function(
     )
 
 
+def import_function(spec: str) -> Callable[..., object]:
+    """Import a function named as ``package.module:function`` (user code: it runs with the user's rights)."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise ConfigError(f"name the function as package.module:function, got {spec!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"cannot import {module_name!r}: {exc}") from None
+    func = getattr(module, attr, None)
+    if not callable(func):
+        raise ConfigError(f"module {module_name!r} has no function {attr!r}")
+    return func
+
+
 def get_strategy(name: str) -> Strategy:
     """A registered strategy by name, or a user function named as ``package.module:function``."""
     if name in _REGISTRY:
         return _REGISTRY[name]
     if ":" in name:
-        module_name, _, attr = name.partition(":")
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as exc:
-            raise ConfigError(f"cannot import strategy module {module_name!r}: {exc}") from None
-        func = getattr(module, attr, None)
-        if not callable(func):
-            raise ConfigError(f"module {module_name!r} has no function {attr!r}")
+        func = import_function(name)
         if name in _REGISTRY:  # registered by importing its module
             return _REGISTRY[name]
         return register(strategy_from_function(func, name=name))

@@ -11,6 +11,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from backtest.metrics import HEADLINE_METRICS
+
 QUIET_ENV = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "DO_NOT_TRACK": "1",
@@ -93,17 +95,7 @@ def print_summary(summary: dict[str, Any], console: Console) -> None:
         table.add_column("metric")
         table.add_column("portfolio", justify="right")
         table.add_column("buy and hold", justify="right")
-        for key in (
-            "total_return",
-            "cagr",
-            "annual_volatility",
-            "sharpe",
-            "sortino",
-            "max_drawdown",
-            "calmar",
-            "turnover",
-            "exposure",
-        ):
+        for key in HEADLINE_METRICS:
             table.add_row(key, _fmt(figures["portfolio"].get(key)), _fmt(figures["benchmark"].get(key)))
         console.print(table)
         console.print(

@@ -13,6 +13,8 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 
+from backtest.metrics import HEADLINE_METRICS
+
 
 def start_progress(total: int) -> UUID | None:
     return create_progress_artifact(progress=0.0, key="study-progress", description=f"Chunks done of {total}")
@@ -59,16 +61,7 @@ def summary_markdown(summary: dict[str, Any]) -> None:
             "| metric | portfolio | buy and hold |",
             "| --- | --- | --- |",
         ]
-        for key in (
-            "total_return",
-            "cagr",
-            "annual_volatility",
-            "sharpe",
-            "sortino",
-            "max_drawdown",
-            "calmar",
-            "turnover",
-        ):
+        for key in HEADLINE_METRICS:
             lines.append(f"| {key} | {_fmt(port.get(key))} | {_fmt(bench.get(key))} |")
         lines += [
             "",
