@@ -28,10 +28,10 @@ from typing import Any, Literal
 
 import pyarrow as pa
 
-from backtest.csvformats import source_fingerprint
+from backtest.csvformats import file_fingerprint
 from backtest.errors import ConfigError, DataError
 from backtest.store import CatalogEntry, PriceFile, Store, StoreWriter, write_price_file
-from backtest.validation import Problem, validate_bytes
+from backtest.validation import Problem, validate_file
 
 __all__ = [
     "SOURCE_SUFFIXES",
@@ -160,10 +160,11 @@ class _Result:
     rejects: pa.Table | None = None
     problems: tuple[Problem, ...] = ()
     notes: tuple[str, ...] = ()
+    unlisted_rejects: int = 0
 
     @property
     def rejected_rows(self) -> int:
-        return 0 if self.rejects is None else self.rejects.num_rows
+        return self.unlisted_rejects + (0 if self.rejects is None else self.rejects.num_rows)
 
 
 def _process(task: _Task) -> _Result:
@@ -178,12 +179,12 @@ def _process_file(task: _Task) -> _Result:
     path = Path(task.path)
     try:
         st = path.stat()
-        data = path.read_bytes()
+        size, fingerprint = file_fingerprint(path)
     except OSError as exc:
         return _Result(task.path, path.name, error=f"cannot read file: {exc.strerror or exc}")
-    base = _Result(
-        task.path, path.name, size=len(data), mtime_ns=st.st_mtime_ns, fingerprint=source_fingerprint(data)
-    )
+    except DataError as exc:
+        return _Result(task.path, path.name, error=str(exc))
+    base = _Result(task.path, path.name, size=size, mtime_ns=st.st_mtime_ns, fingerprint=fingerprint)
     known = task.known
     if known is not None and (known.size, known.mtime_ns, known.fingerprint) == (
         base.size,
@@ -192,17 +193,24 @@ def _process_file(task: _Task) -> _Result:
     ):
         return replace(base, skipped=True, symbol=known.symbol)
     try:
-        checked = validate_bytes(path, data, fingerprint=base.fingerprint)
+        # Streamed block by block: a file of gigabytes costs a block of memory, not its size.
+        checked = validate_file(path, fingerprint=base.fingerprint, size=base.size)
     except DataError as exc:
         return replace(base, error=str(exc))
+    except OSError as exc:
+        return replace(base, error=f"cannot read file: {exc.strerror or exc}")
     rejects = checked.rejects.add_column(
-        0, "source_file", pa.array([task.path] * checked.rejected_rows, type=pa.string())
+        0, "source_file", pa.array([task.path] * checked.rejects.num_rows, type=pa.string())
     )
     base = replace(
         base, symbol=checked.symbol, rejects=rejects, problems=tuple(checked.problems()), notes=checked.notes
     )
     if checked.rows == 0:
-        return replace(base, error=f"no valid rows: all {checked.rejected_rows} data rows were rejected")
+        return replace(
+            base,
+            error=f"no valid rows: all {checked.rejected_rows} data rows were rejected",
+            unlisted_rejects=checked.unlisted_rejects,
+        )
     try:
         price_file = write_price_file(Path(task.root), checked.symbol, checked.table, durable=task.durable)
     except OSError as exc:
@@ -211,6 +219,7 @@ def _process_file(task: _Task) -> _Result:
     return replace(
         base,
         price_file=price_file,
+        unlisted_rejects=checked.unlisted_rejects,
         first_date=dates[0].as_py(),
         last_date=dates[-1].as_py(),
         rows=checked.rows,

@@ -17,9 +17,10 @@ Conventions:
 
 from __future__ import annotations
 
-from collections import defaultdict
+import datetime as dt
+import io
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,14 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from backtest.csvformats import RawCsv, parse_csv_bytes, read_csv_file
+from backtest.csvformats import (
+    CsvSource,
+    RawBatch,
+    RawCsv,
+    file_fingerprint,
+    open_csv_source,
+    source_fingerprint,
+)
 from backtest.errors import DataError
 
 __all__ = [
@@ -41,6 +49,7 @@ __all__ = [
     "validate",
     "validate_bytes",
     "validate_file",
+    "validate_source",
 ]
 
 PRICE_FIELDS: tuple[str, ...] = ("open", "high", "low", "close")
@@ -54,6 +63,12 @@ REJECTS_SCHEMA = pa.schema([("line", pa.int64()), ("reason", pa.string()), ("raw
 # What pyarrow's string -> double cast accepts, minus nan/inf (rejected separately as non-finite).
 _NUMBER_RE = r"^[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?$"
 _DATE_FORMATS: tuple[str, ...] = ("%Y-%m-%d", "%Y%m%d")
+#: A price above this is a data error (a misplaced decimal point, a volume in a price column): the dearest
+#: listed share trades near 10^6 in its currency.
+MAX_PRICE = 1e9
+#: Rejected rows listed per file (with line, reason and text); beyond this they are only counted, so that a
+#: file of gigabytes of garbage cannot fill memory or the rejects folder.
+MAX_LISTED_REJECTS = 100_000
 
 
 @dataclass(frozen=True)
@@ -87,6 +102,7 @@ class ValidatedCsv:
     blank_lines: int
     source_size: int
     source_fingerprint: str
+    unlisted_rejects: int = 0
 
     @property
     def rows(self) -> int:
@@ -94,13 +110,21 @@ class ValidatedCsv:
 
     @property
     def rejected_rows(self) -> int:
-        return self.rejects.num_rows
+        """All rejected rows, listed or not."""
+        return self.rejects.num_rows + self.unlisted_rejects
 
     def problems(self) -> list[Problem]:
         name = self.path.name
         lines = self.rejects["line"].to_pylist()
         reasons = self.rejects["reason"].to_pylist()
-        return [Problem(name, line, reason) for line, reason in zip(lines, reasons, strict=True)]
+        found = [Problem(name, line, reason) for line, reason in zip(lines, reasons, strict=True)]
+        if self.unlisted_rejects:
+            found.append(
+                Problem(
+                    name, None, f"{self.unlisted_rejects:,} more rejected rows are counted but not listed"
+                )
+            )
+        return found
 
     def rejects_frame(self) -> pd.DataFrame:
         return self.rejects.to_pandas()
@@ -185,155 +209,389 @@ def _raw_lines(table: pa.Table, rows: np.ndarray) -> list[str]:
     return pc.binary_join_element_wise(*cells, ",").to_pylist()
 
 
-def _file_symbol(raw: RawCsv, name_column: pa.ChunkedArray | None) -> str:
-    if name_column is None:
-        symbol = raw.stem_symbol or ""
-        if not symbol:
-            raise DataError(f"cannot derive a symbol from the file name {raw.path.name!r}")
-        return symbol
+def _most_frequent_name(name_column: pa.ChunkedArray) -> str | None:
     names = pc.utf8_trim_whitespace(name_column)
     counts = pc.value_counts(pc.drop_null(pc.if_else(pc.equal(names, ""), None, names)))
     if len(counts) == 0:
-        raise DataError(f"no symbol: the {raw.layout.symbol_field!r} column is empty on every row")
+        return None
     # Most frequent name wins (first seen on ties): one mistyped row must not rename the whole file.
     values = counts.field("values").to_pylist()
     tallies = counts.field("counts").to_numpy()
     return str(values[int(np.argmax(tallies))])
 
 
-def validate(raw: RawCsv) -> ValidatedCsv:
-    """Check every row of a parsed file; DataError only when no symbol can be found for it."""
-    table = raw.table
-    n = table.num_rows
-    reasons: defaultdict[int, list[str]] = defaultdict(list)
+def _check_symbol(symbol: str) -> str:
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in symbol):
+        raise DataError(f"symbol {symbol!r} contains control characters (NUL, tab, ...): not a ticker")
+    return symbol
 
-    def add(mask: np.ndarray, word: Callable[[int], str]) -> None:
-        for i in np.flatnonzero(mask):
-            reasons[int(i)].append(word(int(i)))
 
-    name_field = raw.layout.symbol_field
-    name_column = table[name_field] if name_field else None
-    symbol = _file_symbol(raw, name_column)
+@dataclass
+class _Checked:
+    """The rows of one block that passed the row checks, ready for the ordering checks."""
 
-    days, date_missing, date_bad = _parse_dates(table["date"])
-    values: dict[str, np.ndarray] = {}
-    missing: dict[str, np.ndarray] = {"date": date_missing}
-    non_numeric: dict[str, np.ndarray] = {}
-    for field in NUMERIC_FIELDS:
-        values[field], missing[field], non_numeric[field] = _parse_numbers(table[field])
-    if name_column is not None and name_field is not None:
-        names = pc.utf8_trim_whitespace(name_column)
-        missing[name_field] = _mask(pc.fill_null(pc.equal(names, ""), True))
-        other = _mask(pc.not_equal(names, symbol)) & ~missing[name_field]
-        add(other, lambda i: f"{name_field} {_text(names, i)} differs from the file's symbol {symbol!r}")
+    table: pa.Table  # the rows' text, for rejects found later
+    days: np.ndarray
+    values: dict[str, np.ndarray]
+    lines: np.ndarray
 
-    stacked = np.vstack(list(missing.values())) if n else np.zeros((len(missing), 0), bool)
-    fields = list(missing)
 
-    def word_missing(i: int) -> str:
-        names_missing = [fields[k] for k in np.flatnonzero(stacked[:, i])]
-        label = "missing field" if len(names_missing) == 1 else "missing fields"
-        return f"{label}: {', '.join(names_missing)}"
+class _Rejects:
+    """Rejected rows, listed up to a limit and counted beyond it, so a file of garbage stays bounded."""
 
-    add(stacked.any(axis=0), word_missing)
-    for field in NUMERIC_FIELDS:
-        column = table[field]
-        add(non_numeric[field], lambda i, f=field, c=column: f"non-numeric {f}: {_text(c, i)}")
-    add(date_bad, lambda i: f"bad date: {_text(table['date'], i)} (expected YYYY-MM-DD or YYYYMMDD)")
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.count = 0
+        self._parts: list[pa.Table] = []
+        self._listed = 0
 
-    with np.errstate(invalid="ignore"):
-        for field in PRICE_FIELDS:
-            v = values[field]
-            add(v <= 0, lambda i, f=field, v=v: f"non-positive {f}: {v[i]:g}")
-        vol = values["volume"]
-        add(vol < 0, lambda i: f"negative volume: {vol[i]:g}")
-        o, h, lo, c = values["open"], values["high"], values["low"], values["close"]
-        add(h < lo, lambda i: f"high < low: {h[i]:g} < {lo[i]:g}")
-        ranged = h >= lo
-        add(
-            ranged & ((c < lo) | (c > h)),
-            lambda i: f"close outside [low, high]: {c[i]:g} not in [{lo[i]:g}, {h[i]:g}]",
-        )
-        add(
-            ranged & ((o < lo) | (o > h)),
-            lambda i: f"open outside [low, high]: {o[i]:g} not in [{lo[i]:g}, {h[i]:g}]",
-        )
+    def room(self) -> int:
+        return max(0, self.limit - self._listed)
 
-    notes: list[str] = []
-    row_ok = np.ones(n, dtype=bool)
-    if reasons:
-        row_ok[np.fromiter(reasons, dtype=np.int64)] = False
-    order = np.flatnonzero(row_ok)
-    d = days[order]
-    if len(d) >= 2 and bool((np.diff(d) < 0).all()):
-        order, d = order[::-1], d[::-1]
-        notes.append(f"dates were in descending order; the {len(d)} good rows were reversed")
-
-    # Among rows in processing order, a row is kept when its date is after every earlier good row's date; the
-    # running maximum over all earlier rows equals that over earlier *kept* rows, since a rejected row never
-    # raises it.
-    running = np.maximum.accumulate(d) if len(d) else d
-    previous = np.concatenate(([np.iinfo(np.int64).min], running[:-1])) if len(d) else d
-    accepted = d > previous
-    kept_days = d[accepted]
-    kept_rows = order[accepted]
-    last_kept = np.maximum.accumulate(np.where(accepted, np.arange(len(d)), -1))
-    for k in np.flatnonzero(~accepted):
-        row = int(order[k])
-        pos = int(np.searchsorted(kept_days, d[k]))
-        if pos < len(kept_days) and kept_days[pos] == d[k]:
-            first = int(raw.lines[kept_rows[pos]])
-            reasons[row].append(f"duplicate date {_day(d[k])} (first at line {first})")
-        else:
-            before = int(order[last_kept[k - 1]])
-            reasons[row].append(
-                f"date out of order: {_day(d[k])} is before {_day(days[before])} of line {int(raw.lines[before])}"
+    def add(self, lines: np.ndarray, reasons: list[str], raws: list[str], total: int) -> None:
+        """``total`` rows were rejected; the first ``len(lines)`` of them are listed."""
+        self.count += total
+        if len(lines):
+            self._listed += len(lines)
+            self._parts.append(
+                pa.table(
+                    {
+                        "line": pa.array(lines, type=pa.int64()),
+                        "reason": pa.array(reasons, type=pa.string()),
+                        "raw": pa.array(raws, type=pa.string()),
+                    },
+                    schema=REJECTS_SCHEMA,
+                )
             )
 
-    good = pa.table(
-        {
-            "date": pa.array(days[kept_rows].astype(np.int32), type=pa.int32()).cast(pa.date32()),
-            **{field: pa.array(values[field][kept_rows], type=pa.float64()) for field in NUMERIC_FIELDS},
-        },
-        schema=STORED_SCHEMA,
-    )
-
-    rejected = np.array(sorted(reasons), dtype=np.int64)
-    lines = np.concatenate([raw.lines[rejected], np.array([b.line for b in raw.bad_rows], dtype=np.int64)])
-    order_by_line = np.argsort(lines, kind="stable")
-    texts = np.array(
-        ["; ".join(reasons[int(i)]) for i in rejected] + [b.reason for b in raw.bad_rows], dtype=object
-    )
-    raws = np.array(_raw_lines(table, rejected) + [b.text for b in raw.bad_rows], dtype=object)
-    rejects = pa.table(
-        {
-            "line": pa.array(lines[order_by_line], type=pa.int64()),
-            "reason": pa.array(texts[order_by_line], type=pa.string()),
-            "raw": pa.array(raws[order_by_line], type=pa.string()),
-        },
-        schema=REJECTS_SCHEMA,
-    )
-    if raw.blank_lines:
-        notes.append(f"{raw.blank_lines} blank line(s) skipped")
-    return ValidatedCsv(
-        path=raw.path,
-        layout=raw.layout.name,
-        symbol=symbol,
-        table=good,
-        rejects=rejects,
-        notes=tuple(notes),
-        data_lines=raw.data_lines,
-        blank_lines=raw.blank_lines,
-        source_size=raw.size,
-        source_fingerprint=raw.fingerprint,
-    )
+    def table(self) -> pa.Table:
+        if not self._parts:
+            return REJECTS_SCHEMA.empty_table()
+        table = pa.concat_tables(self._parts)
+        return table.take(pc.sort_indices(table, sort_keys=[("line", "ascending")]))
 
 
-def validate_bytes(path: Path | str, data: bytes, *, fingerprint: str | None = None) -> ValidatedCsv:
+class _Validator:
+    """Row checks per block, then the ordering checks across blocks, keeping only bounded state.
+
+    Memory: the kept rows (strictly increasing dates no later than tomorrow, so at most one per calendar
+    day) plus at most ``max_listed_rejects`` listed rejects; never the file's text.
+    """
+
+    def __init__(self, source: CsvSource, today: dt.date, max_listed_rejects: int) -> None:
+        self.source = source
+        self.name_field = source.layout.symbol_field
+        self.symbol: str | None = None if self.name_field else source.stem_symbol
+        if not self.name_field and not self.symbol:
+            raise DataError(f"cannot derive a symbol from the file name {source.path.name!r}")
+        if self.symbol:
+            _check_symbol(self.symbol)
+        self.latest = np.int64((today - dt.date(1970, 1, 1)).days + 1)  # tomorrow: other time zones
+        self.rejects = _Rejects(max_listed_rejects)
+        self.data_lines = 0
+        self.blank_lines = 0
+        self.notes: list[str] = []
+        self._undecided = True  # while every good row so far is strictly older than the one before
+        self._pending: list[_Checked] = []
+        self._kept: list[_Checked] = []
+        self._last_day: int | None = None
+        self._last_line = 0
+        self._non_utf8 = 0
+
+    # -- row checks -------------------------------------------------------------------------------------
+
+    def add(self, batch: RawBatch) -> None:
+        self.data_lines += batch.data_lines
+        self.blank_lines += batch.blank_lines
+        if batch.bad_rows:
+            listed = batch.bad_rows[: self.rejects.room()]
+            self.rejects.add(
+                np.array([b.line for b in listed], dtype=np.int64),
+                [b.reason for b in listed],
+                [b.text for b in listed],
+                len(batch.bad_rows),
+            )
+        if batch.table.num_rows:
+            checked = self._row_checks(batch)
+            if len(checked.days):
+                self._order(checked)
+
+    def _row_checks(self, batch: RawBatch) -> _Checked:
+        table = batch.table
+        n = table.num_rows
+        checks: list[tuple[np.ndarray, Callable[[int], str]]] = []
+
+        name_field = self.name_field
+        name_column = table[name_field] if name_field else None
+        if name_column is not None and self.symbol is None:
+            found = _most_frequent_name(name_column)
+            self.symbol = _check_symbol(found) if found is not None else None
+
+        days, date_missing, date_bad = _parse_dates(table["date"])
+        values: dict[str, np.ndarray] = {}
+        missing: dict[str, np.ndarray] = {"date": date_missing}
+        non_numeric: dict[str, np.ndarray] = {}
+        for field in NUMERIC_FIELDS:
+            values[field], missing[field], non_numeric[field] = _parse_numbers(table[field])
+        if name_column is not None and name_field is not None:
+            names = pc.utf8_trim_whitespace(name_column)
+            missing[name_field] = _mask(pc.fill_null(pc.equal(names, ""), True))
+            if self.symbol is not None:
+                symbol = self.symbol
+                other = _mask(pc.not_equal(names, symbol)) & ~missing[name_field]
+                checks.append(
+                    (
+                        other,
+                        lambda i: f"{name_field} {_text(names, i)} differs from the file's symbol {symbol!r}",
+                    )
+                )
+
+        stacked = np.vstack(list(missing.values()))
+        fields = list(missing)
+
+        def word_missing(i: int) -> str:
+            names_missing = [fields[k] for k in np.flatnonzero(stacked[:, i])]
+            label = "missing field" if len(names_missing) == 1 else "missing fields"
+            return f"{label}: {', '.join(names_missing)}"
+
+        checks.append((stacked.any(axis=0), word_missing))
+        for field in NUMERIC_FIELDS:
+            column = table[field]
+            checks.append(
+                (non_numeric[field], lambda i, f=field, c=column: f"non-numeric {f}: {_text(c, i)}")
+            )
+        checks.append(
+            (date_bad, lambda i: f"bad date: {_text(table['date'], i)} (expected YYYY-MM-DD or YYYYMMDD)")
+        )
+        if batch.replaced:
+            for field in table.column_names:
+                bad_text = _mask(pc.match_substring(table[field], "\ufffd"))
+                checks.append(
+                    (bad_text, lambda i, f=field: f"not UTF-8: {f} holds bytes that are not UTF-8 text")
+                )
+
+        latest = self.latest
+        future = ~date_missing & ~date_bad & (days > latest)
+        checks.append(
+            (future, lambda i: f"date in the future: {_day(days[i])} is after {_day(int(latest) - 1)}")
+        )
+
+        with np.errstate(invalid="ignore"):
+            for field in PRICE_FIELDS:
+                v = values[field]
+                checks.append((v <= 0, lambda i, f=field, v=v: f"non-positive {f}: {v[i]:g}"))
+                checks.append(
+                    (
+                        np.isfinite(v) & (v > MAX_PRICE),
+                        lambda i, f=field, v=v: f"absurd {f}: {v[i]:g} is above {MAX_PRICE:g}",
+                    )
+                )
+            vol = values["volume"]
+            checks.append((vol < 0, lambda i: f"negative volume: {vol[i]:g}"))
+            o, h, lo, c = values["open"], values["high"], values["low"], values["close"]
+            checks.append((h < lo, lambda i: f"high < low: {h[i]:g} < {lo[i]:g}"))
+            ranged = h >= lo
+            checks.append(
+                (
+                    ranged & ((c < lo) | (c > h)),
+                    lambda i: f"close outside [low, high]: {c[i]:g} not in [{lo[i]:g}, {h[i]:g}]",
+                )
+            )
+            checks.append(
+                (
+                    ranged & ((o < lo) | (o > h)),
+                    lambda i: f"open outside [low, high]: {o[i]:g} not in [{lo[i]:g}, {h[i]:g}]",
+                )
+            )
+
+        rejected = np.zeros(n, dtype=bool)
+        for mask, _ in checks:
+            rejected |= mask
+        where = np.flatnonzero(rejected)
+        if len(where):
+            listed = where[: self.rejects.room()]
+            reasons: dict[int, list[str]] = {int(i): [] for i in listed}
+            if len(listed):
+                last = int(listed[-1])
+                for mask, word in checks:
+                    for i in np.flatnonzero(mask[: last + 1]):
+                        if int(i) in reasons:
+                            reasons[int(i)].append(word(int(i)))
+            self.rejects.add(
+                batch.lines[listed],
+                ["; ".join(reasons[int(i)]) for i in listed],
+                _raw_lines(table, listed),
+                len(where),
+            )
+        ok = np.flatnonzero(~rejected)
+        return _Checked(
+            table=table.take(pa.array(ok, type=pa.int64())) if len(where) else table,
+            days=days[ok],
+            values={f: values[f][ok] for f in NUMERIC_FIELDS},
+            lines=batch.lines[ok],
+        )
+
+    # -- ordering ---------------------------------------------------------------------------------------
+
+    def _order(self, rows: _Checked) -> None:
+        """Newest-first files are reversed; otherwise a row must be later than every good row before it."""
+        if self._undecided:
+            d = rows.days
+            previous = self._pending[-1].days[-1] if self._pending else None
+            descending = bool((np.diff(d) < 0).all()) and (previous is None or d[0] < previous)
+            if descending:
+                # Strictly descending dates are distinct days: this buffer is bounded by the calendar.
+                self._pending.append(rows)
+                return
+            self._undecided = False
+            pending, self._pending = self._pending, []
+            for part in pending:
+                self._ascending(part)
+        self._ascending(rows)
+
+    def _ascending(self, rows: _Checked) -> None:
+        d = rows.days
+        start = np.iinfo(np.int64).min if self._last_day is None else self._last_day
+        running = np.maximum.accumulate(np.concatenate(([start], d)))
+        accepted = d > running[:-1]
+        kept_idx = np.flatnonzero(accepted)
+        if len(kept_idx):
+            self._kept.append(
+                _Checked(
+                    table=rows.table.slice(0, 0),
+                    days=d[kept_idx],
+                    values={f: v[kept_idx] for f, v in rows.values.items()},
+                    lines=rows.lines[kept_idx],
+                )
+            )
+        dropped = np.flatnonzero(~accepted)
+        if len(dropped):
+            listed = dropped[: self.rejects.room()]
+            reasons = []
+            if len(listed):
+                kept_days = np.concatenate([k.days for k in self._kept])
+                kept_lines = np.concatenate([k.lines for k in self._kept])
+                last_kept = np.maximum.accumulate(np.where(accepted, np.arange(len(d)), -1))
+                for k in listed:
+                    day = int(d[k])
+                    pos = int(np.searchsorted(kept_days, day))
+                    if pos < len(kept_days) and kept_days[pos] == day:
+                        reasons.append(f"duplicate date {_day(day)} (first at line {int(kept_lines[pos])})")
+                    else:
+                        j = int(last_kept[k])
+                        before_day = int(d[j]) if j >= 0 else int(start)
+                        before_line = int(rows.lines[j]) if j >= 0 else self._last_line
+                        reasons.append(
+                            f"date out of order: {_day(day)} is before {_day(before_day)} of line {before_line}"
+                        )
+            self.rejects.add(rows.lines[listed], reasons, _raw_lines(rows.table, listed), len(dropped))
+        if len(kept_idx):
+            self._last_day = int(d[kept_idx[-1]])
+            self._last_line = int(rows.lines[kept_idx[-1]])
+
+    # -- result -----------------------------------------------------------------------------------------
+
+    def finish(self) -> ValidatedCsv:
+        if self.symbol is None:
+            raise DataError(f"no symbol: the {self.name_field!r} column is empty on every row")
+        if self.data_lines == self.blank_lines:
+            raise DataError("header only: the file has no data rows")
+        if self._undecided:
+            parts = self._pending[::-1]
+            n = sum(len(p.days) for p in parts)
+            kept = [
+                _Checked(p.table, p.days[::-1], {f: v[::-1] for f, v in p.values.items()}, p.lines[::-1])
+                for p in parts
+            ]
+            if n >= 2:
+                self.notes.append(f"dates were in descending order; the {n} good rows were reversed")
+        else:
+            kept = self._kept
+        days = np.concatenate([k.days for k in kept]) if kept else np.array([], np.int64)
+        good = pa.table(
+            {
+                "date": pa.array(days.astype(np.int32), type=pa.int32()).cast(pa.date32()),
+                **{
+                    f: pa.array(
+                        np.concatenate([k.values[f] for k in kept]) if kept else np.array([], np.float64),
+                        type=pa.float64(),
+                    )
+                    for f in NUMERIC_FIELDS
+                },
+            },
+            schema=STORED_SCHEMA,
+        )
+        if self.blank_lines:
+            self.notes.append(f"{self.blank_lines} blank line(s) skipped")
+        rejects = self.rejects.table()
+        unlisted = self.rejects.count - rejects.num_rows
+        if unlisted:
+            self.notes.append(
+                f"{self.rejects.count:,} rows were rejected; only the first {rejects.num_rows:,} are listed"
+            )
+        return ValidatedCsv(
+            path=self.source.path,
+            layout=self.source.layout.name,
+            symbol=self.symbol,
+            table=good,
+            rejects=rejects,
+            notes=tuple(self.notes),
+            data_lines=self.data_lines,
+            blank_lines=self.blank_lines,
+            source_size=0,
+            source_fingerprint="",
+            unlisted_rejects=unlisted,
+        )
+
+
+def _today() -> dt.date:
+    return dt.datetime.now(dt.UTC).date()
+
+
+def validate_source(
+    source: CsvSource,
+    *,
+    size: int,
+    fingerprint: str,
+    today: dt.date | None = None,
+    max_listed_rejects: int = MAX_LISTED_REJECTS,
+) -> ValidatedCsv:
+    """Stream a file block by block through the row and ordering checks (DataError for a file-level problem).
+
+    ``today`` is the last date a bar may have, plus one day for markets in other time zones (default: today
+    in UTC).
+    """
+    validator = _Validator(source, today or _today(), max_listed_rejects)
+    for batch in source.batches():
+        validator.add(batch)
+    return replace(validator.finish(), source_size=size, source_fingerprint=fingerprint)
+
+
+def validate(raw: RawCsv, *, today: dt.date | None = None) -> ValidatedCsv:
+    """Check every row of a file already parsed into one table (DataError only for a file-level problem)."""
+    source = CsvSource(raw.path, raw.layout, tuple(raw.table.column_names), lambda: io.BytesIO(b""))
+    validator = _Validator(source, today or _today(), MAX_LISTED_REJECTS)
+    validator.add(RawBatch(raw.table, raw.lines, raw.bad_rows, raw.blank_lines, raw.data_lines, False))
+    return replace(validator.finish(), source_size=raw.size, source_fingerprint=raw.fingerprint)
+
+
+def validate_bytes(
+    path: Path | str, data: bytes, *, fingerprint: str | None = None, today: dt.date | None = None
+) -> ValidatedCsv:
     """Parse and validate bytes already read from ``path`` (DataError for a file-level problem)."""
-    return validate(parse_csv_bytes(Path(path), data, fingerprint=fingerprint))
+    source = open_csv_source(Path(path), data)
+    return validate_source(
+        source, size=len(data), fingerprint=fingerprint or source_fingerprint(data), today=today
+    )
 
 
-def validate_file(path: Path | str) -> ValidatedCsv:
-    """Read, parse and validate one file (DataError for a file-level problem)."""
-    return validate(read_csv_file(path))
+def validate_file(
+    path: Path | str, *, fingerprint: str | None = None, size: int | None = None, today: dt.date | None = None
+) -> ValidatedCsv:
+    """Stream, parse and validate one file in bounded memory (DataError for a file-level problem).
+
+    ``fingerprint`` and ``size`` are the caller's ``file_fingerprint(path)`` when it already has them.
+    """
+    if fingerprint is None or size is None:
+        size, fingerprint = file_fingerprint(path)
+    return validate_source(open_csv_source(path), size=size, fingerprint=fingerprint, today=today)
