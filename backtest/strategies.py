@@ -117,7 +117,13 @@ class Strategy:
 def check_weights(name: str, w: object, prices: PricePanel, params: Mapping[str, float]) -> np.ndarray:
     """Refuse weights the simulator cannot trust, saying where the first bad value is."""
     expected = (prices.n_symbols, prices.n_bars)
-    arr = np.asarray(w, dtype=np.float64) if w is not None else None
+    try:
+        arr = np.asarray(w, dtype=np.float64) if w is not None else None
+    except (TypeError, ValueError):
+        raise StrategyError(
+            f"strategy {name!r} with {dict(params)} returned a {type(w).__name__}, not an array of weights "
+            f"of shape {expected}"
+        ) from None
     if arr is None or arr.shape != expected:
         got = None if arr is None else arr.shape
         raise StrategyError(

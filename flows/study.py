@@ -12,6 +12,7 @@ from prefect.futures import as_completed
 from prefect.states import Completed, Failed
 from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTaskRunner
 
+from backtest.errors import BacktestError
 from backtest.outputs import write_json
 from backtest.planning import make_plan, plan_chunks, resolve_universe
 from backtest.store import Store
@@ -59,10 +60,15 @@ def three_phase_study(params: StudyParams = StudyParams()) -> Any:  # noqa: B008
     t = time.perf_counter()
 
     store = Store(params.store)
-    universe = resolve_universe(store.catalog(), params.symbols)
-    plan = make_plan(params.to_config(), universe)
     workers = params.worker_count()
-    specs = plan_chunks(plan, universe, store.data_fingerprint, params.chunk_size, workers)
+    try:
+        universe = resolve_universe(store.catalog(), params.symbols)
+        plan = make_plan(params.to_config(), universe)
+        specs = plan_chunks(plan, universe, store.data_fingerprint, params.chunk_size, workers)
+    except BacktestError as exc:
+        # Bad input (windows longer than the data, unknown symbols...): a clean Failed state, no traceback.
+        logger.info("the study cannot start: %s", exc)
+        return Failed(message=f"{type(exc).__name__}: {exc}")
     dirs = cache_dirs(store)
     out = Path(params.out) if params.out else store.root / "runs" / run_id
     logger.info(
