@@ -1,0 +1,398 @@
+"""A study run's results in the database: the run, its chunks, selections, metrics, portfolio, oos returns.
+
+Writes are one transaction per chunk: a crash leaves each chunk's rows complete or absent, never half of a
+chunk. Every write first deletes what the same run already holds for the chunk's symbols, so re-writing a
+chunk (a retried flow run persisting again) replaces it instead of failing on the primary key or doubling
+it. Runs are identified by their Prefect flow run id, so persisting the same flow run twice reuses its row.
+
+Out-of-sample returns are the only large table (about 15 million rows for the reference workload W): they
+are written only when asked (``include_oos``), since the study's Parquet output already holds them and
+writing them costs seconds per million rows on SQLite (see benchmarks/README.md).
+
+Reads used by ``backtest results`` go through a small TTL cache: the same run or symbol is often looked up
+repeatedly (a notebook, a dashboard refreshing), and a finished run's results never change.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import sqlalchemy as sa
+from cachetools import TTLCache, cached
+from cachetools.keys import hashkey
+from sqlalchemy.engine import Connection, Engine
+
+from backtest.db import schema as s
+from backtest.db.connect import open_db
+from backtest.db.engine import DatabaseError, db_errors, read_txn, write_txn
+from backtest.db.sqlio import bulk_insert
+from backtest.errors import DataError
+from backtest.metrics import METRIC_NAMES
+
+__all__ = [
+    "ChunkRecord",
+    "PersistReport",
+    "RunRecord",
+    "finish_run",
+    "persist_run",
+    "read_chunk_tables",
+    "read_metrics",
+    "read_run",
+    "read_selections",
+    "start_run",
+    "write_chunk",
+]
+
+_SEL_DATES = ("train_start", "train_end", "validate_start", "validate_end", "test_start", "test_end")
+_SEL_FLOATS = ("is_score", "val_score", "test_score", "degradation", "test_return")
+RESULT_TTL_SECONDS = 10.0
+_RESULT_CACHE: TTLCache[Any, Any] = TTLCache(maxsize=256, ttl=RESULT_TTL_SECONDS)
+
+
+@dataclass(frozen=True)
+class ChunkRecord:
+    """One chunk of a run as the persist step sees it: where its result file is, or why it failed."""
+
+    index: int
+    cache_key: str
+    symbols: tuple[str, ...]
+    state: str
+    error: str | None = None
+    result_path: str | None = None
+
+
+@dataclass(frozen=True)
+class PersistReport:
+    run_id: int
+    chunks: int
+    selections: int
+    metrics: int
+    oos_rows: int
+    portfolio_rows: int
+    seconds: float
+    chunk_seconds: list[float] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {k: getattr(self, k) for k in ("run_id", "chunks", "selections", "metrics", "oos_rows")}
+        out["portfolio_rows"] = self.portfolio_rows
+        out["seconds"] = round(self.seconds, 3)
+        out["max_chunk_seconds"] = round(max(self.chunk_seconds, default=0.0), 3)
+        return out
+
+
+def read_chunk_tables(
+    path: Path | str, names: Sequence[str]
+) -> tuple[tuple[str, ...], dict[str, pd.DataFrame]]:
+    """Some tables of a persisted chunk result (``backtest.chunkio`` format), reading only those columns."""
+    table = pq.read_table(path, columns=list(names))
+    raw = (pq.read_schema(path).metadata or {}).get(b"backtest")
+    meta = json.loads(raw) if raw else {}
+    if "symbols" not in meta:
+        raise DataError(f"{path} is not a chunk result file")
+    frames = {}
+    for name in names:
+        struct = table.column(name).chunk(0).values
+        flat = pa.Table.from_arrays(struct.flatten(), names=[f.name for f in struct.type])
+        frames[name] = flat.to_pandas()
+    return tuple(meta["symbols"]), frames
+
+
+def _json_value(value: float) -> float | None:
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def _selection_columns(run_id: int, frame: pd.DataFrame) -> dict[str, Any]:
+    n = len(frame)
+    param_cols = [c for c in frame.columns if c.startswith("param_")]
+    names = [c.removeprefix("param_") for c in param_cols]
+    values = zip(*(frame[c].tolist() for c in param_cols), strict=True) if param_cols else [()] * n
+    params = [json.dumps(dict(zip(names, map(_json_value, row), strict=True))) for row in values]
+    columns: dict[str, Any] = {
+        "run_id": np.full(n, run_id, dtype=np.int64),
+        "symbol": frame["symbol"].to_numpy(dtype=object),
+        "fold": frame["fold"].to_numpy(dtype=np.int64),
+        "combo": frame["combo"].to_numpy(dtype=np.int64),
+        "params": np.array(params, dtype=object),
+        "train_rank": frame["train_rank"].to_numpy(dtype=np.int64),
+        "basis": frame["basis"].to_numpy(dtype=object),
+        "test_days": frame["test_days"].to_numpy(dtype=np.int64),
+    }
+    for name in _SEL_DATES:
+        columns[name] = frame[name].to_numpy().astype("datetime64[D]")
+    for name in _SEL_FLOATS:
+        columns[name] = frame[name].to_numpy(dtype=np.float64)
+    return columns
+
+
+def _metric_columns(run_id: int, frame: pd.DataFrame) -> dict[str, Any]:
+    columns: dict[str, Any] = {
+        "run_id": np.full(len(frame), run_id, dtype=np.int64),
+        "symbol": frame["symbol"].to_numpy(dtype=object),
+    }
+    for name in METRIC_NAMES:
+        columns[name] = frame[name].to_numpy(dtype=np.float64)
+    columns["folds"] = frame["folds"].to_numpy(dtype=np.int64)
+    return columns
+
+
+def _oos_columns(run_id: int, frame: pd.DataFrame) -> dict[str, Any]:
+    return {
+        "run_id": np.full(len(frame), run_id, dtype=np.int64),
+        "symbol": np.asarray(frame["symbol"].astype(object)),
+        "date": frame["date"].to_numpy().astype("datetime64[D]"),
+        "fold": frame["fold"].to_numpy(dtype=np.int64),
+        "ret": frame["ret"].to_numpy(dtype=np.float64),
+        "traded": frame["traded"].to_numpy(dtype=np.float64),
+        "held": frame["held"].to_numpy(dtype=np.float64),
+    }
+
+
+def start_run(
+    engine: Engine,
+    *,
+    flow_run_id: str | None,
+    strategy: str,
+    config: dict[str, Any],
+    price_source: str,
+    started_at: dt.datetime,
+) -> int:
+    """The run's id: a new row, or the existing row of the same flow run (persisting again replaces it)."""
+    with write_txn(engine) as conn:
+        if flow_run_id is not None:
+            found = conn.execute(sa.select(s.runs.c.id).where(s.runs.c.flow_run_id == flow_run_id)).scalar()
+            if found is not None:
+                conn.execute(
+                    sa.update(s.runs)
+                    .where(s.runs.c.id == found)
+                    .values(state="Running", config=config, strategy=strategy, price_source=price_source)
+                )
+                return int(found)
+        return int(
+            conn.execute(
+                sa.insert(s.runs)
+                .values(
+                    flow_run_id=flow_run_id,
+                    strategy=strategy,
+                    state="Running",
+                    started_at=started_at,
+                    price_source=price_source,
+                    config=config,
+                )
+                .returning(s.runs.c.id)
+            ).scalar_one()
+        )
+
+
+def _delete_chunk(conn: Connection, run_id: int, index: int, symbols: Sequence[str]) -> None:
+    for table in (s.selections, s.symbol_metrics, s.oos_returns):
+        if symbols:
+            conn.execute(sa.delete(table).where(table.c.run_id == run_id, table.c.symbol.in_(symbols)))
+    conn.execute(sa.delete(s.chunks).where(s.chunks.c.run_id == run_id, s.chunks.c.chunk == index))
+
+
+def write_chunk(
+    engine: Engine, run_id: int, chunk: ChunkRecord, *, include_oos: bool
+) -> tuple[int, int, int]:
+    """One chunk's rows in one transaction, replacing what the run held for it: (selections, metrics, oos)."""
+    frames: dict[str, pd.DataFrame] = {}
+    symbols = chunk.symbols
+    if chunk.result_path is not None:
+        names = ["selections", "symbol_metrics"] + (["oos_returns"] if include_oos else [])
+        symbols, frames = read_chunk_tables(chunk.result_path, names)
+    counts = [0, 0, 0]
+    with write_txn(engine) as conn:
+        _delete_chunk(conn, run_id, chunk.index, symbols)
+        if "selections" in frames:
+            counts[0] = bulk_insert(conn, s.selections, _selection_columns(run_id, frames["selections"]))
+            counts[1] = bulk_insert(conn, s.symbol_metrics, _metric_columns(run_id, frames["symbol_metrics"]))
+        if "oos_returns" in frames:
+            counts[2] = bulk_insert(conn, s.oos_returns, _oos_columns(run_id, frames["oos_returns"]))
+        conn.execute(
+            sa.insert(s.chunks).values(
+                run_id=run_id,
+                chunk=chunk.index,
+                cache_key=chunk.cache_key,
+                symbols=len(symbols),
+                state=chunk.state,
+                error=chunk.error,
+                selections=counts[0],
+                oos_rows=counts[2],
+                written_at=dt.datetime.now(dt.UTC),
+            )
+        )
+    return counts[0], counts[1], counts[2]
+
+
+def write_portfolio(engine: Engine, run_id: int, frame: pd.DataFrame) -> int:
+    columns: dict[str, Any] = {"run_id": np.full(len(frame), run_id, dtype=np.int64)}
+    columns["date"] = frame["date"].to_numpy().astype("datetime64[D]")
+    for column in s.portfolio.columns:
+        if column.name not in columns:
+            columns[column.name] = frame[column.name].to_numpy()
+    with write_txn(engine) as conn:
+        conn.execute(sa.delete(s.portfolio).where(s.portfolio.c.run_id == run_id))
+        return bulk_insert(conn, s.portfolio, columns)
+
+
+def finish_run(
+    engine: Engine, run_id: int, *, state: str, wall_seconds: float | None, summary: dict[str, Any]
+) -> None:
+    with write_txn(engine) as conn:
+        conn.execute(
+            sa.update(s.runs)
+            .where(s.runs.c.id == run_id)
+            .values(
+                state=state,
+                finished_at=dt.datetime.now(dt.UTC),
+                wall_seconds=wall_seconds,
+                summary=json.loads(json.dumps(_clean(summary), default=str)),
+            )
+        )
+    _RESULT_CACHE.clear()
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def persist_run(
+    url: str,
+    *,
+    flow_run_id: str | None,
+    strategy: str,
+    config: dict[str, Any],
+    price_source: str,
+    started_at: dt.datetime,
+    chunks: Sequence[ChunkRecord],
+    state: str,
+    summary: dict[str, Any],
+    portfolio_path: str | None = None,
+    include_oos: bool = False,
+) -> PersistReport:
+    """Everything a finished (or failed) run produced, chunk by chunk, each chunk in its own transaction."""
+    t0 = time.perf_counter()
+    engine = open_db(url, create=True, migrate=True)
+    totals = [0, 0, 0]
+    seconds: list[float] = []
+    portfolio_rows = 0
+    with db_errors(url, "write results to"):
+        run_id = start_run(
+            engine,
+            flow_run_id=flow_run_id,
+            strategy=strategy,
+            config=config,
+            price_source=price_source,
+            started_at=started_at,
+        )
+        for chunk in chunks:
+            t = time.perf_counter()
+            for i, n in enumerate(write_chunk(engine, run_id, chunk, include_oos=include_oos)):
+                totals[i] += n
+            seconds.append(time.perf_counter() - t)
+        if portfolio_path is not None and Path(portfolio_path).exists():
+            portfolio_rows = write_portfolio(engine, run_id, pd.read_parquet(portfolio_path))
+        finish_run(engine, run_id, state=state, wall_seconds=summary.get("wall_seconds"), summary=summary)
+    return PersistReport(
+        run_id,
+        len(chunks),
+        totals[0],
+        totals[1],
+        totals[2],
+        portfolio_rows,
+        time.perf_counter() - t0,
+        seconds,
+    )
+
+
+# -- reading -----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    id: int
+    flow_run_id: str | None
+    strategy: str
+    state: str
+    started_at: dt.datetime
+    finished_at: dt.datetime | None
+    wall_seconds: float | None
+    price_source: str
+    config: dict[str, Any]
+    summary: dict[str, Any] | None
+
+
+def latest_run_query() -> sa.Select:
+    return sa.select(s.runs.c.id).order_by(s.runs.c.started_at.desc()).limit(1)
+
+
+def _resolve_run(conn: Connection, run: int | str | None) -> int:
+    r = s.runs.c
+    if run is None:
+        query = latest_run_query()
+        what = "the database has no runs yet"
+    elif isinstance(run, int) or str(run).isdigit():
+        query = sa.select(r.id).where(r.id == int(run))
+        what = f"no run with id {run}"
+    else:
+        query = sa.select(r.id).where(r.flow_run_id == str(run))
+        what = f"no run with flow run id {run!r}"
+    found = conn.execute(query).scalar()
+    if found is None:
+        raise DatabaseError(what)
+    return int(found)
+
+
+@cached(_RESULT_CACHE, key=lambda url, run=None: hashkey("run", url, run))
+def read_run(url: str, run: int | str | None = None) -> RunRecord:
+    """A run by id or flow run id (default: the latest)."""
+    engine = open_db(url)
+    with db_errors(url, "read runs from"), read_txn(engine) as conn:
+        run_id = _resolve_run(conn, run)
+        row = conn.execute(sa.select(s.runs).where(s.runs.c.id == run_id)).one()
+    return RunRecord(**row._asdict())
+
+
+def _read_table(url: str, table: sa.Table, run: int | str | None, symbol: str | None) -> pd.DataFrame:
+    engine = open_db(url)
+    with db_errors(url, "read results from"), read_txn(engine) as conn:
+        where = []
+        if run is not None or symbol is None:
+            where.append(table.c.run_id == _resolve_run(conn, run))
+        if symbol is not None:
+            where.append(table.c.symbol == symbol)
+        order = [table.c.run_id, table.c.symbol] + ([table.c.fold] if "fold" in table.c else [])
+        result = conn.execute(sa.select(table).where(*where).order_by(*order))
+        return pd.DataFrame(result.all(), columns=list(result.keys()))
+
+
+@cached(_RESULT_CACHE, key=lambda url, run=None, symbol=None: hashkey("sel", url, run, symbol))
+def read_selections(url: str, run: int | str | None = None, symbol: str | None = None) -> pd.DataFrame:
+    """Selections of a run (default: the latest), or of one symbol across all runs when only it is given."""
+    return _read_table(url, s.selections, run, symbol)
+
+
+@cached(_RESULT_CACHE, key=lambda url, run=None, symbol=None: hashkey("met", url, run, symbol))
+def read_metrics(url: str, run: int | str | None = None, symbol: str | None = None) -> pd.DataFrame:
+    """Per-symbol out-of-sample metrics of a run (default: the latest), or of one symbol across runs."""
+    return _read_table(url, s.symbol_metrics, run, symbol)
+
+
+def clear_result_cache() -> None:
+    _RESULT_CACHE.clear()
