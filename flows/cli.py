@@ -333,3 +333,11 @@ def demo(
     )
     params = _study_params(store=str(store_dir), out=str(out), runner=runner)
     raise typer.Exit(run_study_cli(params, console))
+
+
+# A local Prefect server, the deployments of prefect.yaml and runs of them (flows/cli_server.py).
+from flows import cli_server  # noqa: E402 - registered after the commands above, kept out of their way
+
+app.add_typer(cli_server.server_app)
+app.command()(cli_server.deploy)
+app.command()(cli_server.trigger)

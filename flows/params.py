@@ -7,6 +7,8 @@ import datetime as dt
 import os
 from typing import Literal
 
+import numpy as np
+import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from backtest.config import FoldSpec, ParamGrid, StudyConfig
@@ -14,6 +16,8 @@ from backtest.errors import BacktestError
 from backtest.strategies import get_strategy
 
 Runner = Literal["threads", "processes", "dask"]
+#: a Monday: train windows are measured in weekdays from here, as ``check_warmup`` counts them
+_NOMINAL_START = dt.date(2001, 1, 1)
 
 
 class StudyParams(BaseModel):
@@ -37,7 +41,9 @@ class StudyParams(BaseModel):
         False, description="Expanding train windows from the first date instead of rolling."
     )
     top_k: int = Field(5, ge=1, description="Combinations kept per symbol after phase 1.")
-    objective: Literal["sharpe", "sortino", "total_return", "calmar"] = Field("sharpe")
+    objective: Literal["sharpe", "sortino", "total_return", "calmar"] = Field(
+        "sharpe", description="Score that ranks the combinations in phases 1 and 2."
+    )
     min_trades: int = Field(
         1, ge=0, description="Fewest trades in the train window for a combination to count."
     )
@@ -66,10 +72,21 @@ class StudyParams(BaseModel):
     def _check(self) -> StudyParams:
         try:
             strategy = get_strategy(self.strategy)
-            strategy.combinations(self.grid_spec())
-            self.to_config()
+            _, combos = strategy.combinations(self.grid_spec())
+            config = self.to_config()
         except BacktestError as exc:
             raise ValueError(str(exc)) from None
+        # The exact check needs the data's calendar (backtest.folds.check_warmup, at plan time); the same rule
+        # on a nominal calendar refuses hopeless windows here, before a deployment's run starts any work.
+        train_months = config.folds.months()[0]
+        warmup = strategy.warmup(combos)
+        bars = int(np.busday_count(_NOMINAL_START, (_NOMINAL_START + pd.DateOffset(months=train_months)).date()))
+        if warmup > 0 and bars <= warmup:
+            raise ValueError(
+                f"train_years={self.train_years:g} is about {bars} trading days, not longer than the slowest "
+                f"indicator of {strategy.name} ({warmup} bars): lengthen train_years or shorten the indicator "
+                "windows"
+            )
         return self
 
     def grid_spec(self) -> ParamGrid | None:
