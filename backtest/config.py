@@ -168,6 +168,8 @@ def parse_param(spec: str) -> tuple[str, list[float]]:
                 raise ConfigError(f"--param {spec!r} expands to {count:,} values: use a larger step")
             return name, [round(start + i * step, 10) for i in range(count)]
         return name, [float(v) for v in values.split(",") if v.strip()]
+    except ConfigError:  # a ValueError too, but already the precise message
+        raise
     except ValueError:
         raise ConfigError(
             f"bad --param {spec!r}: values must be numbers, as name=5,10,20 or name=5:50:5"
