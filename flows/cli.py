@@ -61,6 +61,7 @@ def ingest(
         int | None, typer.Option("--workers", min=1, help="Reader processes (default: all CPUs).")
     ] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the full report as JSON.")] = False,
+    db: Annotated[str | None, typer.Option("--db", help="Also write the prices into this database URL.")] = None,
 ) -> None:
     """Validate a folder of price files into the store; bad rows and files are reported, never lost."""
     import json
@@ -68,7 +69,10 @@ def ingest(
     from backtest.errors import BacktestError
     from backtest.ingest import ingest_folder
     from backtest.store import Store
+    from flows import cli_db
 
+    if db:
+        cli_db.check_writable(db)  # a bad URL or an unreachable server stops here, before anything is written
     try:
         report = ingest_folder(source, Store(store), workers=workers)
     except (BacktestError, OSError) as exc:
@@ -82,6 +86,8 @@ def ingest(
         reason = "no file could be ingested" if report.files else f"no *.csv or *.txt files in {source}"
         typer.echo(f"error: {reason}", err=True)
         raise typer.Exit(1)
+    if db:
+        cli_db.sync_store(store, db, quiet=json_output)
 
 
 _SHOWN_PROBLEMS = 20
@@ -239,6 +245,13 @@ def run(
     verbose: Annotated[
         bool, typer.Option("--verbose", help="Show Prefect's run logs in the terminal.")
     ] = False,
+    db: Annotated[
+        str | None,
+        typer.Option("--db", help="Read prices from and write results to this database URL (default: the store)."),
+    ] = None,
+    persist_oos: Annotated[
+        bool, typer.Option("--persist-oos", help="Also write every out-of-sample return into the database.")
+    ] = False,
 ) -> None:
     """Run the three-phase walk-forward study as a Prefect flow and write its results to --out."""
     from flows.runs import prepare_environment
@@ -250,7 +263,7 @@ def run(
     from backtest.errors import BacktestError
     from flows.runs import run_study_cli
 
-    if not (store / "catalog.parquet").exists():
+    if not db and not (store / "catalog.parquet").exists():
         typer.echo(
             f"error: {store} is not a price store: fill it first with `backtest ingest SOURCE --store {store}`",
             err=True,
@@ -282,7 +295,12 @@ def run(
         symbols=[s.strip() for s in symbols.split(",") if s.strip()] if symbols else None,
         start=start,
         end=end,
+        db=db,
+        persist_oos=persist_oos,
     )
+    from flows import cli_db
+
+    cli_db.check_writable(params.results_db())  # one clear line, before any work, when the database is unusable
     raise typer.Exit(run_study_cli(params, Console()))
 
 
@@ -341,3 +359,9 @@ from flows import cli_server  # noqa: E402 - registered after the commands above
 app.add_typer(cli_server.server_app)
 app.command()(cli_server.deploy)
 app.command()(cli_server.trigger)
+
+# The SQL layer's commands (flows/cli_db.py).
+from flows import cli_db  # noqa: E402 - registered after the commands above
+
+app.add_typer(cli_db.db_app)
+app.command()(cli_db.results)

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from backtest.config import FoldSpec, ParamGrid, StudyConfig
 from backtest.errors import BacktestError
@@ -62,6 +63,15 @@ class StudyParams(BaseModel):
     runner: Runner = Field("threads", description="Task runner: threads, processes, or dask.")
     workers: int | None = Field(None, ge=1, description="Concurrent chunks (default: the number of CPUs).")
     dask_address: str | None = Field(None, description="Address of an existing Dask scheduler (runner dask).")
+    db: str | None = Field(
+        None,
+        description="Database URL (sqlite:///file.db or postgresql+psycopg://user:pw@host/db): read the prices "
+        "from it and write the results into it. Default: prices from the store, results to <store>/backtest.db.",
+    )
+    persist: bool = Field(True, description="Write the run's results into the database.")
+    persist_oos: bool = Field(
+        False, description="Also write every out-of-sample daily return into the database (large: slow)."
+    )
     chunk_size: int | None = Field(
         None, ge=1, description="Symbols per chunk (default: chosen from the workload)."
     )
@@ -109,3 +119,19 @@ class StudyParams(BaseModel):
 
     def worker_count(self) -> int:
         return self.workers or os.cpu_count() or 1
+
+    @field_validator("db")
+    @classmethod
+    def _check_db(cls, value: str | None) -> str | None:
+        if value is not None:
+            from backtest.db.engine import DatabaseError, parse_url
+
+            try:
+                parse_url(value)
+            except DatabaseError as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
+    def results_db(self) -> str:
+        """Where the run's results go: ``db``, or the SQLite file beside the store's catalog."""
+        return self.db or f"sqlite:///{Path(self.store).resolve() / 'backtest.db'}"

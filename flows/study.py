@@ -12,6 +12,7 @@ from prefect.futures import as_completed
 from prefect.states import Completed, Failed
 from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTaskRunner
 
+from backtest.db.prices import open_price_source
 from backtest.errors import BacktestError
 from backtest.outputs import write_json
 from backtest.planning import make_plan, plan_chunks, resolve_universe
@@ -20,6 +21,7 @@ from flows.params import StudyParams
 from flows.progress import notify
 from tasks import artifacts
 from tasks.chunks import backtest_chunk, chunk_cache_policy, load_chunk
+from tasks.db import mark_queries, record_run
 from tasks.results import collect_results, prune_cache
 
 
@@ -61,10 +63,12 @@ def three_phase_study(params: StudyParams = StudyParams()) -> Any:  # noqa: B008
 
     store = Store(params.store)
     workers = params.worker_count()
+    db_mark = mark_queries()
     try:
-        universe = resolve_universe(store.catalog(), params.symbols)
+        source = open_price_source(store.root, params.db)  # the Parquet store, or the database --db
+        universe = resolve_universe(source.catalog(), params.symbols)
         plan = make_plan(params.to_config(), universe)
-        specs = plan_chunks(plan, universe, store.data_fingerprint, params.chunk_size, workers)
+        specs = plan_chunks(plan, universe, source.data_fingerprint, params.chunk_size, workers)
     except BacktestError as exc:
         # Bad input (windows longer than the data, unknown symbols...): a clean Failed state, no traceback.
         logger.info("the study cannot start: %s", exc)
@@ -100,6 +104,7 @@ def three_phase_study(params: StudyParams = StudyParams()) -> Any:  # noqa: B008
                     "spec": spec,
                     "last": plan.last_date,
                     "cache_dir": str(dirs["prices"]),
+                    "db": params.db,
                 },
             )
             futures.append(runner.submit(chunk_task, {"spec": spec, "prices_path": loaded, "plan": plan}))
@@ -159,6 +164,14 @@ def three_phase_study(params: StudyParams = StudyParams()) -> Any:  # noqa: B008
     )
     summary["cache"]["pruned"] = pruned.to_dict()
     phases["prune"] = time.perf_counter() - t
+    if params.persist:  # the run and its results into the database, then light maintenance
+        t = time.perf_counter()
+        summary["wall_seconds"] = t - t_start
+        summary["db"] = record_run(
+            params.results_db(), params.db or str(store.root), run_id, params.model_dump(mode="json"),
+            specs, outcomes, str(dirs["results"]), out, summary, db_mark, params.persist_oos,
+        )  # fmt: skip
+        phases["db"] = time.perf_counter() - t
     summary["phase_seconds"] = phases
     summary["wall_seconds"] = time.perf_counter() - t_start
     write_json(out / "summary.json", summary)

@@ -12,9 +12,9 @@ from prefect.cache_policies import CachePolicy
 from prefect.locking.filesystem import FileSystemLockManager
 from prefect.tasks import exponential_backoff
 
+from backtest.db.prices import open_price_source
 from backtest.panelio import read_panel, write_panel
 from backtest.planning import ChunkSpec
-from backtest.store import Store
 from backtest.study import ChunkResult, StudyPlan, run_chunk
 from tasks.serializers import ChunkResultSerializer
 
@@ -65,11 +65,14 @@ def prices_file(cache_dir: Path, spec: ChunkSpec, last: dt.date) -> Path:
     retry_condition_fn=retry_transient,
     persist_result=False,
 )
-def load_chunk(store_root: str, spec: ChunkSpec, last: dt.date, cache_dir: str) -> str:
-    """Make the chunk's prices available as one columnar file (kept until the cache is pruned)."""
+def load_chunk(store_root: str, spec: ChunkSpec, last: dt.date, cache_dir: str, db: str | None = None) -> str:
+    """Make the chunk's prices available as one columnar file (kept until the cache is pruned).
+
+    The source (the store, or the database ``db``) is read only when that file is missing.
+    """
     path = prices_file(Path(cache_dir), spec, last)
     if not path.exists():
-        write_panel(Store(store_root).load(spec.symbols, end=last), path)
+        write_panel(open_price_source(store_root, db).load(spec.symbols, end=last), path)
     return str(path)
 
 

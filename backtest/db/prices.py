@@ -17,6 +17,7 @@ import datetime as dt
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -35,7 +36,7 @@ from backtest.errors import ConfigError, DataError
 from backtest.panel import PRICE_FIELDS, PricePanel
 from backtest.store import DateLike, Store, _as_day, _panel
 
-__all__ = ["DbPriceSource", "PriceSource", "SyncReport", "sync_prices"]
+__all__ = ["DbPriceSource", "PriceSource", "SyncReport", "open_price_source", "sync_prices"]
 
 #: catalog look-ups are repeated for every chunk of a study; a few seconds of staleness is harmless
 #: because ``sync_prices`` clears the cache of the process that writes
@@ -294,3 +295,8 @@ def _write_batch(store: Store, engine: Engine, url: str, symbols: list[str]) -> 
             written += table.num_rows
         bulk_insert(conn, s.prices, {k: np.concatenate(v) for k, v in columns.items()})
     return written
+
+
+def open_price_source(store_root: str | Path, db: str | None = None) -> PriceSource:
+    """The study's price source: the database ``db`` when given, else the Parquet store at ``store_root``."""
+    return DbPriceSource(db) if db else Store(store_root)

@@ -1,0 +1,164 @@
+"""Tasks of the SQL layer: persist a run's results, maintain the database. A few lines each over the core."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.tasks import exponential_backoff
+
+from backtest.db.connect import open_db
+from backtest.db.engine import QueryStat, describe_url, query_log
+from backtest.db.optimize import maintain
+from backtest.db.results import ChunkRecord, persist_run
+from backtest.planning import ChunkSpec
+from tasks.chunks import retry_transient
+
+__all__ = [
+    "chunk_records",
+    "maintain_db",
+    "mark_queries",
+    "persist_results",
+    "record_run",
+    "slowest_since",
+]
+
+
+def mark_queries() -> dict[str, QueryStat]:
+    """This process's query timings so far: the start mark of a run's query report."""
+    return query_log().snapshot()
+
+
+def slowest_since(mark: Mapping[str, QueryStat], n: int = 10) -> list[dict[str, Any]]:
+    log = query_log()
+    return [q.to_dict() for q in log.slowest(n, log.since(dict(mark)))]
+
+
+def chunk_records(
+    specs: Sequence[ChunkSpec], outcomes: Mapping[str, Mapping[str, Any]], results_dir: str
+) -> list[ChunkRecord]:
+    """What the persist step needs about each chunk: its result file when it succeeded, its error if not."""
+    records = []
+    for spec in specs:
+        outcome = outcomes.get(spec.name, {})
+        path = Path(results_dir) / spec.key
+        failed = "error" in outcome or not path.exists()
+        records.append(
+            ChunkRecord(
+                index=spec.index,
+                cache_key=spec.key,
+                symbols=spec.symbols,
+                state="Failed" if failed else str(outcome.get("state", "Completed")),
+                error=str(outcome.get("error", "no result file")) if failed else None,
+                result_path=None if failed else str(path),
+            )
+        )
+    return records
+
+
+@task(
+    name="persist-results",
+    retries=2,
+    retry_delay_seconds=exponential_backoff(backoff_factor=1),
+    retry_condition_fn=retry_transient,
+    persist_result=False,
+)
+def persist_results(
+    db_url: str,
+    flow_run_id: str,
+    strategy: str,
+    config: dict[str, Any],
+    price_source: str,
+    started_at: dt.datetime,
+    chunks: list[ChunkRecord],
+    state: str,
+    summary: dict[str, Any],
+    portfolio_path: str | None,
+    include_oos: bool,
+) -> dict[str, Any]:
+    """The run, its chunks and results in the database, one transaction per chunk (a retry replaces them)."""
+    report = persist_run(
+        db_url,
+        flow_run_id=flow_run_id,
+        strategy=strategy,
+        config=config,
+        price_source=price_source,
+        started_at=started_at,
+        chunks=chunks,
+        state=state,
+        summary=summary,
+        portfolio_path=portfolio_path,
+        include_oos=include_oos,
+    )
+    get_run_logger().info(
+        "run %d persisted: %d selections, %d metric rows, %d oos rows in %.2f s",
+        report.run_id,
+        report.selections,
+        report.metrics,
+        report.oos_rows,
+        report.seconds,
+    )
+    return report.to_dict()
+
+
+@task(name="maintain-db", persist_result=False)
+def maintain_db(
+    db_url: str,
+    light: bool = True,
+    retention_days: float | None = None,
+    vacuum: bool = True,
+    slowest: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """A maintenance pass: light at the end of a study, full in the db-maintenance flow."""
+    engine = open_db(db_url, migrate=True)
+    report = maintain(
+        engine, db_url, light=light, retention_days=retention_days, do_vacuum=vacuum, slowest=slowest
+    )
+    logger = get_run_logger()
+    for plan in report.plans:
+        if not plan.uses_index:
+            logger.warning("query %r scans a table: %s", plan.name, plan.plan)
+    for problem in report.problems:
+        logger.error("integrity: %s", problem)
+    return report.to_dict()
+
+
+def record_run(
+    db_url: str,
+    price_source: str,
+    flow_run_id: str,
+    config: dict[str, Any],
+    specs: Sequence[ChunkSpec],
+    outcomes: Mapping[str, Mapping[str, Any]],
+    results_dir: str,
+    out: Path,
+    summary: dict[str, Any],
+    mark: Mapping[str, QueryStat],
+    include_oos: bool = False,
+) -> dict[str, Any]:
+    """The study flow's database step: persist the run, then light maintenance with the run's slowest queries."""
+    portfolio = out / "portfolio.parquet"
+    persisted = persist_results(
+        db_url,
+        flow_run_id,
+        str(config.get("strategy", "")),
+        config,
+        price_source,
+        dt.datetime.now(dt.UTC) - dt.timedelta(seconds=float(summary.get("wall_seconds") or 0.0)),
+        chunk_records(specs, outcomes, results_dir),
+        str(summary.get("state", "Completed")),
+        summary,
+        str(portfolio) if portfolio.exists() else None,
+        include_oos,
+    )
+    report = maintain_db(db_url, light=True, slowest=slowest_since(mark))
+    return {
+        "url": describe_url(db_url),
+        "persisted": persisted,
+        "plans_ok": all(p["uses_index"] for p in report["plans"]),
+        "optimized": report["optimized"],
+        "slowest_queries": report["slowest_queries"][:5],
+    }
