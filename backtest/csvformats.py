@@ -14,6 +14,7 @@ so each row's line can be reconstructed exactly.
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import io
 import re
@@ -217,6 +218,49 @@ def _layout_of(header: str) -> CsvLayout:
         raise
 
 
+_UNDECODABLE = re.compile("[\udc80-\udcff]")
+
+
+class _RepairedUtf8(io.RawIOBase):
+    """A byte stream with every byte that is not UTF-8 replaced by U+FFFD, decoded incrementally.
+
+    pyarrow's CSV reader fails the whole file when a malformed row (wrong number of fields) also holds bytes
+    that are not UTF-8; repaired first, such a row is just one more quarantined row. ``repaired`` says that
+    something was replaced, so validation can name the problem on the rows that carry it.
+    """
+
+    def __init__(self, raw: BinaryIO) -> None:
+        super().__init__()
+        self._raw = raw
+        self._decoder = codecs.getincrementaldecoder("utf-8")("surrogateescape")
+        self._pending = b""
+        self._eof = False
+        self.repaired = False
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int | None = -1) -> bytes:
+        want = -1 if size is None else size
+        while not self._eof and (want < 0 or len(self._pending) < want):
+            block = self._raw.read(_HASH_BLOCK)
+            self._eof = not block
+            if block.isascii() and not self._decoder.getstate()[0]:
+                repaired = block  # plain ASCII (the usual price file): nothing to decode
+            else:
+                text = self._decoder.decode(block, final=self._eof)
+                if _UNDECODABLE.search(text):
+                    self.repaired = True
+                    text = _UNDECODABLE.sub("\ufffd", text)
+                repaired = text.encode("utf-8")
+            self._pending = self._pending + repaired if self._pending else repaired
+        if want < 0 or want >= len(self._pending):
+            out, self._pending = self._pending, b""
+        else:
+            out, self._pending = self._pending[:want], self._pending[want:]
+        return out
+
+
 @dataclass(frozen=True, eq=False)
 class RawBatch:
     """One block of a file's rows as text, with the physical line number of each row.
@@ -259,7 +303,8 @@ class CsvSource:
             invalid.append(row)
             return "skip"
 
-        with self.open_stream() as stream:
+        with self.open_stream() as raw:
+            stream = _RepairedUtf8(raw)
             try:
                 reader = pacsv.open_csv(
                     stream,
@@ -298,7 +343,7 @@ class CsvSource:
                 # Invalid rows up to the batch's last line (or all of them, at the end of the file) are its own.
                 fresh = [row for row in invalid[taken:] if row.number <= end]
                 taken += len(fresh)
-                yield _to_batch(pa.Table.from_batches([batch]), lines, fresh)
+                yield _to_batch(pa.Table.from_batches([batch]), lines, fresh, stream.repaired)
                 next_line = end + 1
             rest = invalid[taken:]
             if rest:
@@ -327,8 +372,10 @@ def _as_text(column: pa.ChunkedArray) -> tuple[pa.ChunkedArray, bool]:
         return pa.chunked_array([pa.array(values, type=pa.string())]), True
 
 
-def _to_batch(table: pa.Table, lines: np.ndarray, invalid: list[pacsv.InvalidRow]) -> RawBatch:
-    columns, replaced = [], False
+def _to_batch(
+    table: pa.Table, lines: np.ndarray, invalid: list[pacsv.InvalidRow], repaired: bool = False
+) -> RawBatch:
+    columns, replaced = [], repaired
     for column in table.columns:
         text, bad = _as_text(column)
         columns.append(text)
