@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from backtest.alerts import AlertThresholds
 from backtest.config import FoldSpec, ParamGrid, StudyConfig
 from backtest.errors import BacktestError
 from backtest.strategies import get_strategy
@@ -77,6 +78,12 @@ class StudyParams(BaseModel):
     )
     cache_max_gb: float = Field(20.0, gt=0, description="Size limit of the result cache.")
     cache_max_age_days: float = Field(30.0, gt=0, description="Cached results older than this are removed.")
+    monitor_interval: float = Field(
+        1.0, gt=0, le=60, description="Seconds between resource samples of the run's processes."
+    )
+    alerts: AlertThresholds = Field(
+        default_factory=AlertThresholds, description="Alert thresholds (each alert is raised once per run)."
+    )
 
     @model_validator(mode="after")
     def _check(self) -> StudyParams:

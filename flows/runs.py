@@ -31,6 +31,7 @@ def prepare_environment(verbose: bool = False) -> None:
 
 def run_study_cli(params: Any, console: Console) -> int:
     """Run the flow in this process with a progress bar; print the summary; return the exit code."""
+    from flows.progress import Progress as StudyProgress
     from flows.progress import set_listener
     from flows.study import three_phase_study
 
@@ -39,15 +40,25 @@ def run_study_cli(params: Any, console: Console) -> int:
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("chunks"),
+        TextColumn("{task.fields[rate]}"),
+        TextColumn("{task.fields[eta]}"),
         TimeElapsedColumn(),
         TextColumn("{task.description}"),
         console=console,
         transient=False,
     ) as progress:
-        bar = progress.add_task("planning...", total=None)
+        bar = progress.add_task("planning...", total=None, rate="", eta="")
 
-        def on_chunk(done: int, total: int, chunk: str, state: str) -> None:
-            progress.update(bar, completed=done, total=total, description=f"{chunk} {state.lower()}")
+        def on_chunk(update: StudyProgress) -> None:
+            rate, eta = update.symbols_per_second, update.eta_seconds
+            progress.update(
+                bar,
+                completed=update.done,
+                total=update.total,
+                description=f"{update.chunk} {update.state.lower()}",
+                rate=f"{rate:,.0f} symbols/s" if rate else "",
+                eta=f"ETA {eta:,.0f} s" if eta is not None else "",
+            )
 
         set_listener(on_chunk)
         try:
@@ -102,8 +113,33 @@ def print_summary(summary: dict[str, Any], console: Console) -> None:
             f"selected combinations: mean score in sample {_fmt(figures['mean_in_sample_score'])}, "
             f"validation {_fmt(figures['mean_validation_score'])}, test {_fmt(figures['mean_test_score'])}"
         )
+    print_monitoring(summary, console)
     console.print(f"results in {summary['out']}")
 
 
 def read_summary(out: Path) -> dict[str, Any]:
     return json.loads((out / "summary.json").read_text())
+
+
+def print_monitoring(summary: dict[str, Any], console: Console) -> None:
+    """Resources, bottleneck, alerts and recommendations of the run (from summary.json)."""
+    if "peak_rss_bytes" not in summary:
+        return
+    from backtest.report import describe_bottleneck
+
+    peak = summary.get("peak_rss_bytes")
+    eff, hit = summary.get("parallel_efficiency"), summary.get("cache_hit_rate")
+    console.print(
+        f"peak RSS {peak / 2**20:,.0f} MiB" if peak else "peak RSS n/a",
+        f"parallel efficiency {eff:.0%}" if eff is not None else "parallel efficiency n/a",
+        f"cache hit rate {hit:.0%}" if hit is not None else "",
+        f"orchestration {summary.get('orchestration_overhead_seconds', 0.0):.1f} s",
+        sep=", ",
+    )
+    console.print(f"bottleneck: {describe_bottleneck(summary.get('bottleneck') or {})}", highlight=False)
+    for alert in summary.get("alerts", []):
+        console.print(f"[yellow]alert[/] {alert['kind']}: {alert['message']}", highlight=False)
+    for advice in summary.get("recommendations", []):
+        console.print(f"advice: {advice}", highlight=False)
+    if summary.get("report"):
+        console.print(f"report {summary['report']}")

@@ -16,12 +16,15 @@ from backtest.db.prices import open_price_source
 from backtest.errors import BacktestError
 from backtest.outputs import write_json
 from backtest.planning import make_plan, plan_chunks, resolve_universe
+from backtest.profiling import wall_timings
+from backtest.report import REPORT_FILE
 from backtest.store import Store
+from flows.monitoring import RunWatch
 from flows.params import StudyParams
-from flows.progress import notify
 from tasks import artifacts
 from tasks.chunks import backtest_chunk, chunk_cache_policy, load_chunk
 from tasks.db import mark_queries, record_run
+from tasks.report import publish_report
 from tasks.results import collect_results, prune_cache
 
 
@@ -54,7 +57,13 @@ def cache_dirs(store: Store) -> dict[str, Path]:
 
 @flow(name="three-phase-study", log_prints=False, persist_result=False)
 def three_phase_study(params: StudyParams = StudyParams()) -> Any:  # noqa: B008 - pydantic default
-    """Plan the chunks, load and backtest each (cached by its inputs), collect, publish, prune."""
+    """Plan the chunks, load and backtest each (cached by its inputs), collect, publish, prune, report."""
+    watch = RunWatch(get_run_context().flow_run, params.alerts, params.monitor_interval)
+    with watch:  # the resource monitor samples the run's process tree until the flow returns or fails
+        return _run_study(params, watch)
+
+
+def _run_study(params: StudyParams, watch: RunWatch) -> Any:
     t_start = time.perf_counter()
     logger = get_run_logger()
     run_id = str(get_run_context().flow_run.id)
@@ -74,6 +83,7 @@ def three_phase_study(params: StudyParams = StudyParams()) -> Any:  # noqa: B008
         logger.info("the study cannot start: %s", exc)
         return Failed(message=f"{type(exc).__name__}: {exc}")
     dirs = cache_dirs(store)
+    watch.plan(specs, dirs["results"])
     out = Path(params.out) if params.out else store.root / "runs" / run_id
     logger.info(
         "%d symbols from %s to %s, %d folds x %d combinations, %d chunks on %d %s workers",
@@ -92,7 +102,7 @@ def three_phase_study(params: StudyParams = StudyParams()) -> Any:  # noqa: B008
     chunk_task = backtest_chunk.with_options(
         cache_policy=chunk_cache_policy(dirs["records"], dirs["locks"]), result_storage=dirs["results"]
     )
-    progress = artifacts.start_progress(len(specs))
+    watch.start_progress()
     outcomes: dict[str, dict[str, Any]] = {}
     with make_task_runner(params.runner, workers, params.dask_address) as runner:
         futures = []
@@ -109,7 +119,7 @@ def three_phase_study(params: StudyParams = StudyParams()) -> Any:  # noqa: B008
             )
             futures.append(runner.submit(chunk_task, {"spec": spec, "prices_path": loaded, "plan": plan}))
         by_future = dict(zip((f.task_run_id for f in futures), specs, strict=True))
-        for done, future in enumerate(as_completed(futures), start=1):
+        for future in as_completed(futures):
             future.wait()
             spec, state = by_future[future.task_run_id], future.state
             outcome = {"chunk": spec.name, "symbols": len(spec.symbols), "state": state.name, "key": spec.key}
@@ -119,10 +129,10 @@ def three_phase_study(params: StudyParams = StudyParams()) -> Any:  # noqa: B008
             else:
                 logger.info("%s: %s", spec.describe(), "cache hit" if state.name == "Cached" else "computed")
             outcomes[spec.name] = outcome
-            artifacts.update_progress(progress, done, len(specs))
-            notify(done, len(specs), spec.name, state.name)
+            watch.chunk_finished(spec.name, state)
         del futures, future, state
     phases["backtest"] = time.perf_counter() - t
+    watch.backtest_done()
     t = time.perf_counter()
 
     failed = [o for o in outcomes.values() if "error" in o]
@@ -146,7 +156,7 @@ def three_phase_study(params: StudyParams = StudyParams()) -> Any:  # noqa: B008
     if not failed:
         collected = collect_results(plan, specs, str(dirs["results"]), str(out))
         summary["figures"] = collected["figures"]
-        summary["chunk_seconds"] = collected["timings"]
+        summary["chunk_seconds"] = wall_timings(collected["timings"])
         artifacts.chunk_table(
             [{**row, "state": outcomes[row["chunk"]]["state"]} for row in collected["chunks"]]
         )
@@ -174,8 +184,13 @@ def three_phase_study(params: StudyParams = StudyParams()) -> Any:  # noqa: B008
         phases["db"] = time.perf_counter() - t
     summary["phase_seconds"] = phases
     summary["wall_seconds"] = time.perf_counter() - t_start
+    watch.finish(summary, phases, summary["wall_seconds"], out, workers, params.runner)
+    summary["report"] = str(out / REPORT_FILE)
     write_json(out / "summary.json", summary)
     artifacts.summary_markdown(summary)
+    report = publish_report(str(out), return_state=True)
+    if report.is_failed():
+        logger.error("the report could not be built: %s", _error_text(report))
 
     if failed:
         names = ", ".join(o["chunk"] for o in failed)

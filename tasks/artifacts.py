@@ -17,12 +17,13 @@ from backtest.metrics import HEADLINE_METRICS
 
 
 def start_progress(total: int) -> UUID | None:
-    return create_progress_artifact(progress=0.0, key="study-progress", description=f"Chunks done of {total}")
+    return create_progress_artifact(progress=0.0, key="study-progress", description=f"0/{total} chunks")
 
 
-def update_progress(artifact_id: UUID | None, done: int, total: int) -> None:
+def update_progress(artifact_id: UUID | None, percent: float, description: str) -> None:
+    """Percent done, with chunks done, symbols per second and the ETA in the description."""
     if artifact_id is not None:
-        update_progress_artifact(artifact_id=artifact_id, progress=100.0 * done / max(total, 1))
+        update_progress_artifact(artifact_id=artifact_id, progress=percent, description=description)
 
 
 def chunk_table(rows: Sequence[dict[str, Any]]) -> None:

@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import datetime as dt
-import time
 from pathlib import Path
 from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import CachePolicy
-from prefect.locking.filesystem import FileSystemLockManager
+from prefect.context import TaskRunContext
 from prefect.tasks import exponential_backoff
 
 from backtest.db.prices import open_price_source
 from backtest.panelio import read_panel, write_panel
 from backtest.planning import ChunkSpec
+from backtest.profiling import add_task_figures, measure, wall_timings
 from backtest.study import ChunkResult, StudyPlan, run_chunk
+from tasks.locks import ProcessLockManager
 from tasks.serializers import ChunkResultSerializer
 
 #: errors that can pass on a second try (a busy disk, a dropped connection, a worker short of memory);
@@ -48,7 +49,7 @@ def chunk_cache_policy(records: Path, locks: Path) -> CachePolicy:
     return CachePolicy.from_cache_key_fn(_chunk_key).configure(
         key_storage=records,
         isolation_level="SERIALIZABLE",
-        lock_manager=FileSystemLockManager(lock_files_directory=locks),
+        lock_manager=ProcessLockManager(lock_files_directory=locks),
     )
 
 
@@ -87,17 +88,22 @@ def load_chunk(store_root: str, spec: ChunkSpec, last: dt.date, cache_dir: str, 
     result_serializer=ChunkResultSerializer(),
 )
 def backtest_chunk(spec: ChunkSpec, prices_path: str, plan: StudyPlan) -> ChunkResult:
-    """All three phases for one chunk of symbols; the result is persisted as Parquet (the cache)."""
-    t0 = time.perf_counter()
-    panel = read_panel(Path(prices_path))
-    load_seconds = time.perf_counter() - t0
-    result = run_chunk(panel, plan)
-    result.timings["load"] = result.timings.get("load", 0.0) + load_seconds
+    """All three phases for one chunk of symbols; the result is persisted as Parquet (the cache).
+
+    Its timings also carry the task's CPU time and attempt number (backtest.profiling), for the profiler.
+    """
+    with measure() as total:
+        with measure() as load:
+            panel = read_panel(Path(prices_path))
+        result = run_chunk(panel, plan)
+    result.timings["load"] = result.timings.get("load", 0.0) + load.wall
+    add_task_figures(result.timings, load, total, TaskRunContext.get().task_run.run_count)
     get_run_logger().info(
-        "%s: %d symbols computed in %.2f s (%s)",
+        "%s: %d symbols computed in %.2f s, CPU %.2f s (%s)",
         spec.name,
         len(spec.symbols),
-        time.perf_counter() - t0,
-        ", ".join(f"{k} {v:.2f} s" for k, v in result.timings.items()),
+        total.wall,
+        total.cpu,
+        ", ".join(f"{k} {v:.2f} s" for k, v in wall_timings(result.timings).items()),
     )
     return result

@@ -1,0 +1,251 @@
+"""Recommendations: rules turning a run's profile into concrete advice, with the numbers behind it.
+
+Each rule is a pure function of a ``RunProfile`` returning a ``Recommendation`` or None, so each can be tested
+on constructed figures. Thresholds are module constants: they say when a figure is worth acting on.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from backtest.profiling import CPU_BOUND, WAITING, RunProfile
+
+#: per-task overhead above this fraction of a median chunk's work makes chunks "too small"
+MAX_TASK_OVERHEAD_SHARE = 0.10
+#: chunk work should be at least this many times the per-task overhead
+TARGET_WORK_PER_OVERHEAD = 20.0
+#: loading above this share of the chunks' time "dominates"
+LOAD_DOMINATES_SHARE = 0.30
+#: the slowest chunk above this multiple of the median "dominates"
+IMBALANCE_LIMIT = 2.0
+#: orchestration above this share of the flow's wall time is worth reducing
+OVERHEAD_SHARE_LIMIT = 0.20
+#: parallel efficiency below this means workers sit idle or contend
+LOW_EFFICIENCY = 0.6
+#: plan memory for at most this share of the machine
+MEMORY_BUDGET = 0.8
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    rule: str
+    advice: str
+    figures: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _symbols(p: RunProfile) -> int:
+    return sum(c.symbols for c in p.chunks)
+
+
+def _median_wall(p: RunProfile) -> float | None:
+    walls = [c.wall for c in p.computed]
+    return statistics.median(walls) if walls else None
+
+
+def chunks_too_small(p: RunProfile) -> Recommendation | None:
+    """Per-task overhead is a large share of each chunk's work: fewer, bigger chunks amortise it."""
+    median = _median_wall(p)
+    if not median or p.per_task_overhead is None or p.per_task_overhead <= MAX_TASK_OVERHEAD_SHARE * median:
+        return None
+    factor = TARGET_WORK_PER_OVERHEAD * p.per_task_overhead / median
+    n_symbols = _symbols(p)
+    upper = max(math.ceil(n_symbols / max(p.workers, 1)), 1)  # keep at least one chunk per worker
+    suggested = min(max(math.ceil(p.chunk_size * factor), p.chunk_size + 1), upper)
+    if suggested <= p.chunk_size:
+        return None
+    return Recommendation(
+        "chunks-too-small",
+        f"Each chunk task costs about {p.per_task_overhead:.2f} s of orchestration against a median "
+        f"{median:.2f} s of work ({p.per_task_overhead / median:.0%}). Use --chunk-size {suggested} "
+        f"(now {p.chunk_size}) so the work is about {TARGET_WORK_PER_OVERHEAD:.0f}x the overhead.",
+        {
+            "per_task_overhead_s": p.per_task_overhead,
+            "median_chunk_s": median,
+            "suggested_chunk_size": suggested,
+        },
+    )
+
+
+def too_few_chunks(p: RunProfile) -> Recommendation | None:
+    """Fewer chunks than a few per worker leave workers idle at the end of the run."""
+    computed = p.computed
+    if not computed or p.parallel_efficiency is None or p.parallel_efficiency >= LOW_EFFICIENCY:
+        return None
+    if len(p.chunks) >= 2 * p.workers:
+        return None
+    suggested = max(math.ceil(_symbols(p) / (4 * p.workers)), 1)
+    if suggested >= p.chunk_size:
+        return None
+    return Recommendation(
+        "too-few-chunks",
+        f"{len(p.chunks)} chunks for {p.workers} workers leaves workers idle (parallel efficiency "
+        f"{p.parallel_efficiency:.0%}). Use --chunk-size {suggested} for about 4 chunks per worker.",
+        {"chunks": len(p.chunks), "workers": p.workers, "suggested_chunk_size": suggested},
+    )
+
+
+def more_workers(p: RunProfile) -> Recommendation | None:
+    """CPU-bound work, idle cores and memory to spare: more workers finish sooner."""
+    if p.workers >= p.cores or p.peak_rss is None or not p.computed:
+        return None
+    if p.bottleneck.get("classification") != CPU_BOUND:
+        return None
+    per_worker = p.peak_rss / max(p.workers, 1)  # conservative: the whole tree's memory split by workers
+    headroom = MEMORY_BUDGET * p.machine_memory - p.peak_rss
+    extra = int(headroom // per_worker) if per_worker > 0 else 0
+    suggested = min(p.cores, p.workers + max(extra, 0))
+    if suggested <= p.workers:
+        return None
+    return Recommendation(
+        "more-workers",
+        f"The work is CPU-bound on {p.workers} of {p.cores} cores and the run peaked at "
+        f"{p.peak_rss / 2**30:.2f} GiB of {p.machine_memory / 2**30:.1f} GiB: memory allows "
+        f"--workers {suggested}.",
+        {"workers": p.workers, "cores": p.cores, "peak_rss": p.peak_rss, "suggested_workers": suggested},
+    )
+
+
+def fewer_workers(p: RunProfile) -> Recommendation | None:
+    """More workers than cores only adds contention for CPU-bound work."""
+    if p.workers <= p.cores or not p.computed:
+        return None
+    return Recommendation(
+        "fewer-workers",
+        f"{p.workers} workers on {p.cores} cores: CPU-bound chunks only queue for the cores. "
+        f"Use --workers {p.cores}.",
+        {"workers": p.workers, "cores": p.cores, "suggested_workers": p.cores},
+    )
+
+
+def memory_pressure(p: RunProfile) -> Recommendation | None:
+    """The run came close to the machine's memory: fewer chunks in flight, or smaller ones."""
+    if p.peak_rss is None or p.peak_rss <= MEMORY_BUDGET * p.machine_memory:
+        return None
+    share = p.peak_rss / p.machine_memory
+    smaller = max(p.chunk_size // 2, 1)
+    return Recommendation(
+        "memory-pressure",
+        f"The run peaked at {share:.0%} of the machine's memory ({p.peak_rss / 2**30:.2f} GiB). "
+        f"Use --chunk-size {smaller} or fewer --workers (now {p.workers}).",
+        {"peak_rss": p.peak_rss, "share": share, "suggested_chunk_size": smaller},
+    )
+
+
+def loading_dominates(p: RunProfile) -> Recommendation | None:
+    """Loading prices takes a large share of the chunks' time: the store is slow or cold."""
+    phases = {b.name: b for b in p.phases}
+    total = sum(b.wall for b in p.phases)
+    load = phases.get("load")
+    if load is None or total <= 0 or load.wall / total <= LOAD_DOMINATES_SHARE:
+        return None
+    share = load.wall / total
+    kind = load.classification or "unknown"
+    return Recommendation(
+        "loading-dominates",
+        f"Loading prices is {share:.0%} of the chunks' time ({load.wall * load.parallelism:.1f} s over all "
+        f"chunks, {kind}). Keep the store on local disk (not a network share) and warm the price cache: "
+        "a second run of the same study reads the cached chunk price files.",
+        {"load_share": share, "load_seconds": load.wall * load.parallelism, "classification": kind},
+    )
+
+
+def one_chunk_dominates(p: RunProfile) -> Recommendation | None:
+    """One chunk much slower than the median holds the run's tail: split it. Unless it was one of the first
+    chunks to start, whose time is mostly one-time start-up (numba loading its compiled kernels, imports):
+    then say so instead, since splitting would not help."""
+    computed = p.computed
+    median = _median_wall(p)
+    if not computed or not median or p.load_imbalance is None or p.load_imbalance <= IMBALANCE_LIMIT:
+        return None
+    worst = max(computed, key=lambda c: c.wall)
+    started = sorted((c for c in computed if c.start is not None), key=lambda c: c.start or 0.0)
+    first = {c.chunk for c in started[: p.workers]}
+    figures = {"chunk": worst.chunk, "seconds": worst.wall, "median": median, "ratio": p.load_imbalance}
+    if worst.chunk in first:
+        return Recommendation(
+            "start-up-chunk",
+            f"{worst.chunk} took {worst.wall:.2f} s, {p.load_imbalance:.1f}x the median {median:.2f} s, but "
+            f"it was among the first {p.workers} chunks to start: that is one-time start-up on fresh workers "
+            "(loading the compiled kernels), not its data. It weighs less as the study grows; keep the "
+            "workers (a Dask cluster, a running worker) alive between runs to avoid it.",
+            {**figures, "first_chunks": sorted(first)},
+        )
+    parts = math.ceil(worst.wall / median)
+    suggested = max(math.ceil(worst.symbols / parts), 1)
+    return Recommendation(
+        "split-slow-chunk",
+        f"{worst.chunk} took {worst.wall:.2f} s, {p.load_imbalance:.1f}x the median {median:.2f} s. "
+        f"Split it: --chunk-size {suggested} gives chunks of about the median's work "
+        "(its symbols may have longer histories or a heavier grid region).",
+        {**figures, "suggested_chunk_size": suggested},
+    )
+
+
+def orchestration_heavy(p: RunProfile) -> Recommendation | None:
+    """Much of the wall time was spent outside study work: task submission, caching, server round trips."""
+    if p.wall <= 0 or p.orchestration_overhead / p.wall <= OVERHEAD_SHARE_LIMIT:
+        return None
+    share = p.orchestration_overhead / p.wall
+    return Recommendation(
+        "orchestration-overhead",
+        f"{p.orchestration_overhead:.1f} s ({share:.0%}) of the {p.wall:.1f} s run was orchestration. "
+        f"Use fewer, larger chunks ({len(p.chunks)} now), and run against a Prefect server that is already "
+        "up (PREFECT_API_URL) instead of a fresh ephemeral one.",
+        {"overhead_s": p.orchestration_overhead, "share": share, "chunks": len(p.chunks)},
+    )
+
+
+def threads_waiting(p: RunProfile) -> Recommendation | None:
+    """Thread workers that mostly wait hold the GIL against each other: processes avoid it."""
+    if p.runner != "threads" or not p.computed or p.parallel_efficiency is None:
+        return None
+    if p.parallel_efficiency >= LOW_EFFICIENCY:
+        return None
+    backtest = next((s for s in p.steps if s.name == "backtest"), None)
+    if backtest is None or backtest.classification != WAITING:
+        return None
+    return Recommendation(
+        "threads-contend",
+        f"Chunk threads were busy only {p.parallel_efficiency:.0%} of the time and mostly waited: "
+        "Python-level work (a custom strategy, pandas) holds the GIL. Try --runner processes.",
+        {"parallel_efficiency": p.parallel_efficiency, "runner": p.runner},
+    )
+
+
+def cache_missing(p: RunProfile) -> Recommendation | None:
+    """A warm run that recomputed most chunks: something in every key changed."""
+    if not p.warm or p.cache_hit_rate is None or p.cache_hit_rate >= 0.8:
+        return None
+    return Recommendation(
+        "cache-misses",
+        f"The cache held results for this study but only {p.cache_hit_rate:.0%} of the chunks were served "
+        "from it: the data, the configuration or the core's code changed for the others (a chunk's key is "
+        "its data fingerprint, dates, configuration and code version).",
+        {"cache_hit_rate": p.cache_hit_rate},
+    )
+
+
+RULES: tuple[Callable[[RunProfile], Recommendation | None], ...] = (
+    memory_pressure,
+    one_chunk_dominates,
+    chunks_too_small,
+    too_few_chunks,
+    loading_dominates,
+    more_workers,
+    fewer_workers,
+    threads_waiting,
+    orchestration_heavy,
+    cache_missing,
+)
+
+
+def recommend(profile: RunProfile) -> list[Recommendation]:
+    """Every rule's advice for this run, most urgent first."""
+    return [r for rule in RULES if (r := rule(profile)) is not None]

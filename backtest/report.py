@@ -1,0 +1,509 @@
+"""The run report: plots (matplotlib, Agg, PNG) and ``report.html``, built only from the files a run saved.
+
+Everything the report shows is read back from the output folder (the result tables, ``summary.json``,
+``profile.json`` and ``resources.parquet``), so ``backtest report OUT`` rebuilds the same report later, on
+another machine, without re-running anything. Plots are separate PNG files in ``OUT/report/`` referenced
+from the HTML by relative path, so the folder can be moved or served as it is.
+
+The markdown summary for the Prefect artifact is built here too, from the same figures.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import PercentFormatter
+
+from backtest.alerts import Alert
+from backtest.monitor import CORE_PREFIX, Sample, write_samples
+from backtest.outputs import write_json
+from backtest.profiling import PHASES, RunProfile, fmt_bytes
+from backtest.recommendations import Recommendation
+
+PROFILE_FILE = "profile.json"
+RESOURCES_FILE = "resources.parquet"
+REPORT_FILE = "report.html"
+PLOT_DIR = "report"
+DPI = 100
+
+
+# -- saving a run's profile -------------------------------------------------------------------------------------
+def profile_document(
+    profile: RunProfile, recommendations: Sequence[Recommendation], alerts: Sequence[Alert]
+) -> dict[str, Any]:
+    """What ``profile.json`` holds: the run's figures, per-chunk rows, recommendations and alerts."""
+    return {
+        "profile": profile.summary(),
+        "wall_seconds": profile.wall,
+        "chunk_size": profile.chunk_size,
+        "runner": profile.runner,
+        "chunks": [c.row() for c in profile.chunks],
+        "recommendations": [r.to_dict() for r in recommendations],
+        "alerts": [a.to_dict() for a in alerts],
+    }
+
+
+def save_profile(
+    out: Path,
+    profile: RunProfile,
+    recommendations: Sequence[Recommendation],
+    alerts: Sequence[Alert],
+    samples: Sequence[Sample],
+) -> dict[str, Any]:
+    """Write ``profile.json`` and ``resources.parquet`` into ``out``; return the profile document."""
+    doc = profile_document(profile, recommendations, alerts)
+    write_json(out / PROFILE_FILE, doc)
+    write_samples(samples, out / RESOURCES_FILE)
+    return doc
+
+
+# -- plots ---------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ReportFiles:
+    html: Path
+    plots: dict[str, Path]
+    skipped: dict[str, str]  # plot name -> why it is not there
+
+
+def _figure(width: float, height: float) -> Figure:
+    """A figure on its own Agg canvas: no pyplot, no global backend switch, safe off the main thread."""
+    fig = Figure(figsize=(width, height))
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
+    fig.savefig(tmp, dpi=DPI, format="png")
+    os.replace(tmp, path)
+    return path
+
+
+def _read(out: Path, name: str) -> pd.DataFrame | None:
+    path = out / name
+    return pd.read_parquet(path) if path.exists() else None
+
+
+def plot_equity(out: Path, path: Path) -> Path | str:
+    port = _read(out, "portfolio.parquet")
+    if port is None or port.empty:
+        return "no portfolio.parquet (the study produced no out-of-sample returns)"
+    fig = _figure(9, 5.5)
+    ax1, ax2 = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [2, 1]})
+    dates = pd.to_datetime(port["date"])
+    for col, label in (("equity", "strategy"), ("benchmark_equity", "buy and hold")):
+        if col in port:
+            ax1.plot(dates, port[col], label=label, linewidth=1.2)
+            ax2.plot(dates, port[col] / port[col].cummax() - 1.0, label=label, linewidth=1.0)
+    ax1.set_ylabel("equity (start = 1)")
+    ax1.set_title("Out-of-sample equal-weight portfolio")
+    ax1.legend(loc="upper left")
+    ax1.grid(alpha=0.3)
+    ax2.set_ylabel("drawdown")
+    ax2.yaxis.set_major_formatter(PercentFormatter(1.0))
+    ax2.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_scores(out: Path, path: Path) -> Path | str:
+    sel = _read(out, "selections.parquet")
+    if sel is None or sel.empty:
+        return "no selections.parquet"
+    chosen = sel[sel["basis"] != "skipped"]
+    if chosen.empty:
+        return "no fold had a selection"
+    by_fold = chosen.groupby("fold")[["is_score", "val_score", "test_score"]].mean()
+    fig = _figure(9, 4)
+    ax = fig.subplots()
+    x = np.arange(len(by_fold))
+    width = 0.27
+    for i, (col, label) in enumerate(
+        (
+            ("is_score", "in sample (train)"),
+            ("val_score", "validation"),
+            ("test_score", "out of sample (test)"),
+        )
+    ):
+        ax.bar(x + (i - 1) * width, by_fold[col].fillna(0.0), width, label=label)
+    ax.set_xticks(x, [f"fold {int(f)}" for f in by_fold.index])
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_ylabel("mean score of the selected combinations")
+    ax.set_title("In-sample vs out-of-sample score per fold")
+    ax.legend()
+    ax.grid(alpha=0.3, axis="y")
+    return _save(fig, path)
+
+
+def _param_columns(frame: pd.DataFrame) -> list[str]:
+    return [c for c in frame.columns if c.startswith("param_")]
+
+
+def plot_grid(out: Path, path: Path) -> Path | str:
+    grid = _read(out, "grid_scores.parquet")
+    if grid is None or grid.empty:
+        return "no grid_scores.parquet"
+    params = _param_columns(grid)
+    if not params:
+        return "the strategy has no parameters: there is no grid to map"
+    train = grid[grid["window"] == "train"]
+    fig = _figure(8, 5.5)
+    ax = fig.subplots()
+    if len(params) == 1:
+        line = train.groupby(params[0])["mean_score"].mean()
+        ax.plot(line.index, line.to_numpy(), marker="o")
+        ax.set_xlabel(params[0].removeprefix("param_"))
+        ax.set_ylabel("mean train score")
+    else:
+        px, py = params[0], params[1]
+        table = train.groupby([py, px])["mean_score"].mean().unstack(px)
+        values = table.to_numpy(dtype=float)
+        finite = values[np.isfinite(values)]
+        vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+        image = ax.imshow(values, origin="lower", aspect="auto", cmap="viridis", vmin=vmin, vmax=vmax)
+        ax.set_xticks(range(len(table.columns)), [f"{v:g}" for v in table.columns], rotation=45)
+        ax.set_yticks(range(len(table.index)), [f"{v:g}" for v in table.index])
+        ax.set_xlabel(px.removeprefix("param_"))
+        ax.set_ylabel(py.removeprefix("param_"))
+        fig.colorbar(image, ax=ax, label="mean train score")
+        if len(params) > 2:
+            ax.set_title("(averaged over " + ", ".join(p.removeprefix("param_") for p in params[2:]) + ")")
+    ax.set_title("Grid score heat map (train windows, mean over symbols and folds)")
+    return _save(fig, path)
+
+
+def plot_selections(out: Path, path: Path) -> Path | str:
+    sel = _read(out, "selections.parquet")
+    if sel is None or sel.empty:
+        return "no selections.parquet"
+    params = _param_columns(sel)
+    chosen = sel[sel["basis"] != "skipped"]
+    if not params or chosen.empty:
+        return "no selected parameters to show"
+    fig = _figure(9, 2.6 * len(params) + 0.6)
+    axes = fig.subplots(len(params), 1, sharex=True, squeeze=False)[:, 0]
+    when = pd.to_datetime(chosen["test_start"])
+    for ax, param in zip(axes, params, strict=True):
+        grouped = chosen.assign(when=when).groupby("when")[param]
+        mean, lo, hi = grouped.mean(), grouped.quantile(0.25), grouped.quantile(0.75)
+        ax.fill_between(mean.index, lo.to_numpy(), hi.to_numpy(), alpha=0.25, step="post", label="25-75 %")
+        ax.step(mean.index, mean.to_numpy(), where="post", label="mean", linewidth=1.5)
+        ax.set_ylabel(param.removeprefix("param_"))
+        ax.grid(alpha=0.3)
+        ax.legend(loc="upper left")
+    axes[0].set_title("Selected parameters over time (per test window, across symbols)")
+    return _save(fig, path)
+
+
+def plot_resources(out: Path, path: Path) -> Path | str:
+    res = _read(out, RESOURCES_FILE)
+    if res is None or len(res) < 2:
+        return "fewer than two resource samples (the run was shorter than the monitor's interval)"
+    fig = _figure(9, 5.5)
+    ax1, ax2 = fig.subplots(2, 1, sharex=True)
+    t = res["elapsed"]
+    cores = [c for c in res.columns if c.startswith(CORE_PREFIX)]
+    for c in cores:
+        ax1.plot(t, res[c], linewidth=0.6, alpha=0.5, label=f"core {c.removeprefix(CORE_PREFIX)}")
+    ax1.plot(t, res["tree_cpu_percent"] / max(len(cores), 1), linewidth=1.6, label="this run (of all cores)")
+    ax1.set_ylabel("CPU %")
+    ax1.set_ylim(0, 105)
+    ax1.legend(loc="upper right", fontsize="small", ncol=2)
+    ax1.grid(alpha=0.3)
+    ax1.set_title("Resource use over time (the run's whole process tree)")
+    ax2.plot(t, res["tree_rss"] / 2**20, label="RSS of the run (MiB)", color="tab:red")
+    ax2.set_ylabel("MiB")
+    ax2.set_xlabel("seconds since the monitor started")
+    ax2.grid(alpha=0.3)
+    io = (res["tree_read_bytes"] + res["tree_write_bytes"]).diff().clip(lower=0) / res["elapsed"].diff()
+    ax3 = ax2.twinx()
+    ax3.plot(t, io / 2**20, color="tab:gray", linewidth=0.8, label="storage I/O (MiB/s)")
+    ax3.set_ylabel("MiB/s")
+    lines = ax2.get_lines() + ax3.get_lines()
+    ax2.legend(lines, [line.get_label() for line in lines], loc="upper left", fontsize="small")
+    return _save(fig, path)
+
+
+def plot_phases(out: Path, path: Path, summary: dict[str, Any], doc: dict[str, Any] | None) -> Path | str:
+    steps = summary.get("phase_seconds") or {}
+    phases = (doc or {}).get("profile", {}).get("phases", {})
+    if not steps and not phases:
+        return "no timings in summary.json"
+    fig = _figure(9, 4.5)
+    ax1, ax2 = fig.subplots(1, 2)
+    names = list(steps)
+    ax1.barh(names, [steps[n] for n in names], color="tab:blue")
+    ax1.invert_yaxis()
+    ax1.set_xlabel("seconds")
+    ax1.set_title("Flow steps (wall time)")
+    ax1.grid(alpha=0.3, axis="x")
+    pnames = [p for p in PHASES if p in phases]
+    walls = [phases[p]["wall"] * phases[p]["parallelism"] for p in pnames]
+    cpus = [phases[p]["cpu"] or 0.0 for p in pnames]
+    y = np.arange(len(pnames))
+    ax2.barh(y - 0.2, walls, 0.4, label="wall (all chunks)")
+    ax2.barh(y + 0.2, cpus, 0.4, label="CPU")
+    ax2.set_yticks(y, pnames)
+    ax2.invert_yaxis()
+    ax2.set_xlabel("seconds, summed over chunks")
+    ax2.set_title("Chunk phases")
+    ax2.legend(fontsize="small")
+    ax2.grid(alpha=0.3, axis="x")
+    return _save(fig, path)
+
+
+# -- the HTML -------------------------------------------------------------------------------------------------------
+def _fmt(value: Any, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:,.{digits}g}"
+    return str(value)
+
+
+def _pct(value: Any) -> str:
+    return "n/a" if value is None else f"{value:.0%}"
+
+
+def _table(rows: Sequence[dict[str, Any]], cls: str = "") -> str:
+    if not rows:
+        return "<p>none</p>"
+    cols = list(rows[0])
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in cols)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(_fmt(r.get(c)))}</td>" for c in cols) + "</tr>" for r in rows
+    )
+    return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def headline_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """The run's headline figures as (figure, value) rows, shared by the HTML and the markdown."""
+    prof = summary.get("profile", {})
+    bottleneck = summary.get("bottleneck") or {}
+    rows = [
+        ("state", summary.get("state")),
+        ("wall time", f"{summary.get('wall_seconds', 0.0):.2f} s"),
+        (
+            "chunks",
+            f"{summary['counts']['chunks']} ({summary['cache']['hits']} from cache, "
+            f"{summary['cache'].get('failed', 0)} failed)",
+        ),
+        ("workers", f"{prof.get('workers', 'n/a')} on {prof.get('cores', 'n/a')} cores"),
+        ("peak RSS (whole process tree)", fmt_bytes(summary.get("peak_rss_bytes"))),
+        ("parallel efficiency", _pct(summary.get("parallel_efficiency"))),
+        ("cache hit rate", _pct(summary.get("cache_hit_rate"))),
+        ("load imbalance (max/median chunk)", _fmt(prof.get("load_imbalance"), 3)),
+        (
+            "orchestration overhead",
+            f"{_fmt(summary.get('orchestration_overhead_seconds'), 3)} s "
+            f"({_pct(prof.get('orchestration_overhead_fraction'))})",
+        ),
+        ("bottleneck", describe_bottleneck(bottleneck)),
+        ("monitor overhead", _pct(prof.get("monitor_overhead_fraction"))),
+        ("alerts raised", str(len(summary.get("alerts", [])))),
+    ]
+    return [{"figure": k, "value": v} for k, v in rows]
+
+
+def describe_bottleneck(b: dict[str, Any]) -> str:
+    if not b:
+        return "n/a"
+    where = b.get("where", "")
+    share = b.get("share_of_wall")
+    text = f"{where} ({_pct(share)} of the wall time)"
+    if b.get("phase"):
+        text += f", mostly {b['phase']} ({_pct(b.get('phase_share'))} of chunk time)"
+    if b.get("classification"):
+        text += f": {b['classification']}"
+    return text
+
+
+_CSS = """
+body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
+table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
+th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}
+img{max-width:100%;border:1px solid #ddd;margin:.5em 0}.alert{color:#a40}.small{font-size:.85em}
+"""
+
+# Sets data-images on <body> once every image has loaded: "ok N/M" or "broken N/M" (checked by the tests in
+# headless Chromium, and handy for anyone checking a report served from elsewhere).
+_SCRIPT = """
+window.addEventListener("load", function () {
+  var imgs = Array.prototype.slice.call(document.images);
+  var good = imgs.filter(function (i) { return i.complete && i.naturalWidth > 0; }).length;
+  document.body.setAttribute("data-images", (good === imgs.length ? "ok " : "broken ") + good + "/" + imgs.length);
+});
+"""
+
+PLOT_TITLES = {
+    "equity": "Portfolio equity and drawdown",
+    "scores": "Out-of-sample vs in-sample score per fold",
+    "grid": "Parameter grid heat map",
+    "selections": "Selected parameters over time",
+    "resources": "Resource use over time",
+    "phases": "Time per phase",
+}
+
+
+def render_html(
+    summary: dict[str, Any],
+    doc: dict[str, Any] | None,
+    plots: dict[str, Path],
+    skipped: dict[str, str],
+    base: Path,
+) -> str:
+    cfg = summary.get("config", {})
+    fig = summary.get("figures") or {}
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'>",
+        f"<title>Backtest report: {html.escape(str(cfg.get('strategy', '')))}</title>",
+        f"<style>{_CSS}</style><script>{_SCRIPT}</script></head><body>",
+        f"<h1>Three-phase study: {html.escape(str(cfg.get('strategy', '')))}</h1>",
+        f"<p class='small'>flow run {html.escape(str(summary.get('flow_run_id')))}; results in "
+        f"{html.escape(str(summary.get('out')))}</p>",
+        "<h2>Summary</h2>",
+        _table(headline_rows(summary)),
+    ]
+    if fig.get("portfolio"):
+        rows = [
+            {"metric": k, "portfolio": fig["portfolio"].get(k), "buy and hold": fig["benchmark"].get(k)}
+            for k in fig["portfolio"]
+        ]
+        parts += [f"<h2>Out of sample, {fig.get('oos_start')} to {fig.get('oos_end')}</h2>", _table(rows)]
+    if summary.get("failed_chunks"):
+        parts += ["<h2>Failed chunks</h2>", _table(summary["failed_chunks"])]
+    if doc:
+        parts += ["<h2>Bottlenecks</h2>", _table(_block_rows(doc["profile"].get("steps", {}), "step"))]
+        parts += [_table(_block_rows(doc["profile"].get("phases", {}), "phase"))]
+        parts += [
+            "<p class='small'>CPU-bound: CPU at least 60 % of wall x parallelism; I/O-bound: storage I/O "
+            "during the rest; otherwise waiting. CPU of simulate/select/persist is apportioned from each "
+            "chunk's measured compute CPU by wall time.</p>",
+            "<h2>Recommendations</h2>",
+        ]
+        recs = doc.get("recommendations", [])
+        parts.append(
+            "<ul>" + "".join(f"<li>{html.escape(r['advice'])}</li>" for r in recs) + "</ul>"
+            if recs
+            else "<p>Nothing to change: no rule found a problem worth acting on.</p>"
+        )
+        alerts = doc.get("alerts", [])
+        parts.append("<h2>Alerts</h2>")
+        parts.append(
+            "<ul>"
+            + "".join(
+                f"<li class='alert'>{html.escape(a['event'])}: {html.escape(a['message'])}</li>"
+                for a in alerts
+            )
+            + "</ul>"
+            if alerts
+            else "<p>No alert was raised.</p>"
+        )
+    parts.append("<h2>Plots</h2>")
+    for name, title in PLOT_TITLES.items():
+        if name in plots:
+            rel = os.path.relpath(plots[name], base)
+            parts.append(
+                f"<h3>{html.escape(title)}</h3><img src='{html.escape(rel)}' alt='{html.escape(title)}'>"
+            )
+        elif name in skipped:
+            parts.append(f"<h3>{html.escape(title)}</h3><p>not drawn: {html.escape(skipped[name])}</p>")
+    if doc and doc.get("chunks"):
+        parts += ["<h2>Chunks</h2>", _table(doc["chunks"], "small")]
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def _block_rows(blocks: dict[str, dict[str, Any]], label: str) -> list[dict[str, Any]]:
+    rows = []
+    for name, b in blocks.items():
+        rows.append(
+            {
+                label: name,
+                "wall s": b.get("wall"),
+                "parallelism": b.get("parallelism"),
+                "CPU s": b.get("cpu"),
+                "I/O wait s": b.get("io_wait"),
+                "peak RSS": fmt_bytes(b.get("peak_rss")),
+                "class": b.get("classification"),
+            }
+        )
+    return rows
+
+
+def build_report(out: Path) -> ReportFiles:
+    """Draw every plot the saved results allow and write ``report.html``; return what was written."""
+    out = Path(out)
+    summary_path = out / "summary.json"
+    if not summary_path.exists():
+        raise FileNotFoundError(f"no summary.json in {out}: not the output folder of a run")
+    summary = json.loads(summary_path.read_text())
+    doc_path = out / PROFILE_FILE
+    doc = json.loads(doc_path.read_text()) if doc_path.exists() else None
+    plot_dir = out / PLOT_DIR
+    plot_dir.mkdir(parents=True, exist_ok=True)
+    makers: dict[str, Callable[[Path, Path], Path | str]] = {
+        "equity": plot_equity,
+        "scores": plot_scores,
+        "grid": plot_grid,
+        "selections": plot_selections,
+        "resources": plot_resources,
+        "phases": lambda o, p: plot_phases(o, p, summary, doc),
+    }
+    plots: dict[str, Path] = {}
+    skipped: dict[str, str] = {}
+    for name, make in makers.items():
+        target = plot_dir / f"{name}.png"
+        result = make(out, target)
+        if isinstance(result, Path):
+            plots[name] = result
+        else:
+            skipped[name] = result
+            target.unlink(missing_ok=True)  # no stale plot from an earlier build
+    page = out / REPORT_FILE
+    tmp = page.with_name(f".{page.name}.{os.getpid()}.tmp")
+    tmp.write_text(render_html(summary, doc, plots, skipped, out), encoding="utf-8")
+    os.replace(tmp, page)
+    return ReportFiles(html=page, plots=plots, skipped=skipped)
+
+
+# -- the markdown artifact -----------------------------------------------------------------------------------------
+def report_markdown(summary: dict[str, Any], doc: dict[str, Any] | None, html_path: Path | None) -> str:
+    """Summary, bottlenecks and recommendations as markdown (the Prefect artifact)."""
+    lines = [f"# Run report: {summary.get('config', {}).get('strategy', '')}", ""]
+    lines += ["| figure | value |", "| --- | --- |"]
+    lines += [f"| {r['figure']} | {r['value']} |" for r in headline_rows(summary)]
+    if doc:
+        lines += [
+            "",
+            "## Bottlenecks",
+            "",
+            "| step / phase | wall s | CPU s | I/O wait s | peak RSS | class |",
+        ]
+        lines += ["| --- | --- | --- | --- | --- | --- |"]
+        for kind in ("steps", "phases"):
+            for name, b in doc["profile"].get(kind, {}).items():
+                lines.append(
+                    f"| {name} | {_fmt(b.get('wall'), 3)} | {_fmt(b.get('cpu'), 3)} | "
+                    f"{_fmt(b.get('io_wait'), 3)} | {fmt_bytes(b.get('peak_rss'))} | {b.get('classification')} |"
+                )
+        lines += ["", "## Recommendations", ""]
+        recs = doc.get("recommendations", [])
+        lines += [f"- {r['advice']}" for r in recs] or ["Nothing to change: no rule found a problem."]
+        alerts = doc.get("alerts", [])
+        lines += ["", "## Alerts", ""]
+        lines += [f"- **{a['event']}**: {a['message']}" for a in alerts] or ["No alert was raised."]
+    if html_path is not None:
+        lines += ["", f"The full report with plots: `{html_path}`"]
+    return "\n".join(lines)

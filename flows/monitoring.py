@@ -1,0 +1,200 @@
+"""The study flow's watcher: resource monitor, alerts as Prefect events, progress, per-chunk figures.
+
+One object keeps the flow's own code to a few calls (``start``, ``chunk_finished``, ``finish``). The alert
+rules and the analysis are the core's (backtest.alerts, backtest.profiling); this module decides when to run
+them and turns what they find into Prefect events, log lines and artifacts.
+
+Alerts are emitted with ``emit_event`` on the flow run as the event's resource, so they show on the flow
+run's page in the UI and automations can match them (deployments/automations.py). The resource rules run on
+the monitor's thread, where there is no run context, so logging uses a logger bound to the flow run.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from prefect.events import emit_event
+from prefect.logging.loggers import flow_run_logger
+
+from backtest.alerts import Alert, AlertBook, AlertThresholds
+from backtest.monitor import ResourceMonitor, Sample, samples_frame
+from backtest.planning import ChunkSpec
+from backtest.profiling import (
+    CACHED,
+    COMPUTED,
+    FAILED,
+    RunProfile,
+    analyse,
+    chunk_figures,
+    read_chunk_timings,
+    wall_timings,
+)
+from backtest.recommendations import recommend
+from backtest.report import save_profile
+from flows.progress import Progress, ProgressTracker, notify
+from tasks import artifacts
+
+
+def flow_run_resource(flow_run: Any) -> dict[str, str]:
+    """The event resource naming a flow run (what the UI's flow run page and automations match on)."""
+    return {
+        "prefect.resource.id": f"prefect.flow-run.{flow_run.id}",
+        "prefect.resource.name": str(flow_run.name),
+        "prefect.resource.role": "flow-run",
+    }
+
+
+def emit_alert(alert: Alert, flow_run: Any, logger: Any) -> None:
+    """One alert: a warning log line on the flow run and a Prefect event about it."""
+    logger.warning("ALERT %s: %s", alert.kind, alert.message)
+    payload = {k: v for k, v in alert.to_dict().items() if k != "event"}
+    emit_event(event=alert.event, resource=flow_run_resource(flow_run), payload=payload)
+
+
+class RunWatch:
+    """Watches one run of the study flow from start to finish."""
+
+    def __init__(
+        self, flow_run: Any, thresholds: AlertThresholds | None = None, interval: float = 1.0
+    ) -> None:
+        self.flow_run = flow_run
+        self.book = AlertBook(thresholds)
+        self.logger = flow_run_logger(flow_run=flow_run)
+        self.monitor = ResourceMonitor(interval=interval, listener=self._on_sample)
+        self.started = time.time()
+        self.specs: dict[str, ChunkSpec] = {}
+        self.results_dir = Path()
+        self.tracker = ProgressTracker(0, 0)
+        self.progress_id = None
+        self.warm = False
+        self.finished: dict[str, tuple[str, dict[str, float] | None, float | None]] = {}
+        self._sustain = max(self.book.thresholds.cpu_sustained_seconds, interval)
+
+    def plan(self, specs: Sequence[ChunkSpec], results_dir: Path) -> None:
+        """The chunks of the run; warm means the cache already held a result of one of them (a stat each)."""
+        self.specs = {s.name: s for s in specs}
+        self.results_dir = Path(results_dir)
+        self.tracker = ProgressTracker(len(specs), sum(len(s.symbols) for s in specs))
+        self.warm = any((self.results_dir / s.key).exists() for s in specs)
+
+    # -- lifecycle -----------------------------------------------------------------------------------------------
+    def start(self) -> RunWatch:
+        self.started = time.time()
+        self.monitor.start()
+        return self
+
+    def __enter__(self) -> RunWatch:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start_progress(self) -> None:
+        self.tracker.started = time.perf_counter()
+        self.progress_id = artifacts.start_progress(self.tracker.total_chunks)
+
+    def stop(self) -> None:
+        self.monitor.stop()
+
+    def _emit(self, alerts: Sequence[Alert]) -> None:
+        for alert in alerts:
+            try:
+                emit_alert(alert, self.flow_run, self.logger)
+            except Exception as exc:  # an unreachable events API must not fail the study
+                self.logger.warning("could not emit alert %s: %s", alert.kind, exc)
+
+    def _on_sample(self, sample: Sample) -> None:
+        try:
+            since = sample.time - self._sustain - 2 * self.monitor.interval
+            recent = [s for s in self.monitor.samples if s.time >= since]
+            self._emit(self.book.check_samples(recent))
+        except Exception as exc:  # the monitor thread must keep sampling whatever a rule does
+            self.logger.warning("resource alert check failed: %s", exc)
+
+    # -- chunks ------------------------------------------------------------------------------------------------------
+    def chunk_finished(self, name: str, state: Any) -> Progress:
+        """Record a finished chunk (its timings from the persisted result's footer), check the chunk rules,
+        update the progress artifact and the in-process listener."""
+        spec = self.specs[name]
+        status = FAILED if state.is_failed() else CACHED if state.name == "Cached" else COMPUTED
+        timings = None
+        if status != FAILED:
+            try:
+                timings = read_chunk_timings(self.results_dir / spec.key)
+            except (OSError, ValueError) as exc:
+                self.logger.warning("no timings for %s: %s", name, exc)
+        end = state.timestamp.timestamp() if getattr(state, "timestamp", None) else time.time()
+        self.finished[name] = (status, timings, end)
+        if status == COMPUTED and timings:
+            self._emit(self.book.check_retry(name, int(timings.get("attempts", 1))))
+            self._emit(self.book.check_chunks(self._computed_seconds()))
+        progress = self.tracker.finished(name, len(spec.symbols), state.name)
+        artifacts.update_progress(self.progress_id, progress.percent, progress.describe())
+        notify(progress)
+        return progress
+
+    def _computed_seconds(self) -> dict[str, float]:
+        out = {}
+        for name, (status, timings, _) in self.finished.items():
+            if status == COMPUTED and timings:
+                out[name] = sum(wall_timings(timings).values())
+        return out
+
+    def backtest_done(self) -> None:
+        """After the backtest step: the slow-chunk rule against the final median, and the cache rule."""
+        hits = sum(status == CACHED for status, _, _ in self.finished.values())
+        self._emit(self.book.check_chunks(self._computed_seconds()))
+        self._emit(self.book.check_cache(hits, len(self.specs), self.warm))
+
+    def finish(
+        self,
+        summary: dict[str, Any],
+        phases: Mapping[str, float],
+        wall: float,
+        out: Path,
+        workers: int,
+        runner: str,
+    ) -> RunProfile:
+        """Stop sampling, analyse the run, save ``profile.json`` and ``resources.parquet`` in ``out`` and add
+        the headline figures to ``summary`` (written to summary.json by the flow)."""
+        self.stop()
+        samples = self.monitor.samples
+        frame = samples_frame(samples)
+        chunks = []
+        for name, spec in self.specs.items():
+            status, timings, end = self.finished.get(name, (FAILED, None, None))
+            chunks.append(chunk_figures(name, len(spec.symbols), status, timings, end, frame))
+        profile = analyse(
+            chunks=chunks,
+            steps=phases,
+            flow_start=self.started,
+            wall=wall,
+            workers=workers,
+            runner=runner,
+            chunk_size=max((len(s.symbols) for s in self.specs.values()), default=1),
+            samples=frame,
+            warm=self.warm,
+            cores=self.monitor.cores,
+            monitor_overhead=self.monitor.overhead_fraction(),
+        )
+        recs = recommend(profile)
+        alerts = self.alerts
+        save_profile(out, profile, recs, alerts, samples)
+        summary.update(
+            peak_rss_bytes=profile.peak_rss,
+            parallel_efficiency=profile.parallel_efficiency,
+            cache_hit_rate=profile.cache_hit_rate,
+            orchestration_overhead_seconds=profile.orchestration_overhead,
+            bottleneck=profile.bottleneck,
+            alerts=[a.to_dict() for a in alerts],
+            recommendations=[r.advice for r in recs],
+            profile=profile.summary(),
+        )
+        return profile
+
+    @property
+    def alerts(self) -> list[Alert]:
+        return self.book.raised

@@ -1,0 +1,31 @@
+"""The report task: build report.html and its plots from a run's saved files, publish the report artifacts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from backtest.report import PROFILE_FILE, build_report, report_markdown
+
+
+@task(name="build-report", persist_result=False, retries=0)
+def publish_report(out: str) -> str:
+    """Plots and report.html in ``out``; a markdown artifact (summary, bottlenecks, recommendations) and a
+    table artifact of per-chunk figures on the flow run. Returns the report's path."""
+    files = build_report(Path(out))
+    summary = json.loads((Path(out) / "summary.json").read_text())
+    doc_path = Path(out) / PROFILE_FILE
+    doc = json.loads(doc_path.read_text()) if doc_path.exists() else None
+    create_markdown_artifact(
+        markdown=report_markdown(summary, doc, files.html),
+        key="study-report",
+        description="Run report: summary, bottlenecks, recommendations",
+    )
+    if doc and doc.get("chunks"):
+        create_table_artifact(
+            table=doc["chunks"], key="study-chunk-profile", description="Per-chunk time, CPU, memory"
+        )
+    return str(files.html)
