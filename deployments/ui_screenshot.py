@@ -3,7 +3,7 @@
     python deployments/ui_screenshot.py FLOW_RUN_ID --out run.png [--ui-url http://127.0.0.1:4200]
 
 The UI is a single-page app that fills itself from the API, so Chromium is given virtual time to run its
-scripts before the screenshot. The same rendering can be dumped as HTML, to check what the page shows.
+scripts before the screenshot. The same run dumps the rendered DOM, to check what the page shows.
 """
 
 from __future__ import annotations
@@ -64,21 +64,24 @@ def _chromium(args: list[str], budget_ms: int, timeout: float) -> subprocess.Com
             raise ScreenshotError(f"Chromium did not finish within {timeout:.0f} s") from None
 
 
-def screenshot(url: str, png: Path, budget_ms: int = 15_000, timeout: float = 90.0) -> Path:
+@dataclass(frozen=True)
+class Capture:
+    """One rendering of a page: the picture, and the DOM it was drawn from (what the page shows, as text)."""
+
+    png: Path
+    html: str
+
+
+def capture(url: str, png: Path, budget_ms: int = 15_000, timeout: float = 120.0) -> Capture:
+    """Screenshot and DOM of ``url`` after its scripts ran, from one Chromium run."""
     png = Path(png).resolve()
     png.parent.mkdir(parents=True, exist_ok=True)
     png.unlink(missing_ok=True)
-    done = _chromium([f"--screenshot={png}", url], budget_ms, timeout)
+    done = _chromium(["--dump-dom", f"--screenshot={png}", url], budget_ms, timeout)
     if not png.exists():
         tail = done.stderr.decode(errors="replace").strip().splitlines()[-3:]
         raise ScreenshotError(f"Chromium wrote no screenshot of {url}: {' / '.join(tail)}")
-    return png
-
-
-def rendered_html(url: str, budget_ms: int = 15_000, timeout: float = 90.0) -> str:
-    """The page's DOM after its scripts ran: what the screenshot shows, as text."""
-    done = _chromium(["--dump-dom", url], budget_ms, timeout)
-    return done.stdout.decode(errors="replace")
+    return Capture(png=png, html=done.stdout.decode(errors="replace"))
 
 
 @dataclass(frozen=True)
@@ -121,12 +124,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     try:
-        png = screenshot(flow_run_url(args.ui_url, args.flow_run_id), args.out)
+        shot = capture(flow_run_url(args.ui_url, args.flow_run_id), args.out)
     except ScreenshotError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    check = check_png(png)
-    print(f"{png}: {check.width}x{check.height}, {check.colours} colours")
+    check = check_png(shot.png)
+    print(f"{shot.png}: {check.width}x{check.height}, {check.colours} colours")
     if not check.looks_like_a_page:
         print("error: the screenshot is blank", file=sys.stderr)
         return 1

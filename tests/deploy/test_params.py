@@ -1,0 +1,44 @@
+"""The study's parameters refuse what could never work, before a deployment's run starts any work."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from flows.params import StudyParams
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"strategy": "no_such_strategy"}, "unknown strategy 'no_such_strategy'"),
+        ({"grid": {"fast": [50, 60], "slow": [20, 40]}}, "no valid parameter combination"),
+        (
+            {"grid": {"fast": [5], "slow": [200]}, "train_years": 0.5},
+            "slowest indicator of sma_crossover (200",
+        ),
+        ({"train_years": 0.9}, "slowest indicator of sma_crossover (240 bars)"),  # the default grid
+        ({"strategy": "momentum", "grid": {"lookback": [300]}, "train_years": 1}, "momentum (300 bars)"),
+        ({"fees_bps": -1}, "fees_bps"),
+        ({"slippage_bps": -0.5}, "slippage_bps"),
+        ({"grid": {"fast": ["a"]}}, "grid.fast.0"),
+        ({"grid": {"period": [5]}}, "has no parameter period"),
+    ],
+)
+def test_bad_values_are_refused_with_the_reason(values, message):
+    with pytest.raises(ValidationError) as caught:
+        StudyParams(**values)
+    assert message in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {},  # the defaults: 5-year train windows, the 100-combination grid
+        {"train_years": 1.0},  # about 261 weekdays > 240 bars of the slowest default SMA
+        {"grid": {"fast": [5, 60], "slow": [20, 40]}},  # some combinations usable: the others are dropped
+        {"strategy": "buy_and_hold", "train_years": 0.25},  # no indicator, no warm-up
+    ],
+)
+def test_usable_values_pass(values):
+    StudyParams(**values)
