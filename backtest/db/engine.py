@@ -115,13 +115,14 @@ def sqlite_path(url: str | URL) -> Path | None:
 
 # -- query timing ------------------------------------------------------------------------------------------
 
-_IN_LIST = re.compile(r"\((?:\s*(?:\?|%\([^)]*\)s|\$\d+)\s*,)+\s*(?:\?|%\([^)]*\)s|\$\d+)\s*\)")
+_PARAM = r"(?:\?|%\([^)]*\)s|\$\d+)"
+_IN_LIST = re.compile(rf"\bIN \(\s*{_PARAM}(?:\s*,\s*{_PARAM})*\s*\)", re.IGNORECASE)
 _SPACE = re.compile(r"\s+")
 
 
 def normalise_statement(statement: str) -> str:
     """One key for all executions of a statement: whitespace collapsed, IN-lists of any length folded."""
-    return _IN_LIST.sub("(...)", _SPACE.sub(" ", statement).strip())[:300]
+    return _IN_LIST.sub("IN (...)", _SPACE.sub(" ", statement).strip())[:300]
 
 
 @dataclass(frozen=True)
@@ -226,8 +227,10 @@ def _sqlite_connect(dbapi_connection: Any, connection_record: Any) -> None:
 
 
 def _sqlite_begin(conn: Connection) -> None:
-    write = conn.get_execution_options().get("backtest_write", False)
-    conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+    options = conn.get_execution_options()
+    if options.get("isolation_level") == "AUTOCOMMIT":
+        return  # VACUUM, ANALYZE, PRAGMA optimize: each statement is its own transaction
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if options.get("backtest_write", False) else "BEGIN")
 
 
 def _before_execute(conn: Connection, cursor: Any, statement: str, *args: Any) -> None:

@@ -54,7 +54,7 @@ def _epoch_day_pg(element: epoch_day, compiler: Any, **kw: Any) -> str:
 
 
 class Explain(Executable, ClauseElement):
-    """``EXPLAIN QUERY PLAN`` (SQLite) / ``EXPLAIN`` (PostgreSQL) of a statement, with its bound values."""
+    """``EXPLAIN QUERY PLAN`` (SQLite) / ``EXPLAIN (FORMAT JSON)`` (PostgreSQL) of a statement with its values."""
 
     inherit_cache = False
 
@@ -69,7 +69,7 @@ def _explain_sqlite(element: Explain, compiler: Any, **kw: Any) -> str:
 
 @compiles(Explain, "postgresql")
 def _explain_pg(element: Explain, compiler: Any, **kw: Any) -> str:
-    return "EXPLAIN " + compiler.process(element.statement, **kw)
+    return "EXPLAIN (FORMAT JSON) " + compiler.process(element.statement, **kw)
 
 
 def _qualified(conn: Connection, table: sa.Table, names: Sequence[str]) -> str:
