@@ -1,5 +1,6 @@
 """One real Prefect server for the deployment tests, started with `backtest server up` and stopped with
-`backtest server down`; the deployments of prefect.yaml on it; a process worker; a small market.
+`backtest server down` when this folder's tests are done; the deployments of prefect.yaml on it; a process
+worker; a small market.
 
 Nothing here uses the in-process test harness of tests/flows: subprocesses get the server's URL in their
 environment, and this process talks to it through ``cli_server.api_client`` (a settings context).
@@ -68,7 +69,7 @@ def _invoke(*args: str, env: dict[str, str] | None = None):
     return CliRunner().invoke(app, list(args), env=env)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def server(tmp_path_factory) -> Iterator[cli_server.ServerInfo]:
     project = tmp_path_factory.mktemp("server-project")
     t0 = time.monotonic()
@@ -84,12 +85,12 @@ def server(tmp_path_factory) -> Iterator[cli_server.ServerInfo]:
     assert cli_server.read_info(project) is None
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def api_url(server) -> str:
     return server.api_url
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def client_env(api_url, tmp_path_factory) -> dict[str, str]:
     """Environment of a Prefect client process (CLI, worker, serve) of the test server."""
     return {
@@ -101,7 +102,7 @@ def client_env(api_url, tmp_path_factory) -> dict[str, str]:
     }
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def deployed(api_url, client_env) -> str:
     """`backtest deploy` from the repository: the work pool and prefect.yaml's deployments."""
     result = _invoke("deploy", "--project", str(REPO_ROOT), env={"PREFECT_API_URL": api_url})
@@ -109,7 +110,7 @@ def deployed(api_url, client_env) -> str:
     return result.output
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def flaky(tmp_path_factory) -> FlakyStrategy:
     folder = tmp_path_factory.mktemp("user-strategies")
     marker, log = folder / "fail.marker", folder / "calls.log"
@@ -154,7 +155,7 @@ def wait_until(condition, timeout: float, what: str, log: Path | None = None) ->
     pytest.fail(f"{what} did not happen within {timeout:.0f} s\n{tail}")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def worker(deployed, api_url, client_env, flaky, tmp_path_factory) -> Iterator[Path]:
     """`prefect worker start --pool backtest-process` in the project folder, as the README says."""
     log = tmp_path_factory.mktemp("worker") / "worker.log"
@@ -175,7 +176,7 @@ def worker(deployed, api_url, client_env, flaky, tmp_path_factory) -> Iterator[P
         yield log
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def market_csv(tmp_path_factory) -> Path:
     """24 synthetic symbols x 7 years (3 chunks of 8)."""
     folder = tmp_path_factory.mktemp("market")
