@@ -86,7 +86,7 @@ def _figure(width: float, height: float) -> Figure:
 def _save(fig: Figure, path: Path) -> Path:
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp, dpi=DPI, format="png")
+    fig.savefig(tmp, dpi=DPI, format="png", pil_kwargs={"compress_level": 1})  # fast: seconds count here
     os.replace(tmp, path)
     return path
 

@@ -360,8 +360,19 @@ app.add_typer(cli_server.server_app)
 app.command()(cli_server.deploy)
 app.command()(cli_server.trigger)
 
+# The benchmark suite and its README table (flows/cli_bench.py).
+from flows import cli_bench  # noqa: E402 - registered after the commands above
+
+app.command()(cli_bench.bench)
+
 # The SQL layer's commands (flows/cli_db.py).
 from flows import cli_db  # noqa: E402 - registered after the commands above
 
 app.add_typer(cli_db.db_app)
 app.command()(cli_db.results)
+
+# The run report and the alert automation (flows/cli_report.py).
+from flows import cli_report  # noqa: E402 - registered after the commands above
+
+app.command()(cli_report.report)
+app.command("alerts-automation")(cli_report.alerts_automation)

@@ -1,0 +1,153 @@
+"""The report renders from saved files: every plot a valid PNG with content, and the page loads its images
+in a real browser (headless Chromium)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from matplotlib.image import imread
+from typer.testing import CliRunner
+
+from backtest.alerts import AlertBook
+from backtest.config import FoldSpec, ParamGrid, StudyConfig
+from backtest.monitor import ResourceMonitor
+from backtest.outputs import study_figures, write_json
+from backtest.profiling import ChunkFigures, analyse
+from backtest.recommendations import recommend
+from backtest.report import PLOT_TITLES, build_report, report_markdown, save_profile
+from backtest.study import date_range, run_study
+from flows.cli import app
+from tests.panels import random_panel
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+@pytest.fixture(scope="module")
+def run_folder(tmp_path_factory) -> Path:
+    """An output folder as a run leaves it: result tables, summary.json, profile.json, resources.parquet."""
+    out = tmp_path_factory.mktemp("run")
+    panel = random_panel(n_symbols=10, n_bars=1600, seed=5)
+    config = StudyConfig(
+        grid=ParamGrid.from_mapping({"fast": [5, 10, 20], "slow": [40, 60, 100, 150]}),
+        folds=FoldSpec(train_years=2, validate_years=1, test_years=1),
+    )
+    first, last = date_range(panel)
+    monitor = ResourceMonitor(interval=0.05).start()
+    t0 = time.time()
+    result = run_study(config, panel.symbols, panel.select, first, last, chunk_size=5, workers=2)
+    time.sleep(0.3)
+    monitor.stop()
+    result.save(out)
+    wall = time.time() - t0
+    chunks = [
+        ChunkFigures("chunk-0000", 5, "computed", wall=0.2, cpu=0.18, phases={"simulate": 0.2}, end=t0 + 0.2),
+        ChunkFigures("chunk-0001", 5, "cached", end=t0 + 0.01),
+    ]
+    steps = {"plan": 0.05, "backtest": wall - 0.1, "collect": 0.05}
+    profile = analyse(
+        chunks=chunks,
+        steps=steps,
+        flow_start=t0,
+        wall=wall,
+        workers=2,
+        runner="threads",
+        chunk_size=5,
+        samples=monitor.frame(),
+        warm=False,
+    )
+    book = AlertBook()
+    book.check_retry("chunk-0000", 2)
+    save_profile(out, profile, recommend(profile), book.raised, monitor.samples)
+    summary = {
+        "flow_run_id": "test",
+        "state": "Completed",
+        "config": {"strategy": "sma_crossover"},
+        "counts": {"symbols": 10, "chunks": 2, "folds": 3, "combinations": 12},
+        "cache": {"hits": 1, "misses": 1, "failed": 0},
+        "figures": study_figures(result),
+        "phase_seconds": steps,
+        "wall_seconds": wall,
+        "out": str(out),
+        **{k: v for k, v in profile.summary().items() if k in ("peak_rss_bytes", "parallel_efficiency")},
+        "alerts": [a.to_dict() for a in book.raised],
+        "profile": profile.summary(),
+    }
+    write_json(out / "summary.json", summary)
+    return out
+
+
+@pytest.fixture(scope="module")
+def built(run_folder):
+    return build_report(run_folder)
+
+
+def test_report_renders_every_plot_as_a_png_with_content(run_folder, built):
+    files = built
+    assert files.skipped == {} and set(files.plots) == set(PLOT_TITLES)
+    for name, path in files.plots.items():
+        assert path.read_bytes()[:8] == PNG_MAGIC, name
+        pixels = imread(path)
+        assert pixels.shape[0] > 200 and pixels.shape[1] > 400, name
+        rgb = pixels[..., :3]
+        assert rgb.std() > 0.05, f"{name} looks blank (pixel std {rgb.std():.3f})"
+        # not just axes on white: a good share of the pixels is neither white nor black
+        colored = (np.ptp(rgb, axis=2) > 0.15).mean()
+        assert colored > 0.005, f"{name} has almost no colour ({colored:.4f})"
+    page = files.html.read_text()
+    assert page.count("<img ") == len(PLOT_TITLES)
+    assert "chunk-retried" in page and "Recommendations" in page and "parallel efficiency" in page
+    markdown = report_markdown(json.loads((run_folder / "summary.json").read_text()), None, files.html)
+    assert "| peak RSS (whole process tree) |" in markdown
+
+
+def test_report_skips_what_it_cannot_draw_and_says_why(run_folder, tmp_path):
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    shutil.copy(run_folder / "summary.json", partial)
+    files = build_report(partial)
+    assert files.plots.keys() == {"phases"}
+    assert "no portfolio.parquet" in files.skipped["equity"]
+    assert "not drawn: no portfolio.parquet" in files.html.read_text()
+
+
+def test_cli_report_rebuilds_and_refuses_a_non_run_folder(run_folder, built, tmp_path):
+    copy = Path(shutil.copytree(run_folder, tmp_path / "copy"))
+    (copy / "report" / "equity.png").unlink()
+    (copy / "report.html").unlink()
+    result = CliRunner().invoke(app, ["report", str(copy)])
+    assert result.exit_code == 0, result.output
+    assert "6 plots" in result.output and (copy / "report" / "equity.png").exists()
+    assert (copy / "report.html").read_text() == built.html.read_text()  # same files, same report
+    bad = CliRunner().invoke(app, ["report", str(tmp_path)])
+    assert bad.exit_code == 1 and "not the output folder of a run" in bad.output
+    assert "Traceback" not in bad.output
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="headless Chromium not installed (Debian package chromium)")
+def test_report_images_load_in_headless_chromium(run_folder, built, tmp_path):
+    cmd = [
+        str(CHROMIUM),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--allow-file-access-from-files",
+        f"--user-data-dir={tmp_path / 'chromium'}",
+        "--virtual-time-budget=10000",
+        "--dump-dom",
+        (run_folder / "report.html").as_uri(),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    # the page's own script sets data-images once every image has loaded with a non-zero natural width
+    assert f'data-images="ok {len(PLOT_TITLES)}/{len(PLOT_TITLES)}"' in proc.stdout, proc.stdout[:500]
