@@ -58,12 +58,17 @@ def test_series_helpers_and_round_trip(tmp_path):
         time.sleep(0.1)
     path = write_samples(monitor.samples, tmp_path / "resources.parquet")
     frame = read_samples(path)
-    assert len(frame) >= 5 and {"tree_rss", "tree_cpu_percent", "cpu_core_0", "open_fds"} <= set(frame.columns)
+    assert len(frame) >= 5 and {"tree_rss", "tree_cpu_percent", "cpu_core_0", "open_fds"} <= set(
+        frame.columns
+    )
     assert frame["time"].is_monotonic_increasing
     busy = cpu_seconds_between(frame, t0, t1)
     # the monitor's figure (interpolated between samples 50 ms apart) agrees with our own process clock
     assert busy is not None and abs(busy - own) < 0.1 + 0.2 * own
-    assert peak_between(frame, t0, t1) == frame.loc[frame["time"].between(t0 - 0.06, t1 + 0.06), "tree_rss"].max()
+    assert (
+        peak_between(frame, t0, t1)
+        == frame.loc[frame["time"].between(t0 - 0.06, t1 + 0.06), "tree_rss"].max()
+    )
     assert io_bytes_between(frame, t0, t1) is not None
     assert cpu_seconds_between(frame, t1 + 100, t1 + 200) is None
     assert cpu_seconds_between(pd.DataFrame(), t0, t1) is None
