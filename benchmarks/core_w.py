@@ -17,23 +17,21 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
-from pathlib import Path
 from typing import Any
 
 from _data import (
     W_SEED,
     W_SYMBOLS,
     W_YEARS,
-    RssSampler,
     describe_machine,
     ensure_store,
     goal,
     machine_line,
     max_rss_mb,
-    release_memory,
     write_results,
 )
+
+from flows.benchmark import time_core, warm_numba
 
 CORE_GOAL_SECONDS = 10.0
 SCALING_GOAL = 1.7
@@ -63,63 +61,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.workers < 1 or args.repeat < 1 or (args.chunk_size is not None and args.chunk_size < 1):
         p.error("--workers, --repeat and --chunk-size must be at least 1")
     return args
-
-
-def warm_numba(config: Any) -> float:
-    """Compile (or load from numba's cache) every kernel the study uses, on a tiny in-memory universe."""
-    from backtest.study import date_range, run_study
-    from backtest.synthetic import generate_panel
-
-    t0 = time.perf_counter()
-    panel = generate_panel(8, 8.0, seed=7)
-    first, last = date_range(panel)
-    run_study(config, panel.symbols, panel.select, first, last, chunk_size=4, workers=2)
-    run_study(config, panel.symbols, panel.select, first, last, chunk_size=8, workers=1)
-    return time.perf_counter() - t0
-
-
-def time_core(
-    store: Any, universe: Any, config: Any, chunk_size: int, workers: int, save_to: Any = None
-) -> dict[str, Any]:
-    """One timed ``run_study`` over the whole universe, loading chunks from the store.
-
-    With ``save_to`` (a folder), writing the result tables there (``StudyResult.save``) is timed separately
-    as ``save_seconds``: the flow writes its outputs too, the bare core does not.
-    """
-    from backtest.study import StudyPlan, run_study
-
-    last = StudyPlan.create(config, universe.first, universe.last).last_date
-
-    def load(symbols: Any) -> Any:
-        return store.load(symbols, end=last)
-
-    release_memory()
-    with RssSampler(children=False) as rss:
-        t0 = time.perf_counter()
-        result = run_study(config, universe.symbols, load, universe.first, universe.last, chunk_size, workers)
-        wall = time.perf_counter() - t0
-    save_seconds = None
-    if save_to is not None:  # after the sampler: the peak RSS is run_study's alone
-        t1 = time.perf_counter()
-        result.save(Path(save_to))
-        save_seconds = time.perf_counter() - t1
-    n_combos = len(result.plan.combos)
-    run = {
-        "workers": workers,
-        "wall_seconds": wall,
-        "save_seconds": save_seconds,
-        "thread_seconds": {k: round(v, 3) for k, v in sorted(result.timings.items())},
-        "bars_x_combinations_per_second": universe.rows * n_combos / wall,
-        **rss.to_dict(),
-        "symbols_with_results": len(result.symbol_metrics),
-        "selections": int((result.selections["basis"] != "skipped").sum()),
-        "oos_rows": len(result.oos_returns) if result.oos_returns is not None else None,
-        "portfolio_sharpe": result.portfolio_metrics.get("sharpe"),
-        "portfolio_total_return": result.portfolio_metrics.get("total_return"),
-    }
-    del result
-    release_memory()
-    return run
 
 
 def best(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -185,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     runs: dict[int, list[dict[str, Any]]] = {w: [] for w in settings}
     for i in range(args.repeat):
         for w in settings if i % 2 == 0 else list(reversed(settings)):  # alternate the order: drift cancels
-            run = time_core(store, universe, config, chunk_size, w)
+            run = time_core(store, config, w, chunk_size=chunk_size)
             runs[w].append(run)
             console.print(
                 f"  run {i + 1}/{args.repeat}, {w} worker{'s' if w > 1 else ''}: {run['wall_seconds']:.2f} s, "
@@ -210,7 +151,6 @@ def main(argv: list[str] | None = None) -> int:
     table.add_row("peak RSS, this process", f"{main_run['peak_rss_mb']:,.0f} MB")
     table.add_row("  RSS before the run", f"{main_run['start_rss_mb']:,.0f} MB")
     table.add_row("symbols with results", f"{main_run['symbols_with_results']:,}")
-    table.add_row("out-of-sample rows", f"{main_run['oos_rows']:,}")
     console.print(table)
 
     goals: dict[str, Any] = {}

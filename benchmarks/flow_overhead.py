@@ -19,30 +19,33 @@ Completed with the expected counts, and that the flow's portfolio figures equal 
 from __future__ import annotations
 
 import argparse
-import json
-import math
-import os
 import shutil
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 from _data import (
     W_SEED,
     W_SYMBOLS,
     W_YEARS,
-    RssSampler,
     data_dir,
     describe_machine,
     ensure_store,
     goal,
     machine_line,
     max_rss_mb,
-    release_memory,
     timestamp,
     universe_dir,
     write_results,
+)
+
+from flows.benchmark import (
+    check_flow_run,
+    prepare_prefect_environment,
+    run_flow,
+    server_mode,
+    time_core,
+    warm_numba,
 )
 
 OVERHEAD_GOAL = 1.2
@@ -76,105 +79,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def prepare_prefect_environment(data: Path) -> dict[str, str]:
-    """Settings Prefect reads at import: must run before the first ``import prefect``."""
-    os.environ.setdefault("PREFECT_HOME", str(data / "prefect-home"))
-    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-    os.environ["DO_NOT_TRACK"] = "1"
-    # run logs still reach the API; the terminal shows this script's lines only
-    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
-    Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
-    return {k: os.environ[k] for k in ("PREFECT_HOME", "PREFECT_SERVER_ANALYTICS_ENABLED", "DO_NOT_TRACK")}
-
-
-def server_mode() -> dict[str, Any]:
-    from prefect.settings import get_current_settings
-
-    url = get_current_settings().api.url
-    if url:
-        return {
-            "mode": "server",
-            "api_url": str(url),
-            "describe": f"Prefect server at {url} (PREFECT_API_URL)",
-        }
-    return {
-        "mode": "ephemeral",
-        "api_url": None,
-        "describe": "Prefect's ephemeral server (no PREFECT_API_URL)",
-    }
-
-
-def run_flow(params: Any, label: str) -> dict[str, Any]:
-    """One flow run in this process, timed from the call to its return; its summary.json read back."""
-    from flows.study import three_phase_study
-
-    release_memory()
-    with RssSampler(children=True) as rss:
-        t0 = time.perf_counter()
-        state = three_phase_study(params, return_state=True)
-        wall = time.perf_counter() - t0
-    run: dict[str, Any] = {"label": label, "wall_seconds": wall, "state": state.name, **rss.to_dict()}
-    run["flow_run_id"] = str(state.state_details.flow_run_id) if state.state_details else None
-    path = Path(params.out) / "summary.json"
-    summary = json.loads(path.read_text()) if path.exists() else None
-    if summary is None or summary.get("flow_run_id") != run["flow_run_id"]:
-        exc = state.result(raise_on_failure=False)
-        run["error"] = f"{type(exc).__name__}: {exc}" if isinstance(exc, BaseException) else state.message
-        run["summary"] = None
-        return run
-    run["summary"] = {
-        k: summary.get(k)
-        for k in ("state", "counts", "cache", "phase_seconds", "wall_seconds", "chunk_seconds")
-    }
-    run["figures"] = summary.get("figures")
-    return run
-
-
-def _close(a: Any, b: Any, rel: float = 1e-9) -> bool:
-    if a is None or b is None:
-        return a is None and b is None
-    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
-        return True
-    return math.isclose(float(a), float(b), rel_tol=rel, abs_tol=1e-12)
-
-
 def check_runs(
     core: dict[str, Any], cold: dict[str, Any], warm: dict[str, Any], expect: dict[str, int]
 ) -> list[str]:
     """What misbehaved: states, counts, cache hits, and agreement with the core's numbers."""
-    problems = []
-    for run, hits, misses in ((cold, 0, expect["chunks"]), (warm, expect["chunks"], 0)):
-        name = run["label"]
-        if run["state"] != "Completed":
-            problems.append(f"{name}: flow state {run['state']} ({run.get('error') or 'see summary.json'})")
-        s = run.get("summary")
-        if not s:
-            problems.append(f"{name}: no summary.json for this flow run ({run.get('error')})")
-            continue
-        counts, cache = s["counts"], s["cache"]
-        for key in ("symbols", "chunks", "combinations", "folds"):
-            if counts.get(key) != expect[key]:
-                problems.append(f"{name}: counts.{key} = {counts.get(key)}, expected {expect[key]}")
-        if cache.get("hits") != hits or cache.get("misses") != misses or cache.get("failed"):
-            problems.append(
-                f"{name}: cache {cache.get('hits')} hits / {cache.get('misses')} misses / "
-                f"{cache.get('failed')} failed, expected {hits} / {misses} / 0"
-            )
-        figures = run.get("figures") or {}
-        if figures.get("symbols_with_results") != core["symbols_with_results"]:
-            problems.append(
-                f"{name}: {figures.get('symbols_with_results')} symbols with results, the core has "
-                f"{core['symbols_with_results']}"
-            )
-        for key, core_value in (
-            ("sharpe", core["portfolio_sharpe"]),
-            ("total_return", core["portfolio_total_return"]),
-        ):
-            flow_value = (figures.get("portfolio") or {}).get(key)
-            if not _close(flow_value, core_value):
-                problems.append(
-                    f"{name}: portfolio {key} {flow_value!r} differs from the core's {core_value!r}"
-                )
+    problems = check_flow_run(cold, 0, expect["chunks"], core) + check_flow_run(
+        warm, expect["chunks"], 0, core
+    )
+    for run in (cold, warm):
+        chunks = ((run.get("summary") or {}).get("counts") or {}).get("chunks")
+        if run.get("summary") and chunks != expect["chunks"]:
+            problems.append(f"{run['label']}: counts.chunks = {chunks}, expected {expect['chunks']}")
     return problems
 
 
@@ -195,8 +110,6 @@ def main(argv: list[str] | None = None) -> int:
 
     store = ensure_store(args.symbols, args.years, args.seed, args.data, log=console.print)
     tiny = ensure_store(*WARMUP_UNIVERSE, args.data, log=console.print)
-
-    from core_w import time_core, warm_numba
 
     from backtest.planning import choose_chunk_size, resolve_universe
     from backtest.study import StudyPlan, chunked
@@ -253,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"[red]the warm-up flow run did not complete: {warm_up.get('error')}[/]")
 
     # 2. the bare core, same config, chunks and workers
-    core = time_core(store, universe, config, chunk_size, args.workers, save_to=runs_dir / f"{stamp}-core")
+    core = time_core(store, config, args.workers, chunk_size=chunk_size, save_to=runs_dir / f"{stamp}-core")
     console.print(
         f"  core:       {core['wall_seconds']:6.2f} s (+ {core['save_seconds']:.2f} s writing its tables)"
     )

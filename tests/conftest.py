@@ -19,6 +19,16 @@ SP500_ENV = "BACKTEST_SP500_DIR"
 
 
 @pytest.fixture(scope="session")
+def prefect_test_server():
+    """One Prefect test server for every test that runs flows in-process (starting one costs about ten
+    seconds; the flow tests and the benchmark test share it)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=90):
+        yield
+
+
+@pytest.fixture(scope="session")
 def sp500_dir() -> Path:
     """The real S&P 500 sample (505 ``<SYMBOL>_data.csv`` files), or a skip that says how to provide it.
 

@@ -12,11 +12,9 @@ from backtest.synthetic import generate_universe
 
 
 @pytest.fixture(scope="session", autouse=True)
-def prefect_server():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=60):
-        yield
+def prefect_server(prefect_test_server):
+    """The session's test server (tests/conftest.py), shared with the benchmark test."""
+    yield
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,96 @@
+"""`backtest bench` at a tiny size through the CLI, and the checks that make its comparisons fair."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from flows.bench_compare import (
+    CompactCloses,
+    agreement,
+    core_total_returns,
+    exact_ties,
+    naive_total_returns,
+    sma_combos,
+    vectorbt_version,
+)
+from flows.benchmark import RATIO_KEYS
+from flows.cli import app
+
+runner = CliRunner()
+
+
+def test_bench_at_a_tiny_size_records_every_ratio_and_regenerates_the_readme(
+    prefect_test_server, tmp_path, monkeypatch
+):
+    for key in ("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "DO_NOT_TRACK", "PREFECT_SERVER_ANALYTICS_ENABLED"):
+        monkeypatch.setenv(key, {"PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "WARNING"}.get(key, "false"))
+    readme = tmp_path / "README.md"
+    readme.write_text("# Benchmarks\n\nhand-written text stays\n")
+    results = tmp_path / "results"
+    args = ["bench", "--symbols", "16", "--years", "8", "--slice-symbols", "8"]
+    args += ["--data", str(tmp_path / "data"), "--results", str(results), "--readme", str(readme)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "Ratios" in result.output and "Goals" in result.output
+
+    (path,) = results.glob("bench-*.json")
+    payload = json.loads(path.read_text())
+    assert payload["machine"]["logical_cores"] >= 1 and payload["sizes"]["symbols"] == 16
+    assert payload["problems"] == []
+    has_vectorbt = vectorbt_version() is not None
+    for key in RATIO_KEYS:
+        value = payload["ratios"][key]
+        if "vectorbt" in key and not has_vectorbt:
+            assert value is None
+            continue
+        assert isinstance(value, float) and math.isfinite(value) and value > 0, (key, value)
+    assert payload["ratios"]["cache_hit_rate_warm"] == 1.0
+    assert [r["symbols"] for r in payload["core"]["symbols_scaling"]] == [2, 4, 8, 16]
+    assert [r["combinations"] for r in payload["core"]["grid_scaling"]] == [16, 64, 256]
+    assert payload["slice"]["naive"]["check"]["ok"]
+    if has_vectorbt:
+        assert payload["slice"]["vectorbt"]["check"]["ok"]
+        assert payload["slice"]["vectorbt"]["check"]["compared"] > 0
+    names = {g["name"] for g in payload["goals"]}
+    assert "warm / cold" in names and "W through Prefect, cold, s" in names
+
+    text = readme.read_text()
+    assert text.startswith("# Benchmarks\n\nhand-written text stays\n")
+    assert f"`{path.name}`" in text and "<!-- bench-results:end -->" in text
+    assert (results / "scaling.png").stat().st_size > 0
+    # --table regenerates the same section in place instead of appending another
+    again = runner.invoke(app, ["bench", "--table", "--results", str(results), "--readme", str(readme)])
+    assert again.exit_code == 0, again.output
+    assert readme.read_text().count("<!-- bench-results:start") == 1
+
+
+def test_exact_ties_are_found_in_whole_cents_and_other_differences_fail_the_check():
+    # SMA(2) and SMA(4) are both 10.5 on the 4th bar: a tie only rounding decides
+    closes = np.array([[10.0, 11.0, 10.0, 11.0, 12.0, 13.0], [10.0, 10.5, 11.25, 12.0, 11.0, 10.0]]).T
+    data = CompactCloses(("TIE", "NOTIE"), closes, np.array([6, 6]))
+    combos = np.array([[2.0, 4.0, 0.0]])
+    assert exact_ties(data, combos)[:, 0].tolist() == [True, False]
+    core = np.array([[0.5], [0.25]])
+    other = core + np.array([[0.1], [0.0]])
+    assert agreement("x", data.symbols, core, other, exact_ties(data, combos)).ok
+    worse = core + np.array([[0.0], [2e-6]])
+    check = agreement("x", data.symbols, core, worse, exact_ties(data, combos))
+    assert not check.ok and check.worst == ("NOTIE", 0) and check.max_abs_diff == pytest.approx(2e-6)
+
+
+def test_naive_pandas_and_the_core_kernel_agree_with_fees_on_ragged_histories():
+    from backtest.synthetic import generate_panel
+
+    panel = generate_panel(6, 8.0, seed=3)  # late listings, delistings and missing days
+    combos = sma_combos(16)
+    core = core_total_returns(panel, combos, 0.001)
+    naive = naive_total_returns(panel, combos, 0.001, workers=2)
+    ties = exact_ties(CompactCloses.from_panel(panel), combos)
+    check = agreement("naive", panel.symbols, core, naive, ties)
+    assert check.ok and check.compared > 0, check
+    assert not np.allclose(core, core_total_returns(panel, combos, 0.0))  # fees matter
