@@ -141,12 +141,14 @@ def record_run(
 ) -> dict[str, Any]:
     """The study flow's database step: persist the run, then light maintenance with the run's slowest queries."""
     portfolio = out / "portfolio.parquet"
+    # a password in a URL is never stored: the database keeps the URL with it masked
+    config = {**config, "db": describe_url(config["db"]) if config.get("db") else None}
     persisted = persist_results(
         db_url,
         flow_run_id,
         str(config.get("strategy", "")),
         config,
-        price_source,
+        describe_url(price_source) if "://" in price_source else price_source,
         dt.datetime.now(dt.UTC) - dt.timedelta(seconds=float(summary.get("wall_seconds") or 0.0)),
         chunk_records(specs, outcomes, results_dir),
         str(summary.get("state", "Completed")),
