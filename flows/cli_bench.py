@@ -115,6 +115,66 @@ def console_is_tty() -> bool:
     return sys.stdout.isatty()
 
 
+def profile_table(p: dict[str, Any]) -> Any:
+    """Where the time went: building the data, the flow's phases cold and warm (and the flow-run creation and
+    teardown around them), the core's thread seconds per phase; with throughput and peak memory."""
+    from rich.table import Table
+
+    table = Table(title=f"Profile: {p['sizes']['symbols']:,} symbols x {p['sizes']['years']:g} years")
+    for column in ("step", "wall s", "where the time went (s)", "M bars x comb./s", "peak RSS MB"):
+        table.add_column(column, justify="left" if column in ("step", "where the time went (s)") else "right")
+    d = p["data"]
+    table.add_row(
+        "data" + (f" (built {d.get('created')}, reused)" if d.get("reused") else ""),
+        f"{(d.get('generate_seconds') or 0) + (d.get('ingest_seconds') or 0):.1f}",
+        f"generate {d.get('generate_seconds')}, ingest {d.get('ingest_seconds')} ({d.get('rows', 0):,} rows)",
+        "",
+        "",
+    )
+    for label in ("cold", "warm", "slice"):
+        run = p["flow"].get(label) or {}
+        summary = run.get("summary") or {}
+        phases = ", ".join(f"{k} {v:.2f}" for k, v in (summary.get("phase_seconds") or {}).items())
+        if summary.get("wall_seconds") is not None:
+            phases += f", outside the flow function {run['wall_seconds'] - summary['wall_seconds']:.2f}"
+        cache = summary.get("cache") or {}
+        rate = run.get("bars_x_combinations_per_second")
+        table.add_row(
+            f"flow {label} ({cache.get('hits', '?')} hits / {cache.get('misses', '?')} misses)",
+            f"{run.get('wall_seconds', float('nan')):.2f}",
+            phases or str(run.get("error")),
+            f"{rate / 1e6:,.0f}" if rate else "",
+            f"{run.get('peak_rss_with_children_mb', 0):,.0f} (tree)",
+        )
+    core = p["core"]
+    for label, run in (("core, {w} workers", core["main"]), ("core, 1 worker", core["one_worker"])):
+        table.add_row(
+            label.format(w=p["sizes"]["workers"]),
+            f"{run['wall_seconds']:.2f}",
+            "threads: " + ", ".join(f"{k} {v:.2f}" for k, v in run["thread_seconds"].items()),
+            f"{run['bars_x_combinations_per_second'] / 1e6:,.0f}",
+            f"{run['peak_rss_mb']:,.0f}",
+        )
+    sl = p["slice"]
+    for label, run in (
+        ("slice: core grid kernel", sl["kernel"]),
+        ("slice: core study", sl["study"]),
+        ("slice: naive pandas", sl["naive"]),
+        ("slice: vectorbt", sl.get("vectorbt") or {}),
+    ):
+        if "wall_seconds" not in run:
+            table.add_row(label, "", run.get("reason", "not run"), "", "")
+            continue
+        table.add_row(
+            label,
+            f"{run['wall_seconds']:.3f}",
+            f"RSS +{run['peak_rss_mb'] - run['start_rss_mb']:,.0f} MB during the run",
+            f"{run['bars_x_combinations_per_second'] / 1e6:,.1f}",
+            f"{run['peak_rss_mb']:,.0f}",
+        )
+    return table
+
+
 def print_report(run: Any, console: Any) -> None:
     """Every ratio, then every goal (MET / MISSED / not judged, with the phase seconds that explain a miss),
     then the problems that make the run fail."""
@@ -135,6 +195,7 @@ def print_report(run: Any, console: Any) -> None:
         f"{sl['fees_bps']:g} bps fees; {sl['exact_ties']} (symbol, combination) pairs with an exact tie of the "
         "two means left out of the total-return checks"
     )
+    console.print(profile_table(p))
     goals = Table(title="Goals (DESIGN.md section 4)")
     for column in ("goal", "target", "value", "verdict"):
         goals.add_column(column, justify="right" if column == "value" else "left")
