@@ -48,7 +48,14 @@ def test_serve_offers_the_prefect_yaml_deployments_and_runs_them(api_url, client
         ingest_folder(market_csv, study_store, workers=1, durable=False)
         ingest_store = tmp_path / "ingest-store"
         ingest_run = start_run(
-            api_url, "ingest-prices/daily", {"source": str(market_csv), "store": str(ingest_store)}
+            api_url,
+            "ingest-prices/daily",
+            {"source": str(market_csv), "store": str(ingest_store), "workers": 1},
+        )
+        empty = tmp_path / "empty"
+        empty.mkdir()
+        empty_run = start_run(
+            api_url, "ingest-prices/daily", {"source": str(empty), "store": str(tmp_path / "empty-store")}
         )
         out = tmp_path / "out"
         study_run = start_run(
@@ -58,6 +65,7 @@ def test_serve_offers_the_prefect_yaml_deployments_and_runs_them(api_url, client
         )
         ingest_state = wait_final(api_url, ingest_run)
         study_state = wait_final(api_url, study_run)
+        empty_state = wait_final(api_url, empty_run)
 
     assert ingest_state.is_completed(), ingest_state.message
     assert "24 files: 24 added" in ingest_state.message
@@ -65,7 +73,12 @@ def test_serve_offers_the_prefect_yaml_deployments_and_runs_them(api_url, client
     summary = artifacts_of(api_url, ingest_run)["ingest-summary"].data
     assert "| added | 24 |" in summary and "| failed | 0 |" in summary
 
+    assert empty_state.is_failed() and f"no *.csv or *.txt files in {empty}" in empty_state.message
+
     assert study_state.is_completed(), study_state.message
+    with cli_server.api_client(api_url) as client:  # stopping serve.py left the finished runs as they were
+        assert client.read_flow_run(study_run).state.is_completed()
+        assert client.read_flow_run(ingest_run).state.is_completed()
     result = json.loads((out / "summary.json").read_text())
     assert result["flow_run_id"] == str(study_run) and result["counts"]["chunks"] == 3
     assert {"study-summary", "study-chunks"} <= set(artifacts_of(api_url, study_run))
