@@ -2,14 +2,24 @@
 
 The out-of-sample returns of a whole market run to tens of millions of rows, so they are streamed into their
 Parquet file chunk by chunk while the small tables are merged in memory.
+
+The merged tables are a pure function of the chunk results, which are a pure function of their cache keys, so
+``collect_cached`` keeps them in the cache under a key made of the chunks' keys: a re-run with unchanged inputs
+hard-links the files into its output folder instead of re-reading every chunk and re-merging (DESIGN.md
+section 4: a warm run costs a small fraction of a cold one).
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import math
 import os
-from collections.abc import Iterable, Iterator
+import shutil
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -119,3 +129,172 @@ def chunk_row(name: str, r: ChunkResult) -> dict[str, Any]:
         "mean_total_return": round(float(m["total_return"].mean()), 4) if len(m) else None,
         "compute_seconds": round(sum(wall_timings(r.timings).values()), 3),
     }
+
+
+#: the merged tables of a study, by file stem (what ``StudyResult.save`` and ``collect`` write)
+OUTPUT_TABLES: tuple[str, ...] = ("selections", "oos_returns", "oos_metrics", "portfolio", "grid_scores")
+COLLECTED_FORMAT = "backtest.collected/1"
+_MANIFEST = "collected.json"
+
+
+def collected_key(chunk_keys: Sequence[str]) -> str:
+    """The cache key of a study's merged tables: its chunks' keys in order, and the code that merges them.
+
+    A chunk key already covers the data, configuration, folds and numeric code of its chunk; what this adds is
+    the chunk order and this module, which decides how the merged files are written.
+    """
+    digest = hashlib.blake2b(digest_size=20)
+    digest.update(COLLECTED_FORMAT.encode() + b"\n")
+    digest.update(Path(__file__).read_bytes())
+    for key in chunk_keys:
+        digest.update(key.encode("utf-8", "surrogatepass") + b"\n")
+    return f"collected-{digest.hexdigest()}"
+
+
+@dataclass(frozen=True)
+class Collected:
+    """What the flow needs of a collect step: the headline figures, one row per chunk, summed chunk timings."""
+
+    key: str
+    reused: bool
+    figures: dict[str, Any]
+    chunks: list[dict[str, Any]]
+    timings: dict[str, float]
+    files: dict[str, Path] = field(default_factory=dict)
+
+
+def _file_stamp(path: Path) -> list[int]:
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns]
+
+
+def _read_entry(entry: Path, key: str) -> dict[str, Any] | None:
+    """The manifest of a complete, untouched cache entry; None for anything else (a miss, never an error).
+
+    Sizes and modification times are checked because the output folders hold hard links to these files: an
+    output file rewritten in place (by root, whom read-only modes do not stop) must not be served again.
+    """
+    try:
+        manifest = json.loads((entry / _MANIFEST).read_text())
+        if manifest.get("format") != COLLECTED_FORMAT or manifest.get("key") != key:
+            return None
+        for name, stamp in manifest["files"].items():
+            if _file_stamp(entry / name) != stamp:
+                return None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return manifest
+
+
+def _link_into(src: Path, dst: Path) -> None:
+    """``dst`` becomes ``src`` (a hard link; a copy across file systems), replacing any older ``dst``."""
+    tmp = _tmp(dst)
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+def collect_cached(
+    plan: StudyPlan, chunks: Iterable[tuple[str, ChunkResult]], out: Path, cache: Path, key: str
+) -> Collected:
+    """The merged tables in ``out``: linked from ``cache/<key>`` when there, else merged there first.
+
+    ``chunks`` yields (name, result) in universe order and is consumed only on a miss, so a generator that
+    reads chunk files costs nothing on a hit. Entries are built in a private folder and published with one
+    rename, so concurrent runs of the same study never see half an entry; the loser of a race keeps the
+    winner's. Files in the cache are made read-only: every output folder links to them.
+    """
+    entry = cache / key
+    manifest = _read_entry(entry, key)
+    reused = manifest is not None
+    if manifest is None:
+        manifest = _build_entry(plan, chunks, cache, key)
+    out.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for name in manifest["files"]:
+        _link_into(entry / name, out / name)
+        files[Path(name).stem] = out / name
+    with contextlib.suppress(OSError):
+        os.utime(entry / _MANIFEST)  # recently used, for pruning
+    return Collected(
+        key=key,
+        reused=reused,
+        figures=manifest["figures"],
+        chunks=manifest["chunks"],
+        timings=manifest["timings"],
+        files=files,
+    )
+
+
+def _build_entry(
+    plan: StudyPlan, chunks: Iterable[tuple[str, ChunkResult]], cache: Path, key: str
+) -> dict[str, Any]:
+    entry = cache / key
+    cache.mkdir(parents=True, exist_ok=True)
+    staging = cache / f".{key}.{os.getpid()}.{time.monotonic_ns()}.tmp"
+    rows: list[dict[str, Any]] = []
+
+    def results() -> Iterator[ChunkResult]:
+        for name, chunk in chunks:
+            rows.append(chunk_row(name, chunk))
+            yield chunk
+
+    try:
+        result = collect(plan, results(), staging)
+        names = [f"{stem}.parquet" for stem in OUTPUT_TABLES if (staging / f"{stem}.parquet").exists()]
+        for name in names:
+            os.chmod(staging / name, 0o444)
+        manifest = {
+            "format": COLLECTED_FORMAT,
+            "key": key,
+            "files": {name: _file_stamp(staging / name) for name in names},
+            "figures": _clean(study_figures(result)),
+            "chunks": _clean(rows),
+            "timings": result.timings,
+        }
+        write_json(staging / _MANIFEST, manifest)
+        if entry.exists():  # a broken or stale entry (a complete one was a hit): replace it
+            shutil.rmtree(entry, ignore_errors=True)
+        try:
+            os.rename(staging, entry)
+        except OSError:
+            if _read_entry(entry, key) is None:  # not a concurrent run's complete entry: a real failure
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return manifest
+
+
+def prune_collected(cache: Path, keep: str | None, max_bytes: int, max_age_seconds: float) -> int:
+    """Remove cached merged tables unused for ``max_age_seconds``, then the least recently used until the
+    rest fit in ``max_bytes``; ``keep`` (the current study's key) stays. Returns how many were removed."""
+    if not cache.is_dir():
+        return 0
+    now = time.time()
+    entries = []
+    for entry in cache.iterdir():
+        if entry.name.startswith("."):
+            if entry.name.endswith(".tmp") and now - entry.stat().st_mtime > 3600:
+                shutil.rmtree(entry, ignore_errors=True)  # left by a killed run
+            continue
+        if not entry.is_dir():
+            continue
+        try:
+            used = (entry / _MANIFEST).stat().st_mtime
+        except OSError:
+            used = entry.stat().st_mtime
+        size = sum(f.stat().st_size for f in entry.iterdir() if f.is_file())
+        entries.append((used, size, entry))
+    total = sum(size for _, size, _ in entries)
+    removed = 0
+    for used, size, entry in sorted(entries):
+        if entry.name == keep:
+            continue
+        if now - used > max_age_seconds or total > max_bytes:
+            shutil.rmtree(entry, ignore_errors=True)
+            total -= size
+            removed += 1
+    return removed

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from pandas.api.types import union_categoricals
 
 from backtest.config import OBJECTIVES, ParamGrid, StudyConfig
 from backtest.errors import ConfigError, DataError
@@ -249,7 +248,8 @@ def run_chunk(panel: PricePanel, plan: StudyPlan) -> ChunkResult:
             "ret": oos_ret[sym_idx, day_idx],
             "traded": oos_traded[sym_idx, day_idx],
             "held": oos_held[sym_idx, day_idx],
-        }
+        },
+        copy=False,  # fresh arrays: no copy, and one array per column for combine to release one by one
     )
     oos_ret[~mask] = np.nan
     metrics = metrics_table(oos_ret, oos_traded, oos_held)
@@ -399,6 +399,52 @@ class StudyResult:
         return paths
 
 
+class _OosParts:
+    """The out-of-sample rows of the chunks as separate column arrays, merged column by column.
+
+    A chunk's frame is taken apart on arrival (its columns are separate arrays, see ``run_chunk``), and each
+    merged column is built with one ``np.concatenate``, after which that column's parts are dropped: the
+    merge needs the merged table plus one column of slack, not two copies of the table (``pd.concat``).
+    Categorical codes are remapped onto the categories in order of first appearance, as
+    ``union_categoricals`` orders them.
+    """
+
+    def __init__(self) -> None:
+        self.names: list[str] | None = None
+        self.columns: dict[str, list[np.ndarray]] = {}
+        self.categories: dict[str, dict[str, int]] = {}
+
+    def add(self, frame: pd.DataFrame) -> None:
+        if self.names is None:
+            self.names = list(frame.columns)
+            self.columns = {name: [] for name in self.names}
+            self.categories = {
+                name: {} for name in self.names if isinstance(frame[name].dtype, pd.CategoricalDtype)
+            }
+        elif list(frame.columns) != self.names:
+            raise DataError(f"chunk results disagree on the out-of-sample columns: {list(frame.columns)}")
+        for name in self.names:
+            column = frame[name]
+            index = self.categories.get(name)
+            if index is None:
+                self.columns[name].append(column.to_numpy())
+                continue
+            mapping = np.array([index.setdefault(c, len(index)) for c in column.cat.categories] + [-1])
+            self.columns[name].append(mapping[column.cat.codes.to_numpy()])  # code -1 (missing) stays -1
+
+    def merge(self) -> pd.DataFrame:
+        data: dict[str, np.ndarray | pd.Categorical] = {}
+        for name in self.names or ():
+            parts = self.columns.pop(name)
+            merged = np.concatenate(parts)
+            parts.clear()
+            index = self.categories.get(name)
+            data[name] = (
+                merged if index is None else pd.Categorical.from_codes(merged, categories=list(index))
+            )
+        return pd.DataFrame(data, copy=False)
+
+
 def combine(
     plan: StudyPlan,
     results: Iterable[ChunkResult],
@@ -413,28 +459,26 @@ def combine(
     metric_parts: list[pd.DataFrame] = []
     portfolio_parts: list[pd.DataFrame] = []
     grid_parts: list[pd.DataFrame] = []
-    oos_parts: list[pd.DataFrame] = []
+    oos_parts = _OosParts() if oos_sink is None else None
     timings: dict[str, float] = {}
     for r in results:
         selections_parts.append(r.selections)
         metric_parts.append(r.symbol_metrics)
         portfolio_parts.append(r.portfolio_parts)
         grid_parts.append(r.grid_scores)
-        if oos_sink is None:
-            oos_parts.append(r.oos_returns)
-        else:
+        if oos_parts is not None:
+            oos_parts.add(r.oos_returns)
+        elif oos_sink is not None:
             oos_sink(r.oos_returns)
         for key, value in r.timings.items():
             timings[key] = timings.get(key, 0.0) + value
+        del r  # the caller may be streaming: keep no chunk alive beyond its parts
     if not selections_parts:
         raise DataError("no chunk results to combine")
     # chunks come in universe order and each is ordered by symbol, so concatenation keeps that order
     selections = pd.concat(selections_parts, ignore_index=True)
     symbol_metrics = pd.concat(metric_parts, ignore_index=True)
-    oos = None
-    if oos_sink is None:
-        oos = pd.concat([o.drop(columns="symbol") for o in oos_parts], ignore_index=True)
-        oos.insert(1, "symbol", union_categoricals([o["symbol"] for o in oos_parts]))
+    oos = oos_parts.merge() if oos_parts is not None else None
 
     parts = pd.concat(portfolio_parts, ignore_index=True).groupby("date", sort=True).sum()
     portfolio = pd.DataFrame(
@@ -513,8 +557,8 @@ def run_study(
 
     chunks = chunked(list(symbols), chunk_size)
     if workers <= 1:
-        results = [one(c) for c in chunks]
-    else:
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            results = list(pool.map(one, chunks))
-    return combine(plan, results)
+        return combine(plan, map(one, chunks))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        # ``map`` yields in chunk order and lets go of each result once yielded, so combine takes each chunk
+        # apart while the workers compute the next ones, and no finished chunk is kept whole
+        return combine(plan, pool.map(one, chunks))

@@ -52,6 +52,7 @@ def cache_dirs(store: Store) -> dict[str, Path]:
         "records": base / "records",
         "locks": base / "locks",
         "prices": base / "prices",
+        "collected": base / "collected",
     }
 
 
@@ -154,7 +155,8 @@ def _run_study(params: StudyParams, watch: RunWatch) -> Any:
         "out": str(out),
     }
     if not failed:
-        collected = collect_results(plan, specs, str(dirs["results"]), str(out))
+        collected = collect_results(plan, specs, str(dirs["results"]), str(out), str(dirs["collected"]))
+        summary["cache"]["collect_reused"] = collected["reused"]
         summary["figures"] = collected["figures"]
         summary["chunk_seconds"] = wall_timings(collected["timings"])
         artifacts.chunk_table(
@@ -171,6 +173,7 @@ def _run_study(params: StudyParams, watch: RunWatch) -> Any:
         int(params.cache_max_gb * 1e9),
         params.cache_max_age_days * 86400.0,
         keep,
+        str(dirs["collected"]),
     )
     summary["cache"]["pruned"] = pruned.to_dict()
     phases["prune"] = time.perf_counter() - t

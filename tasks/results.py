@@ -2,32 +2,43 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from prefect import task
 
 from backtest.cachedir import PruneReport, prune
-from backtest.outputs import chunk_row, collect, read_chunks, study_figures
+from backtest.outputs import collect_cached, collected_key, prune_collected, read_chunks
 from backtest.planning import ChunkSpec
-from backtest.study import StudyPlan
+from backtest.study import ChunkResult, StudyPlan
 
 
 @task(name="collect-results", persist_result=False)
 def collect_results(
-    plan: StudyPlan, specs: Sequence[ChunkSpec], results_dir: str, out: str
+    plan: StudyPlan,
+    specs: Sequence[ChunkSpec],
+    results_dir: str,
+    out: str,
+    collected_dir: str | None = None,
 ) -> dict[str, Any]:
-    """Read each chunk's persisted Parquet result once, in universe order, and write the merged tables."""
-    rows: list[dict[str, Any]] = []
+    """The merged tables in ``out``: linked from the cache when these exact chunks were merged before,
+    otherwise each chunk's persisted result is read once, in universe order, and merged into the cache."""
+    keys = [s.key for s in specs]
+    cache = Path(collected_dir) if collected_dir else Path(results_dir).parent / "collected"
 
-    def chunks():
-        for spec, chunk in zip(specs, read_chunks(Path(results_dir) / s.key for s in specs), strict=True):
-            rows.append(chunk_row(spec.name, chunk))
-            yield chunk
+    def chunks() -> Iterator[tuple[str, ChunkResult]]:
+        files = read_chunks(Path(results_dir) / key for key in keys)
+        yield from zip((s.name for s in specs), files, strict=True)
 
-    result = collect(plan, chunks(), Path(out))
-    return {"figures": study_figures(result), "chunks": rows, "timings": result.timings}
+    done = collect_cached(plan, chunks(), Path(out), cache, collected_key(keys))
+    return {
+        "figures": done.figures,
+        "chunks": done.chunks,
+        "timings": done.timings,
+        "reused": done.reused,
+        "key": done.key,
+    }
 
 
 @task(name="prune-cache", persist_result=False)
@@ -38,9 +49,13 @@ def prune_cache(
     max_bytes: int,
     max_age_seconds: float,
     keep: Sequence[str],
+    collected_dir: str | None = None,
 ) -> PruneReport:
-    """Keep the cache folders under their size limit and expiry (the current run's entries are kept)."""
-    return prune(
+    """Keep the cache folders under their size limit and expiry (the current run's entries are kept).
+
+    The merged tables (``collected_dir``) share the size limit: they get what the chunk results leave.
+    """
+    report = prune(
         Path(results_dir),
         Path(records_dir),
         max_bytes,
@@ -48,3 +63,6 @@ def prune_cache(
         frozenset(keep),
         extra=(Path(prices_dir),),
     )
+    cache = Path(collected_dir) if collected_dir else Path(results_dir).parent / "collected"
+    prune_collected(cache, collected_key(list(keep)), max(0, max_bytes - report.bytes_after), max_age_seconds)
+    return report

@@ -1,0 +1,41 @@
+"""The flow's collect step is cached: a warm run links the merged tables instead of re-merging the chunks."""
+
+import os
+
+import pandas as pd
+
+from flows.runs import read_summary
+from flows.study import three_phase_study
+from tests.flows.test_study_flow import TABLES, params, tables
+
+
+def test_warm_run_links_the_merged_tables_of_the_cold_run(store, tmp_path):
+    cold = three_phase_study(params(store, tmp_path / "cold"), return_state=True)
+    assert cold.is_completed(), cold.message
+    assert read_summary(tmp_path / "cold")["cache"]["collect_reused"] is False
+
+    warm = three_phase_study(params(store, tmp_path / "warm"), return_state=True)
+    assert warm.is_completed(), warm.message
+    s_cold, s_warm = read_summary(tmp_path / "cold"), read_summary(tmp_path / "warm")
+    assert s_warm["cache"]["hits"] == 3 and s_warm["cache"]["collect_reused"] is True
+    assert s_warm["figures"] == s_cold["figures"]
+    for name in TABLES:
+        assert os.path.samefile(tmp_path / "cold" / f"{name}.parquet", tmp_path / "warm" / f"{name}.parquet")
+
+    # a recomputed chunk has the same key and the same numbers: the merged tables are still the cached ones
+    results = store.root / "cache" / "results"
+    chunk_file = sorted(p for p in results.iterdir() if p.name.startswith("chunk-"))[0]
+    (store.root / "cache" / "records" / chunk_file.name).unlink()
+    chunk_file.unlink()
+    again = three_phase_study(params(store, tmp_path / "again"), return_state=True)
+    assert again.is_completed(), again.message
+    s_again = read_summary(tmp_path / "again")
+    assert s_again["cache"]["misses"] == 1 and s_again["cache"]["collect_reused"] is True
+
+    # a different study (other fees) is merged afresh, never served the first study's tables
+    other = three_phase_study(params(store, tmp_path / "other", fees_bps=25), return_state=True)
+    assert other.is_completed(), other.message
+    assert read_summary(tmp_path / "other")["cache"]["collect_reused"] is False
+    a, b = tables(tmp_path / "cold"), tables(tmp_path / "other")
+    pd.testing.assert_frame_equal(a["selections"][["symbol", "fold"]], b["selections"][["symbol", "fold"]])
+    assert not a["oos_returns"]["ret"].equals(b["oos_returns"]["ret"])

@@ -1,0 +1,122 @@
+"""The merge of chunk results (combine, collect) and the cache of merged tables (collect_cached)."""
+
+import os
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+from pandas.api.types import union_categoricals
+
+from backtest.config import FoldSpec, ParamGrid, StudyConfig
+from backtest.outputs import (
+    OUTPUT_TABLES,
+    collect,
+    collect_cached,
+    collected_key,
+    prune_collected,
+)
+from backtest.study import StudyPlan, chunked, combine, date_range, run_chunk, run_study
+from tests.panels import random_panel
+
+CONFIG = StudyConfig(
+    grid=ParamGrid.from_mapping({"fast": [5, 10], "slow": [40, 60]}),
+    folds=FoldSpec(train_years=2, validate_years=1, test_years=1),
+)
+
+
+@pytest.fixture(scope="module")
+def panel():
+    return random_panel(n_symbols=9, n_bars=1300, seed=11)
+
+
+@pytest.fixture(scope="module")
+def plan(panel):
+    first, last = date_range(panel)
+    return StudyPlan.create(CONFIG, first, last)
+
+
+@pytest.fixture(scope="module")
+def chunks(panel, plan):
+    return [run_chunk(panel.select(c), plan) for c in chunked(list(panel.symbols), 4)]
+
+
+def named(chunks):
+    return ((f"chunk-{i:04d}", c) for i, c in enumerate(chunks))
+
+
+def test_combine_merges_oos_like_pandas_concat(chunks, plan) -> None:
+    expected = pd.concat([c.oos_returns.drop(columns="symbol") for c in chunks], ignore_index=True)
+    expected.insert(1, "symbol", union_categoricals([c.oos_returns["symbol"] for c in chunks]))
+    merged = combine(plan, iter(chunks)).oos_returns
+    pd.testing.assert_frame_equal(merged, expected, check_exact=True)
+    assert list(merged["symbol"].cat.categories) == [s for c in chunks for s in c.symbols]
+
+
+def test_run_study_streams_chunks_into_combine(panel, plan) -> None:
+    first, last = date_range(panel)
+    one = run_study(CONFIG, panel.symbols, panel.select, first, last, chunk_size=4, workers=1)
+    two = run_study(CONFIG, panel.symbols, panel.select, first, last, chunk_size=3, workers=2)
+    pd.testing.assert_frame_equal(one.oos_returns, two.oos_returns, check_exact=True)
+    pd.testing.assert_frame_equal(one.selections, two.selections, check_exact=True)
+
+
+def test_collect_cached_merges_once_then_links(tmp_path, chunks, plan) -> None:
+    key = collected_key(["a", "b", "c"])
+    cache = tmp_path / "cache"
+    first = collect_cached(plan, named(chunks), tmp_path / "one", cache, key)
+    assert not first.reused and [r["chunk"] for r in first.chunks] == ["chunk-0000", "chunk-0001", "chunk-0002"]
+
+    reference = tmp_path / "reference"
+    collect(plan, iter(chunks), reference)
+
+    def never():
+        raise AssertionError("a cache hit must not read any chunk")
+        yield
+
+    second = collect_cached(plan, never(), tmp_path / "two", cache, key)
+    assert second.reused and second.figures == first.figures and second.chunks == first.chunks
+    assert second.timings == pytest.approx(first.timings)
+    for stem in OUTPUT_TABLES:
+        name = f"{stem}.parquet"
+        got, want = pd.read_parquet(tmp_path / "two" / name), pd.read_parquet(reference / name)
+        pd.testing.assert_frame_equal(got, want, check_exact=True)
+        # the same bytes on disk, not a second copy
+        assert os.path.samefile(tmp_path / "two" / name, cache / key / name)
+        assert not os.access(cache / key / name, os.W_OK) or os.geteuid() == 0
+
+
+def test_collect_cached_rebuilds_a_tampered_entry(tmp_path, chunks, plan) -> None:
+    key = collected_key(["x"])
+    cache = tmp_path / "cache"
+    collect_cached(plan, named(chunks), tmp_path / "one", cache, key)
+    target = tmp_path / "one" / "portfolio.parquet"
+    os.chmod(target, 0o644)
+    pd.DataFrame({"x": [1]}).to_parquet(target)  # rewritten in place through the output folder's link
+    again = collect_cached(plan, named(chunks), tmp_path / "two", cache, key)
+    assert not again.reused
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(tmp_path / "two" / "portfolio.parquet"),
+        combine(plan, iter(chunks)).portfolio,
+        check_exact=True,
+    )
+
+
+def test_collected_key_depends_on_every_chunk_and_its_order() -> None:
+    keys = {collected_key(k) for k in (["a", "b"], ["b", "a"], ["a"], ["a", "c"])}
+    assert len(keys) == 4 and collected_key(["a", "b"]) == collected_key(("a", "b"))
+
+
+def test_prune_collected_keeps_the_current_entry(tmp_path, chunks, plan) -> None:
+    cache = tmp_path / "cache"
+    keys = [collected_key([str(i)]) for i in range(3)]
+    for i, key in enumerate(keys):
+        collect_cached(plan, named(chunks), tmp_path / f"out{i}", cache, key)
+        old = time.time() - 1000 * (3 - i)
+        os.utime(cache / key / "collected.json", (old, old))
+    assert prune_collected(cache, keys[0], max_bytes=10**12, max_age_seconds=1500) == 1  # keys[1]: expired
+    assert sorted(p.name for p in cache.iterdir()) == sorted([keys[0], keys[2]])
+    assert prune_collected(cache, keys[0], max_bytes=0, max_age_seconds=1e9) == 1
+    assert [p.name for p in cache.iterdir()] == [keys[0]]
+    # the outputs linked from a pruned entry are still whole
+    assert np.isfinite(pd.read_parquet(tmp_path / "out1" / "portfolio.parquet")["ret"]).all()
