@@ -60,55 +60,79 @@ def _pg_bin() -> Path | None:
     return Path(initdb).parent if initdb else None
 
 
-@pytest.fixture(scope="session")
-def pg_server() -> Iterator[PgServer]:
+class PgUnavailable(RuntimeError):
+    """PostgreSQL cannot run here; the message says why (tests skip with it)."""
+
+
+@contextlib.contextmanager
+def temporary_postgres(*, durable: bool = False) -> Iterator[PgServer]:
+    """A throwaway server in a temporary folder on 127.0.0.1 and a free port, stopped (by pg_ctl) on exit.
+
+    ``durable=False`` turns fsync off, for tests; benchmarks keep the server's default durability.
+    """
     bindir = _pg_bin()
     if bindir is None:
-        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not found: apt-get install postgresql")
+        raise PgUnavailable(
+            "PostgreSQL server binaries (initdb, pg_ctl) not found: apt-get install postgresql"
+        )
     try:
         import psycopg  # noqa: F401
     except ImportError:
-        pytest.skip("psycopg 3 is not installed: pip install 'prefect-walkforward-backtest[postgres]'")
-    root = Path(tempfile.mkdtemp(prefix="backtest-pg-"))
+        raise PgUnavailable(
+            "psycopg 3 is not installed: pip install 'prefect-walkforward-backtest[postgres]'"
+        ) from None
     as_root = os.geteuid() == 0
+    if as_root and shutil.which("runuser") is None:
+        raise PgUnavailable(
+            "running as root without runuser: cannot start PostgreSQL as an unprivileged user"
+        )
+    root = Path(tempfile.mkdtemp(prefix="backtest-pg-"))
     prefix: list[str] = ["runuser", "-u", "postgres", "--"] if as_root else []
-    if as_root:
-        if shutil.which("runuser") is None:
-            pytest.skip("running as root without runuser: cannot start PostgreSQL as an unprivileged user")
-        shutil.chown(root, "postgres", "postgres")
     data, log, pwfile = root / "data", root / "server.log", root / "pw"
     pwfile.write_text(PG_PASSWORD + "\n")
     if as_root:
+        shutil.chown(root, "postgres", "postgres")
         shutil.chown(pwfile, "postgres", "postgres")
     port = _free_port()
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([*prefix, *args], capture_output=True, text=True, timeout=120, check=False)
 
-    init = run(
-        str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=scram-sha-256",
-        f"--pwfile={pwfile}", "--locale=C", "--encoding=UTF8", "--no-sync",
-    )  # fmt: skip
-    if init.returncode != 0:
-        shutil.rmtree(root, ignore_errors=True)
-        pytest.skip(f"initdb failed: {init.stderr.strip()[:300]}")
-    options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off"
-    start = run(
-        str(bindir / "pg_ctl"), "-D", str(data), "-l", str(log), "-o", options, "-w", "-t", "60", "start"
-    )
-    if start.returncode != 0:
-        detail = log.read_text()[-300:] if log.exists() else start.stderr[-300:]
-        shutil.rmtree(root, ignore_errors=True)
-        pytest.skip(f"PostgreSQL did not start: {detail.strip()}")
     try:
-        yield PgServer("127.0.0.1", port, "postgres", PG_PASSWORD)
-    finally:
-        from backtest.db.engine import dispose_engines
+        init = run(
+            str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=scram-sha-256",
+            f"--pwfile={pwfile}", "--locale=C", "--encoding=UTF8", "--no-sync",
+        )  # fmt: skip
+        if init.returncode != 0:
+            raise PgUnavailable(f"initdb failed: {init.stderr.strip()[:300]}")
+        options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1"
+        if not durable:
+            options += " -c fsync=off -c full_page_writes=off"
+        start = run(
+            str(bindir / "pg_ctl"), "-D", str(data), "-l", str(log), "-o", options, "-w", "-t", "60", "start"
+        )
+        if start.returncode != 0:
+            detail = log.read_text()[-300:] if log.exists() else start.stderr[-300:]
+            raise PgUnavailable(f"PostgreSQL did not start: {detail.strip()}")
+        try:
+            yield PgServer("127.0.0.1", port, "postgres", PG_PASSWORD)
+        finally:
+            from backtest.db.engine import dispose_engines
 
-        dispose_engines()
-        run(str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop")
+            dispose_engines()
+            run(str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop")
+    finally:
         with contextlib.suppress(OSError):
             shutil.rmtree(root)
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    try:
+        with temporary_postgres() as server:
+            yield server
+    except PgUnavailable as exc:
+        pytest.skip(str(exc))
 
 
 @pytest.fixture
