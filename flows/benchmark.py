@@ -381,9 +381,14 @@ def measure_vectorbt(piece: Slice, core_tr: np.ndarray, log: Log) -> dict[str, A
     if version is None:
         log("slice: vectorbt is not installed (pip install -e '.[bench]'): its comparison is SKIPPED")
         return {"available": False, "reason": "vectorbt is not installed (the bench extra)"}
-    warm = warm_up_vectorbt()
-    log(f"slice: vectorbt {version} warm-up (imports and numba compile, not counted) {warm:.1f} s")
-    vb_tr, run = _measured(lambda: vectorbt_total_returns(piece.data, piece.combos, piece.cost))
+    try:
+        warm = warm_up_vectorbt()
+        log(f"slice: vectorbt {version} warm-up (imports and numba compile, not counted) {warm:.1f} s")
+        vb_tr, run = _measured(lambda: vectorbt_total_returns(piece.data, piece.combos, piece.cost))
+    except Exception as exc:  # an incompatible install must not hide the rest of the run
+        reason = f"vectorbt {version} failed: {type(exc).__name__}: {exc}"
+        log(f"slice: {reason}; its comparison is SKIPPED")
+        return {"available": False, "version": version, "reason": reason}
     run.update(
         available=True,
         version=version,
@@ -610,7 +615,7 @@ def _phases(run: dict[str, Any] | None) -> str:
     inside = ((run or {}).get("summary") or {}).get("wall_seconds")
     text = ", ".join(f"{k} {v:.2f}" for k, v in ps.items())
     if inside is not None and run:
-        text += f"; outside the flow function {run['wall_seconds'] - inside:.2f} s"
+        text += f"; outside its wall_seconds (report, run start/end) {run['wall_seconds'] - inside:.2f} s"
     return f"phase s: {text}" if text else "no phase seconds (the run failed)"
 
 

@@ -136,7 +136,7 @@ def profile_table(p: dict[str, Any]) -> Any:
         summary = run.get("summary") or {}
         phases = ", ".join(f"{k} {v:.2f}" for k, v in (summary.get("phase_seconds") or {}).items())
         if summary.get("wall_seconds") is not None:
-            phases += f", outside the flow function {run['wall_seconds'] - summary['wall_seconds']:.2f}"
+            phases += f", outside its wall_seconds (report, run start/end) {run['wall_seconds'] - summary['wall_seconds']:.2f}"
         cache = summary.get("cache") or {}
         rate = run.get("bars_x_combinations_per_second")
         table.add_row(
