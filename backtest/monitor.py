@@ -31,7 +31,9 @@ CORE_PREFIX = "cpu_core_"
 class Sample:
     """One observation of the machine and of the run's process tree.
 
-    ``tree_cpu_seconds`` is cumulative (user + system of every process of the tree ever seen); the CPU
+    ``tree_cpu_seconds`` is cumulative (user + system of every process of the tree ever seen), and so is
+    ``tree_cpu_wait_seconds`` (time its threads were ready to run but queued for a core, from Linux's
+    per-thread ``schedstat``; 0 elsewhere); the CPU
     percentages are over the interval since the previous sample (100 = one core busy).
     """
 
@@ -41,6 +43,7 @@ class Sample:
     tree_rss: int  # bytes, summed over the tree
     root_rss: int  # bytes, the root process alone
     tree_cpu_seconds: float
+    tree_cpu_wait_seconds: float
     tree_cpu_percent: float
     machine_cpu_percent: float  # mean over cores
     cpu_per_core: tuple[float, ...]
@@ -71,6 +74,7 @@ class _TreeState:
         self.root = root
         self.procs: dict[int, psutil.Process] = {root.pid: root}
         self.cpu_by_pid: dict[tuple[int, float], float] = {}
+        self.wait_by_thread: dict[tuple[int, float, int], float] = {}
 
     def live(self) -> list[psutil.Process]:
         try:
@@ -165,6 +169,8 @@ class ResourceMonitor:
                     cpu = proc.cpu_times()
                     key = (proc.pid, proc.create_time())
                     self._tree.cpu_by_pid[key] = cpu.user + cpu.system
+                    for tid, delay in _thread_run_delays(proc.pid):
+                        self._tree.wait_by_thread[(*key, tid)] = delay
                     try:
                         io = proc.io_counters()
                         read_b, write_b = read_b + io.read_bytes, write_b + io.write_bytes
@@ -180,6 +186,7 @@ class ResourceMonitor:
             if proc.pid == self._tree.root.pid:
                 root_rss = mem
         tree_cpu = sum(self._tree.cpu_by_pid.values())
+        tree_wait = sum(self._tree.wait_by_thread.values())
         if self._last is None:
             tree_pct = 0.0
         else:
@@ -200,6 +207,7 @@ class ResourceMonitor:
             tree_rss=rss,
             root_rss=root_rss,
             tree_cpu_seconds=tree_cpu,
+            tree_cpu_wait_seconds=tree_wait,
             tree_cpu_percent=tree_pct,
             machine_cpu_percent=sum(per_core) / max(len(per_core), 1),
             cpu_per_core=per_core,
@@ -251,6 +259,30 @@ class ResourceMonitor:
 
     def frame(self) -> pd.DataFrame:
         return samples_frame(self.samples)
+
+
+def _thread_run_delays(pid: int) -> list[tuple[int, float]]:
+    """(thread id, seconds queued for a core) of every thread of a process, from /proc (Linux only)."""
+    base = f"/proc/{pid}/task"
+    out = []
+    try:
+        tids = os.listdir(base)
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            with open(f"{base}/{tid}/schedstat") as f:
+                out.append((int(tid), int(f.read().split()[1]) / 1e9))
+        except (OSError, ValueError, IndexError):
+            continue  # the thread ended
+    return out
+
+
+def cpu_wait_between(frame: pd.DataFrame, start: float, end: float) -> float | None:
+    """Seconds the tree's threads queued for a core between two epoch times (as ``cpu_seconds_between``)."""
+    if "tree_cpu_wait_seconds" not in frame:
+        return None
+    return _delta_between(frame, "tree_cpu_wait_seconds", start, end)
 
 
 def samples_frame(samples: Sequence[Sample]) -> pd.DataFrame:

@@ -31,13 +31,24 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import psutil
 import pyarrow.parquet as pq
 
-from backtest.monitor import cpu_seconds_between, io_bytes_between, peak_between
+from backtest.monitor import (
+    Sample,
+    cpu_seconds_between,
+    cpu_wait_between,
+    io_bytes_between,
+    peak_between,
+    write_samples,
+)
+
+if TYPE_CHECKING:
+    from backtest.alerts import Alert
+    from backtest.recommendations import Recommendation
 
 #: ``timings`` keys that are not wall seconds of a phase (so never summed into a chunk's wall time)
 CPU_KEY = "cpu"  # CPU seconds of the whole task body
@@ -53,6 +64,11 @@ PHASES: dict[str, tuple[str, ...]] = {
     "select": ("select",),
     "persist": ("collect",),
 }
+
+#: files a run writes beside its results (read back by the report)
+PROFILE_FILE = "profile.json"
+RESOURCES_FILE = "resources.parquet"
+REPORT_FILE = "report.html"
 
 CPU_BOUND_RATIO = 0.6
 IO_BOUND_RATE = 8 * 2**20  # bytes of storage I/O per second of non-CPU time
@@ -396,7 +412,12 @@ def analyse(
     step_blocks = []
     for name, (s, e) in intervals.items():
         par = float(workers) if name == backtest_step else 1.0
-        step_blocks.append(BlockFigures(name, e - s, tree_cpu((s, e)), par, peak((s, e)), tree_io((s, e))))
+        wait = None if samples.empty else cpu_wait_between(samples, s, e)
+        step_blocks.append(
+            BlockFigures(
+                name, e - s, tree_cpu((s, e)), par, peak((s, e)), tree_io((s, e)), cpu_wait=wait or 0.0
+            )
+        )
 
     # study phases, summed over the computed chunks (CPU: load measured, the rest apportioned by wall)
     phase_wall = {p: sum(c.phases.get(p, 0.0) for c in computed) for p in PHASES}
@@ -496,7 +517,56 @@ def _with_bottleneck(p: RunProfile) -> RunProfile:
     return replace(p, bottleneck=result)
 
 
+def describe_bottleneck(b: dict[str, Any]) -> str:
+    if not b:
+        return "n/a"
+    where = b.get("where", "")
+    share = b.get("share_of_wall")
+    text = f"{where} ({_share(share)} of the wall time)"
+    if b.get("phase"):
+        text += f", mostly {b['phase']} ({_share(b.get('phase_share'))} of chunk time)"
+    if b.get("classification"):
+        text += f": {b['classification']}"
+    return text
+
+
+def _share(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.0%}"
+
+
 def fmt_bytes(n: float | None) -> str:
     if n is None or (isinstance(n, float) and math.isnan(n)):
         return "n/a"
     return f"{n / 2**20:,.0f} MiB"
+
+
+# -- saving a run's profile -------------------------------------------------------------------------------------
+def profile_document(
+    profile: RunProfile, recommendations: Sequence[Recommendation], alerts: Sequence[Alert]
+) -> dict[str, Any]:
+    """What ``profile.json`` holds: the run's figures, per-chunk rows, recommendations and alerts."""
+    return {
+        "profile": profile.summary(),
+        "wall_seconds": profile.wall,
+        "chunk_size": profile.chunk_size,
+        "runner": profile.runner,
+        "chunks": [c.row() for c in profile.chunks],
+        "recommendations": [r.to_dict() for r in recommendations],
+        "alerts": [a.to_dict() for a in alerts],
+    }
+
+
+def save_profile(
+    out: Path,
+    profile: RunProfile,
+    recommendations: Sequence[Recommendation],
+    alerts: Sequence[Alert],
+    samples: Sequence[Sample],
+) -> dict[str, Any]:
+    """Write ``profile.json`` and ``resources.parquet`` into ``out``; return the profile document."""
+    from backtest.outputs import write_json  # outputs uses this module's wall_timings
+
+    doc = profile_document(profile, recommendations, alerts)
+    write_json(out / PROFILE_FILE, doc)
+    write_samples(samples, out / RESOURCES_FILE)
+    return doc

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from backtest.profiling import CPU_BOUND, WAITING, RunProfile
+from backtest.profiling import CPU_BOUND, IO_BOUND, RunProfile
 
 #: per-task overhead above this fraction of a median chunk's work makes chunks "too small"
 MAX_TASK_OVERHEAD_SHARE = 0.10
@@ -26,6 +26,10 @@ IMBALANCE_LIMIT = 2.0
 OVERHEAD_SHARE_LIMIT = 0.20
 #: parallel efficiency below this means workers sit idle or contend
 LOW_EFFICIENCY = 0.6
+#: chunk threads blocked (not computing, not queued for a core) above this share of their time contend
+BLOCKED_SHARE = 0.4
+#: chunks queued for a core above this share of their time: the machine is busy with other work
+QUEUED_SHARE = 0.3
 #: plan memory for at most this share of the machine
 MEMORY_BUDGET = 0.8
 
@@ -202,20 +206,47 @@ def orchestration_heavy(p: RunProfile) -> Recommendation | None:
     )
 
 
+def _shares(p: RunProfile) -> tuple[float, float] | None:
+    """Of the computed chunks' wall time: the share queued for a core, and the share blocked (neither
+    computing nor queued: locks, the GIL, I/O)."""
+    wall = sum(c.wall for c in p.computed)
+    if wall <= 0:
+        return None
+    return sum(c.cpu_wait for c in p.computed) / wall, sum(c.io_wait for c in p.computed) / wall
+
+
 def threads_waiting(p: RunProfile) -> Recommendation | None:
-    """Thread workers that mostly wait hold the GIL against each other: processes avoid it."""
-    if p.runner != "threads" or not p.computed or p.parallel_efficiency is None:
+    """Thread workers blocked much of the time, with no storage I/O to show for it, are waiting on each
+    other: Python-level work holding the GIL. Processes avoid it."""
+    if p.runner != "threads" or p.workers < 2:
         return None
-    if p.parallel_efficiency >= LOW_EFFICIENCY:
+    shares = _shares(p)
+    if shares is None or shares[1] < BLOCKED_SHARE:
         return None
-    backtest = next((s for s in p.steps if s.name == "backtest"), None)
-    if backtest is None or backtest.classification != WAITING:
-        return None
+    load = next((b for b in p.phases if b.name == "load"), None)
+    if load is not None and load.classification == IO_BOUND:
+        return None  # blocked on storage: loading_dominates has the advice
     return Recommendation(
         "threads-contend",
-        f"Chunk threads were busy only {p.parallel_efficiency:.0%} of the time and mostly waited: "
-        "Python-level work (a custom strategy, pandas) holds the GIL. Try --runner processes.",
-        {"parallel_efficiency": p.parallel_efficiency, "runner": p.runner},
+        f"Chunk threads were blocked {shares[1]:.0%} of their time, neither computing nor queued for a core: "
+        "Python-level work (a custom strategy, pandas) holds the GIL against the other threads. "
+        "Try --runner processes.",
+        {"blocked_share": shares[1], "runner": p.runner},
+    )
+
+
+def machine_contended(p: RunProfile) -> Recommendation | None:
+    """Chunks ready to run but queued for a core: the machine was busy with other work (or more threads
+    than cores), so timings are slower than this study alone would be."""
+    shares = _shares(p)
+    if shares is None or shares[0] < QUEUED_SHARE:
+        return None
+    return Recommendation(
+        "machine-busy",
+        f"Chunks spent {shares[0]:.0%} of their time queued for a core: the machine was busy with other "
+        f"work ({p.cores} cores, {p.workers} workers). Timings and efficiency understate this study; "
+        "measure on an idle machine before tuning workers or chunk size.",
+        {"queued_share": shares[0], "cores": p.cores, "workers": p.workers},
     )
 
 
@@ -241,6 +272,7 @@ RULES: tuple[Callable[[RunProfile], Recommendation | None], ...] = (
     more_workers,
     fewer_workers,
     threads_waiting,
+    machine_contended,
     orchestration_heavy,
     cache_missing,
 )

@@ -25,47 +25,18 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import PercentFormatter
 
-from backtest.alerts import Alert
-from backtest.monitor import CORE_PREFIX, Sample, write_samples
-from backtest.outputs import write_json
-from backtest.profiling import PHASES, RunProfile, fmt_bytes
-from backtest.recommendations import Recommendation
+from backtest.monitor import CORE_PREFIX
+from backtest.profiling import (
+    PHASES,
+    PROFILE_FILE,
+    REPORT_FILE,
+    RESOURCES_FILE,
+    describe_bottleneck,
+    fmt_bytes,
+)
 
-PROFILE_FILE = "profile.json"
-RESOURCES_FILE = "resources.parquet"
-REPORT_FILE = "report.html"
 PLOT_DIR = "report"
 DPI = 100
-
-
-# -- saving a run's profile -------------------------------------------------------------------------------------
-def profile_document(
-    profile: RunProfile, recommendations: Sequence[Recommendation], alerts: Sequence[Alert]
-) -> dict[str, Any]:
-    """What ``profile.json`` holds: the run's figures, per-chunk rows, recommendations and alerts."""
-    return {
-        "profile": profile.summary(),
-        "wall_seconds": profile.wall,
-        "chunk_size": profile.chunk_size,
-        "runner": profile.runner,
-        "chunks": [c.row() for c in profile.chunks],
-        "recommendations": [r.to_dict() for r in recommendations],
-        "alerts": [a.to_dict() for a in alerts],
-    }
-
-
-def save_profile(
-    out: Path,
-    profile: RunProfile,
-    recommendations: Sequence[Recommendation],
-    alerts: Sequence[Alert],
-    samples: Sequence[Sample],
-) -> dict[str, Any]:
-    """Write ``profile.json`` and ``resources.parquet`` into ``out``; return the profile document."""
-    doc = profile_document(profile, recommendations, alerts)
-    write_json(out / PROFILE_FILE, doc)
-    write_samples(samples, out / RESOURCES_FILE)
-    return doc
 
 
 # -- plots ---------------------------------------------------------------------------------------------------------
@@ -314,19 +285,6 @@ def headline_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
         ("alerts raised", str(len(summary.get("alerts", [])))),
     ]
     return [{"figure": k, "value": v} for k, v in rows]
-
-
-def describe_bottleneck(b: dict[str, Any]) -> str:
-    if not b:
-        return "n/a"
-    where = b.get("where", "")
-    share = b.get("share_of_wall")
-    text = f"{where} ({_pct(share)} of the wall time)"
-    if b.get("phase"):
-        text += f", mostly {b['phase']} ({_pct(b.get('phase_share'))} of chunk time)"
-    if b.get("classification"):
-        text += f": {b['classification']}"
-    return text
 
 
 _CSS = """

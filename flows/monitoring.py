@@ -30,10 +30,10 @@ from backtest.profiling import (
     analyse,
     chunk_figures,
     read_chunk_timings,
+    save_profile,
     wall_timings,
 )
 from backtest.recommendations import recommend
-from backtest.report import save_profile
 from flows.progress import Progress, ProgressTracker, notify
 from tasks import artifacts
 

@@ -63,6 +63,12 @@ def run_study_cli(params: Any, console: Console) -> int:
         set_listener(on_chunk)
         try:
             state = three_phase_study(params, return_state=True)
+        except Exception as exc:  # no flow run at all (e.g. the API server did not start): one clear line
+            progress.stop()
+            console.print(
+                f"[red]error:[/] the flow could not run: {type(exc).__name__}: {exc}", highlight=False
+            )
+            return 1
         finally:
             set_listener(None)
     summary_path = Path(params.out) / "summary.json"
@@ -125,7 +131,7 @@ def print_monitoring(summary: dict[str, Any], console: Console) -> None:
     """Resources, bottleneck, alerts and recommendations of the run (from summary.json)."""
     if "peak_rss_bytes" not in summary:
         return
-    from backtest.report import describe_bottleneck
+    from backtest.profiling import describe_bottleneck
 
     peak = summary.get("peak_rss_bytes")
     eff, hit = summary.get("parallel_efficiency"), summary.get("cache_hit_rate")

@@ -16,8 +16,7 @@ from backtest.db.prices import open_price_source
 from backtest.errors import BacktestError
 from backtest.outputs import write_json
 from backtest.planning import make_plan, plan_chunks, resolve_universe
-from backtest.profiling import wall_timings
-from backtest.report import REPORT_FILE
+from backtest.profiling import REPORT_FILE, wall_timings
 from backtest.store import Store
 from flows.monitoring import RunWatch
 from flows.params import StudyParams
@@ -121,8 +120,13 @@ def _run_study(params: StudyParams, watch: RunWatch) -> Any:
             futures.append(runner.submit(chunk_task, {"spec": spec, "prices_path": loaded, "plan": plan}))
         by_future = dict(zip((f.task_run_id for f in futures), specs, strict=True))
         for future in as_completed(futures):
-            future.wait()
-            spec, state = by_future[future.task_run_id], future.state
+            spec = by_future[future.task_run_id]
+            try:
+                future.wait()
+                state = future.state
+            except Exception as exc:
+                # The process computing it died (SIGKILL, out of memory): this chunk failed, the others go on.
+                state = Failed(message=f"its worker process died ({type(exc).__name__}: {exc})")
             outcome = {"chunk": spec.name, "symbols": len(spec.symbols), "state": state.name, "key": spec.key}
             if state.is_failed():
                 outcome["error"] = _error_text(state)

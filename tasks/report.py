@@ -8,13 +8,15 @@ from pathlib import Path
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from backtest.report import PROFILE_FILE, build_report, report_markdown
+from backtest.profiling import PROFILE_FILE
 
 
 @task(name="build-report", persist_result=False, retries=0)
 def publish_report(out: str) -> str:
     """Plots and report.html in ``out``; a markdown artifact (summary, bottlenecks, recommendations) and a
     table artifact of per-chunk figures on the flow run. Returns the report's path."""
+    from backtest.report import build_report, report_markdown  # matplotlib: only when a report is built
+
     files = build_report(Path(out))
     summary = json.loads((Path(out) / "summary.json").read_text())
     doc_path = Path(out) / PROFILE_FILE

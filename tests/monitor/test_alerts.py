@@ -14,6 +14,7 @@ def sample(t: float, cpu: float = 10.0, mem: float = 40.0) -> Sample:
         tree_rss=500 * 2**20,
         root_rss=400 * 2**20,
         tree_cpu_seconds=t,
+        tree_cpu_wait_seconds=0.0,
         tree_cpu_percent=cpu * 2,
         machine_cpu_percent=cpu,
         cpu_per_core=(cpu, cpu),

@@ -11,6 +11,7 @@ from backtest.recommendations import (
     chunks_too_small,
     fewer_workers,
     loading_dominates,
+    machine_contended,
     memory_pressure,
     more_workers,
     one_chunk_dominates,
@@ -128,9 +129,15 @@ def test_one_slow_chunk_is_split_unless_it_was_start_up():
 def test_orchestration_threads_and_cache():
     r = orchestration_heavy(profile(orchestration_overhead=15.0))
     assert r is not None and abs(r.figures["share"] - 15 / 45) < 1e-12
-    steps = (BlockFigures("backtest", 40.0, 20.0, 2.0, GIB),)  # 25 % of two workers busy: waiting
-    r = threads_waiting(profile(steps=steps, parallel_efficiency=0.25))
-    assert r is not None and "--runner processes" in r.advice
-    assert threads_waiting(profile(steps=steps, parallel_efficiency=0.25, runner="processes")) is None
+    blocked = tuple(replace(c, cpu=0.3 * c.wall) for c in chunks([2.0] * 40))  # 70 % neither CPU nor queued
+    r = threads_waiting(profile(chunks=blocked))
+    assert r is not None and abs(r.figures["blocked_share"] - 0.7) < 1e-9 and "--runner processes" in r.advice
+    assert threads_waiting(profile(chunks=blocked, runner="processes")) is None
+    # queued for a core is not blocked: a busy machine, not the GIL
+    queued = tuple(replace(c, cpu=0.4 * c.wall, cpu_wait=0.55 * c.wall) for c in chunks([2.0] * 40))
+    assert threads_waiting(profile(chunks=queued)) is None
+    r = machine_contended(profile(chunks=queued))
+    assert r is not None and abs(r.figures["queued_share"] - 0.55) < 1e-9
+    assert machine_contended(profile()) is None
     assert cache_missing(profile(warm=True, cache_hit_rate=0.5)) is not None
     assert cache_missing(profile(warm=False, cache_hit_rate=0.0)) is None

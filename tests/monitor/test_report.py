@@ -18,9 +18,9 @@ from backtest.alerts import AlertBook
 from backtest.config import FoldSpec, ParamGrid, StudyConfig
 from backtest.monitor import ResourceMonitor
 from backtest.outputs import study_figures, write_json
-from backtest.profiling import ChunkFigures, analyse
+from backtest.profiling import ChunkFigures, analyse, save_profile
 from backtest.recommendations import recommend
-from backtest.report import PLOT_TITLES, build_report, report_markdown, save_profile
+from backtest.report import PLOT_TITLES, build_report, report_markdown
 from backtest.study import date_range, run_study
 from flows.cli import app
 from tests.panels import random_panel
