@@ -12,6 +12,10 @@
    (no catalog or connection cached), then every symbol is loaded in chunks of ``--chunk`` symbols up to
    the last date. Best of ``--repeat`` passes; the OS page cache is warm for all three sources alike.
 
+3. with ``--results DIR`` (a flow's ``<store>/cache/results`` folder), the persist step on those chunk results:
+   seconds for selections + metrics alone (the default) and with every out-of-sample return
+   (``--persist-oos``), one transaction per chunk, into a fresh SQLite file.
+
 Prints rows per second for each source and the SQLite / Parquet time ratio (goal: <= 5x), checks that
 every source returns identical panels, and writes ``benchmarks/results/db_load-<timestamp>.json``.
 """
@@ -69,6 +73,49 @@ def same_panels(a: list[Any], b: list[Any]) -> bool:
     )
 
 
+def persist_step(folder: Path) -> dict[str, Any]:
+    """Seconds of ``persist_run`` over the chunk result files of ``folder``, without and with oos returns.
+
+    Files whose symbols overlap an earlier file's (results of another study in the same cache) are left out.
+    """
+    import datetime as dt
+    import json
+
+    import pyarrow.parquet as pq
+
+    from backtest.db.results import ChunkRecord, persist_run
+
+    records, seen = [], set()
+    for i, path in enumerate(sorted(p for p in folder.iterdir() if p.name.startswith("chunk-"))):
+        symbols = tuple(json.loads(pq.read_schema(path).metadata[b"backtest"])["symbols"])
+        if seen.isdisjoint(symbols):
+            seen.update(symbols)
+            records.append(ChunkRecord(i, path.name, symbols, "Completed", None, str(path)))
+    out: dict[str, Any] = {"chunks": len(records), "symbols": len(seen)}
+    for include_oos in (False, True):
+        with tempfile.TemporaryDirectory(prefix="db-persist-") as tmp:
+            report = persist_run(
+                f"sqlite:///{Path(tmp) / 'results.db'}",
+                flow_run_id=None,
+                strategy="bench",
+                config={},
+                price_source="bench",
+                started_at=dt.datetime.now(dt.UTC),
+                chunks=records,
+                state="Completed",
+                summary={},
+                include_oos=include_oos,
+            )
+        rows = report.selections + report.metrics + report.oos_rows
+        key = "with_oos" if include_oos else "default"
+        out[key] = {**report.to_dict(), "rows_per_s": rows / report.seconds}
+        print(
+            f"persist {key:<9} {len(records)} chunks, {len(seen):,} symbols: {report.seconds:6.2f} s "
+            f"({report.selections:,} selections, {report.oos_rows:,} oos rows, {rows / report.seconds:,.0f} rows/s)"
+        )
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--symbols", type=int, default=1000)
@@ -76,7 +123,15 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--pg-url", default=None)
     parser.add_argument("--data", default=None, help="benchmark data folder (default benchmarks/.data)")
+    parser.add_argument(
+        "--results", default=None, help="a flow's cache/results folder: time the persist step"
+    )
+    parser.add_argument("--skip-load", action="store_true", help="only the persist step (with --results)")
     args = parser.parse_args()
+    if args.skip_load:
+        results = {"machine": describe_machine(), "persist": persist_step(Path(args.results))}
+        print(f"results: {write_results('db_load', results)}")
+        return 0
 
     from backtest.db.engine import dispose_engines
     from backtest.db.prices import DbPriceSource, sync_prices
@@ -138,6 +193,8 @@ def main() -> int:
             f"identical panels: {identical}; SQLite / Parquet {results['sqlite_over_parquet']:.1f}x (goal <= 5x)"
         )
         dispose_engines()
+    if args.results:
+        results["persist"] = persist_step(Path(args.results))
     path = write_results("db_load", results)
     print(f"results: {path}")
     return 0 if identical else 1

@@ -267,11 +267,19 @@ def _autocommit(engine: Engine) -> Connection:
 
 
 def optimize(engine: Engine, *, full: bool = False) -> list[str]:
-    """Refresh the planner's statistics; returns the statements run."""
+    """Refresh the planner's statistics; returns the statements run.
+
+    Light (the end of every study): SQLite's ``PRAGMA optimize`` analyses only what changed enough; on
+    PostgreSQL only the result tables a run writes are analysed, not a price table of tens of millions of rows.
+    """
     if is_sqlite(engine):
         statements = ["ANALYZE", "PRAGMA optimize"] if full else ["PRAGMA optimize"]
-    else:
+    elif full:
         statements = ["ANALYZE"]
+    else:
+        quote = engine.dialect.identifier_preparer.quote
+        written = (s.runs, s.chunks, s.selections, s.symbol_metrics, s.portfolio, s.oos_returns)
+        statements = [f"ANALYZE {', '.join(quote(t.name) for t in written)}"]
     with _autocommit(engine) as conn:
         for statement in statements:
             conn.exec_driver_sql(statement)
