@@ -11,6 +11,7 @@ the monitor's thread, where there is no run context, so logging uses a logger bo
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -20,12 +21,15 @@ from prefect.events import emit_event
 from prefect.logging.loggers import flow_run_logger
 
 from backtest.alerts import Alert, AlertBook, AlertThresholds
-from backtest.monitor import ResourceMonitor, Sample, samples_frame
+from backtest.monitor import ResourceMonitor, Sample, samples_frame, write_samples
+from backtest.outputs import write_json
 from backtest.planning import ChunkSpec
 from backtest.profiling import (
     CACHED,
     COMPUTED,
     FAILED,
+    PROFILE_FILE,
+    RESOURCES_FILE,
     RunProfile,
     analyse,
     chunk_figures,
@@ -72,6 +76,7 @@ class RunWatch:
         self.warm = False
         self.finished: dict[str, tuple[str, dict[str, float] | None, float | None]] = {}
         self._sustain = max(self.book.thresholds.cpu_sustained_seconds, interval)
+        self._out: Path | None = None
 
     def plan(self, specs: Sequence[ChunkSpec], results_dir: Path) -> None:
         """The chunks of the run; warm means the cache already held a result of one of them (a stat each)."""
@@ -90,7 +95,31 @@ class RunWatch:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop sampling; if the run was analysed, extend its saved series and peak RSS figures to its end."""
         self.stop()
+        if self._out is None:
+            return
+        samples = self.monitor.samples
+        updates = {"peak_rss_bytes": self.monitor.peak_tree_rss}
+        root = {"peak_flow_process_rss_bytes": self.monitor.peak_root_rss}
+        try:
+            write_samples(samples, self._out / RESOURCES_FILE)
+            for name, key in (("summary.json", None), (PROFILE_FILE, "profile")):
+                path = self._out / name
+                if path.exists():
+                    doc = json.loads(path.read_text())
+                    figures = doc if key is None else doc[key]
+                    if key is None:
+                        figures.update(updates)
+                        figures.get("profile", {}).update({**updates, **root})
+                    else:
+                        figures.update({**updates, **root})
+                    write_json(path, doc)
+        except (OSError, ValueError, KeyError) as exc:
+            self.logger.warning("could not update the peak figures in %s: %s", self._out, exc)
 
     def start_progress(self) -> None:
         self.tracker.started = time.perf_counter()
@@ -158,9 +187,10 @@ class RunWatch:
         workers: int,
         runner: str,
     ) -> RunProfile:
-        """Stop sampling, analyse the run, save ``profile.json`` and ``resources.parquet`` in ``out`` and add
-        the headline figures to ``summary`` (written to summary.json by the flow)."""
-        self.stop()
+        """Analyse the run so far, save ``profile.json`` and ``resources.parquet`` in ``out`` and add the
+        headline figures to ``summary`` (written to summary.json by the flow). Sampling goes on until the flow
+        returns (building the report costs memory too); ``close`` then brings the peak figures up to date."""
+        self.monitor.sample()
         samples = self.monitor.samples
         frame = samples_frame(samples)
         chunks = []
@@ -183,6 +213,7 @@ class RunWatch:
         recs = recommend(profile)
         alerts = self.alerts
         save_profile(out, profile, recs, alerts, samples)
+        self._out = out
         summary.update(
             peak_rss_bytes=profile.peak_rss,
             parallel_efficiency=profile.parallel_efficiency,
