@@ -68,6 +68,7 @@ def render_table(runs: list[dict[str, Any]]) -> str:
         "mode",
         "symbols x years",
         "git",
+        "load",
         "core s",
         "flow cold s",
         "peak RSS MB",
@@ -84,6 +85,7 @@ def render_table(runs: list[dict[str, Any]]) -> str:
             str(run.get("mode")),
             f"{sizes.get('symbols', 0):,} x {sizes.get('years', 0):g}",
             str((run.get("machine") or {}).get("git_commit")),
+            _fmt(((run.get("machine") or {}).get("load_average") or [None])[0], "{:.1f}"),
             _fmt(core.get("wall_seconds"), "{:.2f}"),
             _fmt(cold.get("wall_seconds"), "{:.2f}"),
             _fmt(cold.get("peak_rss_with_children_mb"), "{:,.0f}"),
@@ -110,7 +112,9 @@ def render_table(runs: list[dict[str, Any]]) -> str:
     kind = "full-size (W)" if full else "newest (reduced size: absolute goals not judged)"
     out += f"\nGoals of the {kind} run `{latest['_file']}`:\n\n| goal | target | value | verdict |\n|---|---|---|---|\n"
     for g in latest.get("goals") or []:
-        verdict = "MET" if g["met"] else ("MISSED" if g["met"] is False else f"n/a ({g.get('note') or '-'})")
+        verdict = (
+            "MET" if g["met"] else ("MISSED" if g["met"] is False else f"not judged ({g.get('note') or '-'})")
+        )
         value = g.get("value")
         shown = "-" if value is None else (f"{value:.1%}" if g["target"].endswith("%") else f"{value:,.2f}")
         out += f"| {g['name']} | {g['target']} | {shown} | {verdict} |\n"
@@ -156,11 +160,14 @@ def plot_scaling(runs: list[dict[str, Any]], out: Path) -> Path | None:
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    symbol_ticks: set[int] = set()
+    grid_ticks: set[int] = set()
     for run, style in zip(chosen, ("o-", "s--"), strict=False):
         core = run["core"]
         label = f"{run['mode']} ({run['sizes']['years']:g} years, {run['_file'][6:21]})"
         xs = [r["symbols"] for r in core["symbols_scaling"]]
         ys = [r["wall_seconds"] for r in core["symbols_scaling"]]
+        symbol_ticks.update(xs)
         left.plot(xs, ys, style, label=f"{label}, {run['sizes']['workers']} workers")
         left.plot([xs[0], xs[-1]], [ys[0], ys[0] * xs[-1] / xs[0]], ":", color="grey")
         one = core["one_worker"]
@@ -169,6 +176,7 @@ def plot_scaling(runs: list[dict[str, Any]], out: Path) -> Path | None:
         )
         gx = [r["combinations"] for r in core["grid_scaling"]]
         gy = [r["wall_seconds"] for r in core["grid_scaling"]]
+        grid_ticks.update(gx)
         right.plot(gx, gy, style, label=f"{label}, {run['sizes']['grid_symbols']:,} symbols")
         right.plot([gx[0], gx[-1]], [gy[0], gy[0] * gx[-1] / gx[0]], ":", color="grey")
     left.set(
@@ -177,7 +185,15 @@ def plot_scaling(runs: list[dict[str, Any]], out: Path) -> Path | None:
     right.set(
         xscale="log", yscale="log", xlabel="combinations", ylabel="core wall seconds", title="Cost vs grid"
     )
-    for ax in (left, right):
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    plain = FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 10 else f"{v:g}")
+    for ax, ticks in ((left, symbol_ticks), (right, grid_ticks)):
+        ax.set_xticks(sorted(ticks))
+        ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        for axis in (ax.xaxis, ax.yaxis):
+            axis.set_major_formatter(plain)
+            axis.set_minor_formatter(NullFormatter())
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
     fig.text(0.5, 0.01, "dotted: proportional cost from the smallest point", ha="center", fontsize=8)

@@ -631,7 +631,7 @@ def judge(p: dict[str, Any], sizes: BenchSizes) -> list[Goal]:
     r, core, flow = p["ratios"], p["core"], p["flow"]
     cold, warm = flow.get("cold") or {}, flow.get("warm") or {}
     at_w = sizes.is_w
-    reduced = f"not judged: {sizes.symbols:,} x {sizes.years:g} years is not W"
+    reduced = f"{sizes.symbols:,} x {sizes.years:g} years is not W"
 
     def ratio_goal(
         name: str, target: str, value: float | None, ok: Callable[[float], bool], why: str
