@@ -94,3 +94,34 @@ def test_naive_pandas_and_the_core_kernel_agree_with_fees_on_ragged_histories():
     check = agreement("naive", panel.symbols, core, naive, ties)
     assert check.ok and check.compared > 0, check
     assert not np.allclose(core, core_total_returns(panel, combos, 0.0))  # fees matter
+
+
+def test_flow_checks_catch_wrong_cache_behaviour_counts_and_figures():
+    from flows.benchmark import check_flow_run
+
+    core = {
+        "symbols": 16,
+        "combinations": 100,
+        "folds": 1,
+        "symbols_with_results": 14,
+        "portfolio_sharpe": 0.5,
+        "portfolio_total_return": 0.2,
+    }
+    run = {
+        "label": "flow warm",
+        "state": "Completed",
+        "summary": {
+            "counts": {"symbols": 16, "combinations": 100, "folds": 1, "chunks": 2},
+            "cache": {"hits": 2, "misses": 0, "failed": 0},
+        },
+        "figures": {"symbols_with_results": 14, "portfolio": {"sharpe": 0.5, "total_return": 0.2}},
+    }
+    assert check_flow_run(run, 2, 0, core) == []
+    assert "cache 2 hits / 0 misses" in check_flow_run(run, 0, 2, core)[0]
+    wrong = {
+        **run,
+        "figures": {"symbols_with_results": 14, "portfolio": {"sharpe": 0.51, "total_return": 0.2}},
+    }
+    assert "portfolio sharpe" in check_flow_run(wrong, 2, 0, core)[0]
+    failed = {**run, "state": "Failed", "error": "ValueError: boom"}
+    assert check_flow_run(failed, 2, 0, core) == ["flow warm: flow state Failed (ValueError: boom)"]
