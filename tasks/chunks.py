@@ -15,9 +15,9 @@ from backtest.db.prices import open_price_source
 from backtest.panelio import read_panel, write_panel
 from backtest.planning import ChunkSpec
 from backtest.profiling import add_task_figures, measure, wall_timings
-from backtest.study import ChunkResult, StudyPlan, run_chunk
+from backtest.study import StudyPlan, run_chunk
 from tasks.locks import ProcessLockManager
-from tasks.serializers import ChunkResultSerializer
+from tasks.serializers import ChunkResultSerializer, StoredChunk
 
 #: errors that can pass on a second try (a busy disk, a dropped connection, a worker short of memory);
 #: anything else is a data or code error that would fail again, so it is not retried
@@ -87,7 +87,7 @@ def load_chunk(store_root: str, spec: ChunkSpec, last: dt.date, cache_dir: str, 
     cache_result_in_memory=False,
     result_serializer=ChunkResultSerializer(),
 )
-def backtest_chunk(spec: ChunkSpec, prices_path: str, plan: StudyPlan) -> ChunkResult:
+def backtest_chunk(spec: ChunkSpec, prices_path: str, plan: StudyPlan) -> StoredChunk:
     """All three phases for one chunk of symbols; the result is persisted as Parquet (the cache).
 
     Its timings also carry the task's CPU time and attempt number (backtest.profiling), for the profiler.
@@ -106,4 +106,4 @@ def backtest_chunk(spec: ChunkSpec, prices_path: str, plan: StudyPlan) -> ChunkR
         total.cpu,
         ", ".join(f"{k} {v:.2f} s" for k, v in wall_timings(result.timings).items()),
     )
-    return result
+    return StoredChunk.encode(result)  # small: Prefect keeps it in the task's state until the flow ends

@@ -3,9 +3,15 @@
 import os
 
 import pandas as pd
+from prefect import flow
 
+from backtest.panelio import write_panel
+from backtest.planning import make_plan, plan_chunks, resolve_universe
+from backtest.study import ChunkResult, run_chunk
 from flows.runs import read_summary
 from flows.study import three_phase_study
+from tasks.chunks import backtest_chunk
+from tasks.serializers import StoredChunk
 from tests.flows.test_study_flow import TABLES, params, tables
 
 
@@ -39,3 +45,23 @@ def test_warm_run_links_the_merged_tables_of_the_cold_run(store, tmp_path):
     a, b = tables(tmp_path / "cold"), tables(tmp_path / "other")
     pd.testing.assert_frame_equal(a["selections"][["symbol", "fold"]], b["selections"][["symbol", "fold"]])
     assert not a["oos_returns"]["ret"].equals(b["oos_returns"]["ret"])
+
+
+def test_chunk_task_returns_its_result_as_parquet_bytes(store, tmp_path):
+    """Prefect keeps a task's return value in its state until the flow ends: it must be small bytes."""
+    p = params(store, tmp_path)
+    universe = resolve_universe(store.catalog())
+    plan = make_plan(p.to_config(), universe)
+    spec = plan_chunks(plan, universe, store.data_fingerprint, 8, 1)[0]
+    panel = store.load(spec.symbols, end=plan.last_date)
+    prices = write_panel(panel, tmp_path / "prices.parquet")
+
+    @flow
+    def one_chunk():
+        return backtest_chunk(spec, str(prices), plan)
+
+    stored = one_chunk()
+    assert isinstance(stored, StoredChunk) and isinstance(stored.blob, bytes)
+    got, want = stored.load(), run_chunk(panel, plan)
+    for name in ChunkResult.TABLES:
+        pd.testing.assert_frame_equal(getattr(got, name), getattr(want, name), check_exact=True)
