@@ -204,6 +204,8 @@ def test_transient_errors_are_retried_and_code_changes_recompute_everything(stor
     assert read_summary(tmp_path / "out")["cache"]["misses"] == 3
     calls = _computed_chunks(log)
     assert len(calls) == 3 and all(n > 1 for n in calls.values())  # the failed try, then the full retry
+    retried = [a for a in read_summary(tmp_path / "out")["alerts"] if a["kind"] == "chunk-retried"]
+    assert sorted(a["subject"] for a in retried) == ["chunk-0000", "chunk-0001", "chunk-0002"]  # once each
 
     state = three_phase_study(p, return_state=True)
     assert read_summary(tmp_path / "out")["cache"]["hits"] == 3
