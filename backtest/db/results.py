@@ -116,14 +116,21 @@ def _selection_columns(run_id: int, frame: pd.DataFrame) -> dict[str, Any]:
     n = len(frame)
     param_cols = [c for c in frame.columns if c.startswith("param_")]
     names = [c.removeprefix("param_") for c in param_cols]
-    values = zip(*(frame[c].tolist() for c in param_cols), strict=True) if param_cols else [()] * n
-    params = [json.dumps(dict(zip(names, map(_json_value, row), strict=True))) for row in values]
+    # a combination's parameters are the same on every row that selected it: one JSON text per combination
+    _, first, inverse = np.unique(frame["combo"].to_numpy(), return_index=True, return_inverse=True)
+    texts = [
+        json.dumps(
+            {name: _json_value(float(frame[col].iat[i])) for name, col in zip(names, param_cols, strict=True)}
+        )
+        for i in first
+    ]
+    params = np.array(texts, dtype=object)[inverse] if n else np.array([], dtype=object)
     columns: dict[str, Any] = {
         "run_id": np.full(n, run_id, dtype=np.int64),
         "symbol": frame["symbol"].to_numpy(dtype=object),
         "fold": frame["fold"].to_numpy(dtype=np.int64),
         "combo": frame["combo"].to_numpy(dtype=np.int64),
-        "params": np.array(params, dtype=object),
+        "params": params,
         "train_rank": frame["train_rank"].to_numpy(dtype=np.int64),
         "basis": frame["basis"].to_numpy(dtype=object),
         "test_days": frame["test_days"].to_numpy(dtype=np.int64),
