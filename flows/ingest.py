@@ -35,7 +35,8 @@ def ingest_prices(
     get_run_logger().info("%s -> %s: %s", source, store, line)
     if not summary.ok:
         reason = "no file could be ingested" if totals["files"] else f"no *.csv or *.txt files in {source}"
-        return Failed(message=f"{reason} ({line})", data=summary.model_dump())
+        # no data on a Failed state: Prefect takes a Failed state's data for the exception that failed it
+        return Failed(message=f"{reason} ({line})")
     return Completed(message=line, data=summary.model_dump())
 
 

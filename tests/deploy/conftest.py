@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 import pytest
 from typer.testing import CliRunner
 
@@ -136,6 +137,10 @@ def background(cmd: list[str], cwd: Path, env: dict[str, str], log: Path) -> Ite
     try:
         yield proc
     finally:
+        # A flow run reported final may still be closing its process; stopping a runner then makes Prefect
+        # force the run to Cancelled ("Runner is shutting down"). Let those processes end first.
+        with contextlib.suppress(psutil.NoSuchProcess):
+            psutil.wait_procs(psutil.Process(proc.pid).children(recursive=True), timeout=60)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)
         try:
