@@ -118,7 +118,11 @@ def plot_scores(out: Path, path: Path) -> Path | str:
 
 
 def _param_columns(frame: pd.DataFrame) -> list[str]:
-    return [c for c in frame.columns if c.startswith("param_")]
+    """The parameters that vary, most distinct values first (a fixed flag such as ``short`` has nothing to
+    show)."""
+    cols = [c for c in frame.columns if c.startswith("param_")]
+    varying = [c for c in cols if frame[c].nunique(dropna=True) > 1]
+    return sorted(varying, key=lambda c: -frame[c].nunique(dropna=True))
 
 
 def plot_grid(out: Path, path: Path) -> Path | str:
@@ -127,7 +131,7 @@ def plot_grid(out: Path, path: Path) -> Path | str:
         return "no grid_scores.parquet"
     params = _param_columns(grid)
     if not params:
-        return "the strategy has no parameters: there is no grid to map"
+        return "no parameter of the grid takes more than one value: there is no grid to map"
     train = grid[grid["window"] == "train"]
     fig = _figure(8, 5.5)
     ax = fig.subplots()
@@ -223,8 +227,10 @@ def plot_phases(out: Path, path: Path, summary: dict[str, Any], doc: dict[str, A
     walls = [phases[p]["wall"] * phases[p]["parallelism"] for p in pnames]
     cpus = [phases[p]["cpu"] or 0.0 for p in pnames]
     y = np.arange(len(pnames))
+    waits = [phases[p].get("cpu_wait") or 0.0 for p in pnames]
     ax2.barh(y - 0.2, walls, 0.4, label="wall (all chunks)")
     ax2.barh(y + 0.2, cpus, 0.4, label="CPU")
+    ax2.barh(y + 0.2, waits, 0.4, left=cpus, label="CPU wait (queued)", alpha=0.6)
     ax2.set_yticks(y, pnames)
     ax2.invert_yaxis()
     ax2.set_xlabel("seconds, summed over chunks")
@@ -281,7 +287,12 @@ def headline_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
             f"({_pct(prof.get('orchestration_overhead_fraction'))})",
         ),
         ("bottleneck", describe_bottleneck(bottleneck)),
-        ("monitor overhead", _pct(prof.get("monitor_overhead_fraction"))),
+        (
+            "monitor overhead",
+            "n/a"
+            if prof.get("monitor_overhead_fraction") is None
+            else f"{prof['monitor_overhead_fraction']:.2%}",
+        ),
         ("alerts raised", str(len(summary.get("alerts", [])))),
     ]
     return [{"figure": k, "value": v} for k, v in rows]
@@ -345,9 +356,11 @@ def render_html(
         parts += ["<h2>Bottlenecks</h2>", _table(_block_rows(doc["profile"].get("steps", {}), "step"))]
         parts += [_table(_block_rows(doc["profile"].get("phases", {}), "phase"))]
         parts += [
-            "<p class='small'>CPU-bound: CPU at least 60 % of wall x parallelism; I/O-bound: storage I/O "
-            "during the rest; otherwise waiting. CPU of simulate/select/persist is apportioned from each "
-            "chunk's measured compute CPU by wall time.</p>",
+            "<p class='small'>Phases are summed over the computed chunks; their wall time is divided by the "
+            "workers. CPU wait: ready to run but queued for a core. I/O wait: wall x parallelism - CPU - CPU "
+            "wait. CPU-bound: CPU + CPU wait at least 60 % of wall x parallelism; I/O-bound: storage I/O of at "
+            "least 8 MiB/s in the rest; otherwise waiting. CPU of simulate/select/persist is apportioned from "
+            "each chunk's measured compute CPU by wall time.</p>",
             "<h2>Recommendations</h2>",
         ]
         recs = doc.get("recommendations", [])
@@ -392,6 +405,7 @@ def _block_rows(blocks: dict[str, dict[str, Any]], label: str) -> list[dict[str,
                 "wall s": b.get("wall"),
                 "parallelism": b.get("parallelism"),
                 "CPU s": b.get("cpu"),
+                "CPU wait s": b.get("cpu_wait"),
                 "I/O wait s": b.get("io_wait"),
                 "peak RSS": fmt_bytes(b.get("peak_rss")),
                 "class": b.get("classification"),
@@ -447,13 +461,13 @@ def report_markdown(summary: dict[str, Any], doc: dict[str, Any] | None, html_pa
             "",
             "## Bottlenecks",
             "",
-            "| step / phase | wall s | CPU s | I/O wait s | peak RSS | class |",
+            "| step / phase | wall s | CPU s | CPU wait s | I/O wait s | peak RSS | class |",
         ]
-        lines += ["| --- | --- | --- | --- | --- | --- |"]
+        lines += ["| --- | --- | --- | --- | --- | --- | --- |"]
         for kind in ("steps", "phases"):
             for name, b in doc["profile"].get(kind, {}).items():
                 lines.append(
-                    f"| {name} | {_fmt(b.get('wall'), 3)} | {_fmt(b.get('cpu'), 3)} | "
+                    f"| {name} | {_fmt(b.get('wall'), 3)} | {_fmt(b.get('cpu'), 3)} | {_fmt(b.get('cpu_wait'), 3)} | "
                     f"{_fmt(b.get('io_wait'), 3)} | {fmt_bytes(b.get('peak_rss'))} | {b.get('classification')} |"
                 )
         lines += ["", "## Recommendations", ""]
