@@ -155,3 +155,28 @@ def test_peak_rss_agrees_with_gnu_time(store, tmp_path):
     )
     # the whole tree is this process alone here (a server already up, thread workers)
     assert summary["peak_rss_bytes"] >= ours
+
+
+def test_cli_creates_the_alert_automation_or_says_why_not():
+    from prefect.automations import Automation
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    name = f"cli-alerts-{uuid.uuid4().hex[:8]}"
+    result = CliRunner().invoke(
+        app, ["alerts-automation", "--webhook", "http://127.0.0.1:9/hook", "--name", name]
+    )
+    assert result.exit_code == 0, result.output
+    automation = Automation.read(name=name)
+    try:
+        assert automation.enabled and automation.trigger.expect == {"backtest.alert.*"}
+        # again without --webhook: reuses the block saved under the automation's name, replaces the automation
+        again = CliRunner().invoke(app, ["alerts-automation", "--name", name])
+        assert again.exit_code == 0, again.output
+        assert Automation.read(name=name).id != automation.id
+    finally:
+        Automation.read(name=name).delete()
+    missing = CliRunner().invoke(app, ["alerts-automation", "--name", f"none-{uuid.uuid4().hex[:6]}"])
+    assert missing.exit_code == 1 and missing.output.startswith("error: could not create the automation")
+    assert "Traceback" not in missing.output
