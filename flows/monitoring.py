@@ -77,6 +77,7 @@ class RunWatch:
         self.finished: dict[str, tuple[str, dict[str, float] | None, float | None]] = {}
         self._sustain = max(self.book.thresholds.cpu_sustained_seconds, interval)
         self._out: Path | None = None
+        self._summary: dict[str, Any] | None = None
 
     def plan(self, specs: Sequence[ChunkSpec], results_dir: Path) -> None:
         """The chunks of the run; warm means the cache already held a result of one of them (a stat each)."""
@@ -98,26 +99,29 @@ class RunWatch:
         self.close()
 
     def close(self) -> None:
-        """Stop sampling; if the run was analysed, extend its saved series and peak RSS figures to its end."""
+        """Stop sampling; if the run was analysed, extend its saved series and peak RSS figures to its end
+        (the summary dict the flow returns, summary.json and profile.json)."""
         self.stop()
-        if self._out is None:
+        if self._out is None or self._summary is None:
             return
-        samples = self.monitor.samples
-        updates = {"peak_rss_bytes": self.monitor.peak_tree_rss}
-        root = {"peak_flow_process_rss_bytes": self.monitor.peak_root_rss}
+        peaks = {
+            "peak_rss_bytes": self.monitor.peak_tree_rss,
+            "peak_flow_process_rss_bytes": self.monitor.peak_root_rss,
+        }
+        self._summary["peak_rss_bytes"] = peaks["peak_rss_bytes"]
+        self._summary.get("profile", {}).update(peaks)
         try:
-            write_samples(samples, self._out / RESOURCES_FILE)
-            for name, key in (("summary.json", None), (PROFILE_FILE, "profile")):
-                path = self._out / name
-                if path.exists():
-                    doc = json.loads(path.read_text())
-                    figures = doc if key is None else doc[key]
-                    if key is None:
-                        figures.update(updates)
-                        figures.get("profile", {}).update({**updates, **root})
-                    else:
-                        figures.update({**updates, **root})
-                    write_json(path, doc)
+            write_samples(self.monitor.samples, self._out / RESOURCES_FILE)
+            summary_path, profile_path = self._out / "summary.json", self._out / PROFILE_FILE
+            if summary_path.exists():
+                summary = json.loads(summary_path.read_text())
+                summary["peak_rss_bytes"] = peaks["peak_rss_bytes"]
+                summary.get("profile", {}).update(peaks)
+                write_json(summary_path, summary)
+            if profile_path.exists():
+                doc = json.loads(profile_path.read_text())
+                doc["profile"].update(peaks)
+                write_json(profile_path, doc)
         except (OSError, ValueError, KeyError) as exc:
             self.logger.warning("could not update the peak figures in %s: %s", self._out, exc)
 
@@ -213,7 +217,7 @@ class RunWatch:
         recs = recommend(profile)
         alerts = self.alerts
         save_profile(out, profile, recs, alerts, samples)
-        self._out = out
+        self._out, self._summary = out, summary
         summary.update(
             peak_rss_bytes=profile.peak_rss,
             parallel_efficiency=profile.parallel_efficiency,
