@@ -191,10 +191,14 @@ def _link_into(src: Path, dst: Path) -> None:
     tmp = _tmp(dst)
     tmp.unlink(missing_ok=True)
     try:
-        os.link(src, tmp)
-    except OSError:
-        shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk must not leave half a copy behind
+        raise
 
 
 def collect_cached(
