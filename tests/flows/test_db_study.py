@@ -102,3 +102,36 @@ def test_one_symbol_changed_in_the_database_recomputes_only_its_chunk(store, tmp
     three_phase_study(p.model_copy(update={"out": str(tmp_path / "b")}))
     second = json.loads((tmp_path / "b" / "summary.json").read_text())
     assert second["cache"]["misses"] == 1 and second["cache"]["hits"] == first["counts"]["chunks"] - 1
+
+
+def test_db_maintenance_flow_prunes_old_runs_and_fails_on_a_missing_index(tmp_path):
+    import datetime as dt
+
+    from prefect.artifacts import Artifact
+
+    from flows.db_maintenance import db_maintenance
+
+    url = f"sqlite:///{tmp_path / 'm.db'}"
+    engine = open_db(url, create=True)
+    with engine.begin() as conn:
+        for days in (400, 1):
+            conn.execute(
+                sa.insert(s.runs).values(
+                    strategy="sma_crossover",
+                    state="Completed",
+                    started_at=dt.datetime.now(dt.UTC) - dt.timedelta(days=days),
+                    config={},
+                )
+            )
+    report = db_maintenance(db=url, retention_days=90, vacuum=True)
+    assert report["ok"] and report["pruned_runs"] == 1 and report["problems"] == []
+    assert {t["table"]: t["rows"] for t in report["stats"]["tables"]}["runs"] == 1
+    assert report["slowest_queries"] and report["vacuum"]["free_ratio"] >= 0
+    assert "Slowest queries" in Artifact.get("db-maintenance").data
+
+    with engine.begin() as conn:
+        conn.execute(sa.schema.DropIndex(sa.Index("ix_runs_started_at")))
+    state = db_maintenance(db=url, retention_days=90, return_state=True)
+    assert state.is_failed() and "runs older than retention (prune)" in str(
+        state.result(raise_on_failure=False)
+    )
