@@ -16,10 +16,12 @@ from uuid import UUID
 import httpx
 import pytest
 import yaml
+from typer.testing import CliRunner
 
 from backtest.ingest import ingest_folder
 from backtest.store import Store
 from flows import cli_server
+from flows.cli import app
 from flows.params import StudyParams
 from tests.deploy.conftest import POOL, REPO_ROOT
 from tests.deploy.runs import artifacts_of, retry_like_the_ui, start_run, task_runs_of, wait_final
@@ -122,6 +124,7 @@ class Launched:
     failing_params: dict
     bad: dict[str, UUID]
     bad_store: Store
+    maintenance: UUID
 
 
 @pytest.fixture(scope="module")
@@ -141,6 +144,9 @@ def launched(worker, api_url, market_csv, flaky, tmp_path_factory) -> Launched:
         **SMALL,
     }
     deployment = "three-phase-study/nightly"
+    db = f"sqlite:///{folder / 'maintenance.db'}"
+    created = CliRunner().invoke(app, ["db", "upgrade", "--db", db])
+    assert created.exit_code == 0, created.output
     return Launched(
         ok=start_run(api_url, deployment, {"params": ok_params}),
         ok_store=stores["ok"],
@@ -155,6 +161,7 @@ def launched(worker, api_url, market_csv, flaky, tmp_path_factory) -> Launched:
             for text, change in BAD.items()
         },
         bad_store=stores["bad"],
+        maintenance=start_run(api_url, "db-maintenance/weekly", {"db": db}),
     )
 
 
@@ -182,6 +189,12 @@ def test_a_run_from_the_deployment_completes_with_artifacts_and_results(launched
     assert "# Three-phase study: sma_crossover" in found["study-summary"].data
     chunks = json.loads(found["study-chunks"].data)
     assert [row["chunk"] for row in chunks] == ["chunk-0000", "chunk-0001", "chunk-0002"]
+
+
+def test_the_weekly_maintenance_deployment_runs(launched, api_url):
+    state = wait_final(api_url, launched.maintenance)
+    assert state.is_completed(), state.message
+    assert artifacts_of(api_url, launched.maintenance), "the maintenance report is published as artifacts"
 
 
 def test_a_failed_chunk_fails_the_run_and_the_ui_retry_recomputes_only_it(launched, api_url, flaky):
