@@ -10,18 +10,27 @@ Design choices:
 - Results are keyed by an integer run id (not the 36-character flow run id) because the out-of-sample table
   can hold tens of millions of rows. Child rows cascade when a run is pruned.
 - Floating-point results that are undefined (NaN) are stored as NULL on every backend.
+- Dates are ``DATE`` on PostgreSQL and whole days since 1970-01-01 (``INTEGER``) on SQLite, where
+  SQLAlchemy's default would be ISO text: a chunk load then reads plain integers instead of parsing text per
+  row (about a fifth of its time). Through SQLAlchemy both read back as ``datetime.date``; in the sqlite3
+  shell, ``date(date * 86400, 'unixepoch')`` shows them.
 - Indexes beyond the primary keys serve the look-ups the system makes (see ``backtest.db.optimize``); they
   are created by migration 2, so the tables here carry none.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+
 import sqlalchemy as sa
 
 from backtest.metrics import METRIC_NAMES
 
 __all__ = [
+    "EPOCH_ORDINAL",
     "INDEXES",
+    "Day",
+    "EpochDay",
     "chunks",
     "metadata",
     "oos_returns",
@@ -33,6 +42,28 @@ __all__ = [
     "symbol_metrics",
     "symbols",
 ]
+
+
+class EpochDay(sa.types.TypeDecorator[dt.date]):
+    """A date stored as days since 1970-01-01 (SQLite's variant of ``Day``)."""
+
+    impl = sa.Integer
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.date | None, dialect: sa.Dialect) -> int | None:
+        if value is None:
+            return None
+        if isinstance(value, dt.datetime):
+            value = value.date()
+        return value.toordinal() - EPOCH_ORDINAL
+
+    def process_result_value(self, value: int | None, dialect: sa.Dialect) -> dt.date | None:
+        return None if value is None else dt.date.fromordinal(int(value) + EPOCH_ORDINAL)
+
+
+EPOCH_ORDINAL = dt.date(1970, 1, 1).toordinal()
+#: the type of every date column: DATE, or whole days on SQLite
+Day = sa.Date().with_variant(EpochDay(), "sqlite")
 
 metadata = sa.MetaData()
 
@@ -48,8 +79,8 @@ symbols = sa.Table(
     "symbols",
     metadata,
     sa.Column("symbol", sa.Text, primary_key=True),
-    sa.Column("first_date", sa.Date, nullable=False),
-    sa.Column("last_date", sa.Date, nullable=False),
+    sa.Column("first_date", Day, nullable=False),
+    sa.Column("last_date", Day, nullable=False),
     sa.Column("rows", sa.Integer, nullable=False),
     sa.Column("data_fingerprint", sa.String(64), nullable=False),
     sa.Column("source_file", sa.Text, nullable=False, server_default=""),
@@ -60,7 +91,7 @@ prices = sa.Table(
     "prices",
     metadata,
     sa.Column("symbol", sa.Text, sa.ForeignKey("symbols.symbol", ondelete="CASCADE"), primary_key=True),
-    sa.Column("date", sa.Date, primary_key=True),
+    sa.Column("date", Day, primary_key=True),
     sa.Column("open", sa.Double, nullable=False),
     sa.Column("high", sa.Double, nullable=False),
     sa.Column("low", sa.Double, nullable=False),
@@ -104,12 +135,12 @@ selections = sa.Table(
     sa.Column("run_id", sa.Integer, sa.ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True),
     sa.Column("symbol", sa.Text, primary_key=True),
     sa.Column("fold", sa.SmallInteger, primary_key=True, autoincrement=False),
-    sa.Column("train_start", sa.Date, nullable=False),
-    sa.Column("train_end", sa.Date, nullable=False),
-    sa.Column("validate_start", sa.Date, nullable=False),
-    sa.Column("validate_end", sa.Date, nullable=False),
-    sa.Column("test_start", sa.Date, nullable=False),
-    sa.Column("test_end", sa.Date, nullable=False),
+    sa.Column("train_start", Day, nullable=False),
+    sa.Column("train_end", Day, nullable=False),
+    sa.Column("validate_start", Day, nullable=False),
+    sa.Column("validate_end", Day, nullable=False),
+    sa.Column("test_start", Day, nullable=False),
+    sa.Column("test_end", Day, nullable=False),
     sa.Column("combo", sa.Integer, nullable=False),
     sa.Column("params", sa.Text, nullable=False),
     sa.Column("is_score", sa.Double),
@@ -138,7 +169,7 @@ oos_returns = sa.Table(
     metadata,
     sa.Column("run_id", sa.Integer, sa.ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True),
     sa.Column("symbol", sa.Text, primary_key=True),
-    sa.Column("date", sa.Date, primary_key=True),
+    sa.Column("date", Day, primary_key=True),
     sa.Column("fold", sa.SmallInteger, nullable=False),
     sa.Column("ret", sa.Double),
     sa.Column("traded", sa.Double),
@@ -150,7 +181,7 @@ portfolio = sa.Table(
     "portfolio",
     metadata,
     sa.Column("run_id", sa.Integer, sa.ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True),
-    sa.Column("date", sa.Date, primary_key=True),
+    sa.Column("date", Day, primary_key=True),
     sa.Column("ret", sa.Double),
     sa.Column("n_symbols", sa.Integer, nullable=False),
     sa.Column("turnover", sa.Double),

@@ -3,7 +3,7 @@
 Row-by-row Python is what makes database I/O slow, so:
 - inserts take whole columns (NumPy arrays): PostgreSQL gets them as one CSV stream through ``COPY FROM``
   (written by Arrow's C++ CSV writer); SQLite gets one ``executemany`` of the statement SQLAlchemy compiles,
-  with the values converted column-wise (dates to ISO text in one vectorised call), not per value;
+  with the values converted column-wise (dates to day numbers in one vectorised call), not per value;
 - reads come back as NumPy/Arrow columns: PostgreSQL streams ``COPY (SELECT ...) TO STDOUT`` into Arrow's CSV
   parser; SQLite is fetched in batches of rows of plain numbers flattened with ``np.fromiter``, on the
   driver's cursor (no SQLAlchemy ``Row`` per row).
@@ -30,6 +30,7 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.expression import ClauseElement, Executable, FunctionElement
 
 from backtest.db.engine import query_log
+from backtest.db.schema import EPOCH_ORDINAL
 
 __all__ = ["Explain", "bulk_insert", "epoch_day", "fetch_numeric", "pg_copy_out"]
 
@@ -45,8 +46,8 @@ class epoch_day(FunctionElement):
 
 @compiles(epoch_day, "sqlite")
 def _epoch_day_sqlite(element: epoch_day, compiler: Any, **kw: Any) -> str:
-    # SQLAlchemy stores SQLite dates as ISO text; julianday() parses it in C.
-    return f"CAST(julianday({compiler.process(element.clauses, **kw)}) - 2440587.5 AS INTEGER)"
+    # dates are stored as days since 1970 on SQLite (schema.EpochDay)
+    return compiler.process(element.clauses, **kw)
 
 
 @compiles(epoch_day, "postgresql")
@@ -122,7 +123,7 @@ def _arrow(arr: np.ndarray) -> pa.Array:
 
 def _sqlite_values(arr: np.ndarray) -> list[Any]:
     if arr.dtype.kind == "M":
-        return np.datetime_as_string(arr.astype("datetime64[D]"), unit="D").tolist()
+        return arr.astype("datetime64[D]").astype(np.int64).tolist()  # schema.EpochDay
     # tolist() gives Python floats; sqlite3 binds NaN as NULL
     return arr.tolist()
 
@@ -168,8 +169,8 @@ def fetch_numeric(conn: Connection, statement: sa.Select, width: int) -> np.ndar
 
 
 def _driver_value(value: Any) -> Any:
-    # the only typed values our numeric queries bind are dates, stored as ISO text by SQLAlchemy on SQLite
-    return value.isoformat() if isinstance(value, dt.date) else value
+    # the only typed values our numeric queries bind are dates: days since 1970 on SQLite (schema.EpochDay)
+    return value.toordinal() - EPOCH_ORDINAL if isinstance(value, dt.date) else value
 
 
 def pg_copy_out(conn: Connection, statement: sa.Select, schema: pa.Schema) -> pa.Table:
