@@ -2,6 +2,11 @@
 
 One row per symbol, each price field a fixed-size list over the chunk's calendar (NaN where the symbol has no
 bar), the calendar in the schema metadata: reading it back is a reshape, not a pivot.
+
+The file is Arrow IPC, uncompressed, and is read memory-mapped: the price arrays of the panel are views of
+the file's pages, so handing a chunk from the load task to the backtest task costs no decoding and no copy
+(a Parquet file cost a full decode and a copy of every array on each side; about 0.1-0.2 s per chunk of
+250 symbols x 20 years). Parquet files of the same layout, written by earlier versions, are still read.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from backtest.errors import DataError
 from backtest.panel import PRICE_FIELDS, PricePanel
 
 FORMAT = "backtest.panel/1"
+_PARQUET_MAGIC = b"PAR1"
 
 
 def write_panel(panel: PricePanel, path: Path) -> Path:
@@ -31,13 +37,30 @@ def write_panel(panel: PricePanel, path: Path) -> Path:
     table = pa.table(columns).replace_schema_metadata({"backtest": json.dumps(meta)})
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    pq.write_table(table, tmp, compression="none", use_dictionary=False)
-    os.replace(tmp, path)
+    try:
+        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+            writer.write_table(table)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 
+def _read_table(path: Path) -> pa.Table:
+    with open(path, "rb") as handle:
+        magic = handle.read(4)
+    if magic == _PARQUET_MAGIC:
+        return pq.read_table(path)
+    try:
+        with pa.memory_map(str(path)) as source:
+            return pa.ipc.open_file(source).read_all()  # buffers keep the mapping alive after close
+    except pa.ArrowInvalid as exc:
+        raise DataError(f"{path} is not a chunk price file ({exc})") from None
+
+
 def read_panel(path: Path) -> PricePanel:
-    table = pq.read_table(path)
+    table = _read_table(path)
     raw = (table.schema.metadata or {}).get(b"backtest")
     meta = json.loads(raw) if raw else {}
     if meta.get("format") != FORMAT:

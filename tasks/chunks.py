@@ -55,7 +55,7 @@ def chunk_cache_policy(records: Path, locks: Path) -> CachePolicy:
 
 def prices_file(cache_dir: Path, spec: ChunkSpec, last: dt.date) -> Path:
     """Content-addressed: the same symbols' data up to the same date is the same file."""
-    return cache_dir / f"prices-{spec.data_fingerprint}-{last.isoformat()}.parquet"
+    return cache_dir / f"prices-{spec.data_fingerprint}-{last.isoformat()}.arrow"
 
 
 @task(

@@ -54,7 +54,7 @@ def test_chunk_task_returns_its_result_as_parquet_bytes(store, tmp_path):
     plan = make_plan(p.to_config(), universe)
     spec = plan_chunks(plan, universe, store.data_fingerprint, 8, 1)[0]
     panel = store.load(spec.symbols, end=plan.last_date)
-    prices = write_panel(panel, tmp_path / "prices.parquet")
+    prices = write_panel(panel, tmp_path / "prices.arrow")
 
     @flow
     def one_chunk():
