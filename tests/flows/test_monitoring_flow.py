@@ -85,6 +85,7 @@ def test_run_leaves_artifacts_report_and_alert_notifications(store, tmp_path):
         assert 0 <= summary["orchestration_overhead_seconds"] < summary["wall_seconds"]
         assert summary["bottleneck"]["where"] and "classification" in summary["bottleneck"]
         assert summary["report"] == str(out / "report.html")
+        assert summary["profile"]["publish_seconds"] > 0  # the report's own cost is on record
         page = (out / "report.html").read_text()
         assert page.count("<img ") == 6 and all(
             (out / "report" / f"{n}.png").exists() for n in ("equity", "grid")
