@@ -38,10 +38,12 @@ from backtest.store import DateLike, Store, _as_day, _panel
 
 __all__ = ["DbPriceSource", "PriceSource", "SyncReport", "open_price_source", "sync_prices"]
 
-#: catalog look-ups are repeated for every chunk of a study; a few seconds of staleness is harmless
-#: because ``sync_prices`` clears the cache of the process that writes
-CATALOG_TTL_SECONDS = 30.0
-_CATALOG_CACHE: TTLCache[str, pd.DataFrame] = TTLCache(maxsize=16, ttl=CATALOG_TTL_SECONDS)
+#: catalog look-ups are repeated for every chunk of a study (its fingerprint): the frame is kept for a while,
+#: with the catalog version it was read at, and reused only while that version is current
+CATALOG_TTL_SECONDS = 300.0
+_CATALOG_CACHE: TTLCache[str, tuple[tuple[object, ...], pd.DataFrame]] = TTLCache(
+    maxsize=16, ttl=CATALOG_TTL_SECONDS
+)
 _CATALOG_COLUMNS = (
     "symbol",
     "first_date",
@@ -99,15 +101,19 @@ class DbPriceSource:
         return open_db(self.url)
 
     def catalog(self) -> pd.DataFrame:
-        cached = _CATALOG_CACHE.get(self.url)
-        if cached is not None:
-            return cached.copy()
-        columns = [s.symbols.c[name] for name in _CATALOG_COLUMNS]
+        """The ``symbols`` table as a frame; served from the TTL cache while the catalog's version (row count
+        and latest ingest time, one tiny query) is unchanged, so a cached catalog is never stale."""
+        c = s.symbols.c
+        columns = [c[name] for name in _CATALOG_COLUMNS]
         with db_errors(self.url, "read the catalog of"), read_txn(self.engine) as conn:
-            rows = conn.execute(sa.select(*columns).order_by(s.symbols.c.symbol)).all()
+            version = tuple(conn.execute(sa.select(sa.func.count(), sa.func.max(c.ingested_at))).one())
+            cached = _CATALOG_CACHE.get(self.url)
+            if cached is not None and cached[0] == version:
+                return cached[1].copy()
+            rows = conn.execute(sa.select(*columns).order_by(c.symbol)).all()
         frame = pd.DataFrame(rows, columns=list(_CATALOG_COLUMNS))
         frame["rows"] = frame["rows"].astype(np.int64)
-        _CATALOG_CACHE[self.url] = frame
+        _CATALOG_CACHE[self.url] = (version, frame)
         return frame.copy()
 
     def symbols(self) -> list[str]:

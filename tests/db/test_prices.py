@@ -140,3 +140,17 @@ def test_catalog_drift_is_reported_by_the_integrity_check(db_store, db_url):
         )
     problems = integrity_check(engine)
     assert len(problems) == 1 and "catalog drift" in problems[0] and victim in problems[0]
+
+
+def test_the_cached_catalog_follows_writes_of_other_processes(db_store, db_url):
+    sync_prices(db_store, db_url, symbols=db_store.symbols()[:2])
+    source = DbPriceSource(db_url)
+    one = db_store.symbols()[0]
+    before = source.data_fingerprint([one])
+    with open_db(db_url).begin() as conn:  # what another process's ingest does (no cache of ours cleared)
+        conn.execute(
+            sa.update(s.symbols)
+            .where(s.symbols.c.symbol == one)
+            .values(data_fingerprint="f" * 32, ingested_at=dt.datetime.now(dt.UTC) + dt.timedelta(seconds=1))
+        )
+    assert DbPriceSource(db_url).data_fingerprint([one]) != before
