@@ -113,6 +113,7 @@ class ResourceMonitor:
         self._tree = _TreeState(psutil.Process(pid or os.getpid()))
         self._samples: list[Sample] = []
         self._lock = threading.Lock()
+        self._sampling = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._start_time = 0.0
@@ -157,11 +158,16 @@ class ResourceMonitor:
     # -- sampling ----------------------------------------------------------------------------------------
     def sample(self) -> Sample:
         """Observe the tree now and append the sample (also callable directly, e.g. at phase boundaries)."""
+        with self._sampling:  # the thread and a direct call never interleave their per-process bookkeeping
+            return self._sample()
+
+    def _sample(self) -> Sample:
         cpu0 = time.thread_time()
         now, mono = time.time(), time.monotonic()
         procs = self._tree.live()
         rss = read_b = write_b = read_c = write_c = fds = 0
         root_rss = 0
+        seen = 0
         for proc in procs:
             try:
                 with proc.oneshot():
@@ -183,6 +189,7 @@ class ResourceMonitor:
             except psutil.Error:
                 continue  # the process ended between discovery and reading: its last CPU time is kept
             rss += mem
+            seen += 1
             if proc.pid == self._tree.root.pid:
                 root_rss = mem
         tree_cpu = sum(self._tree.cpu_by_pid.values())
@@ -203,7 +210,7 @@ class ResourceMonitor:
         sample = Sample(
             time=now,
             elapsed=now - self._start_time,
-            processes=len(procs),
+            processes=seen,
             tree_rss=rss,
             root_rss=root_rss,
             tree_cpu_seconds=tree_cpu,
