@@ -21,6 +21,7 @@ import pandas as pd
 from backtest.config import OBJECTIVES, ParamGrid, StudyConfig
 from backtest.errors import ConfigError, DataError
 from backtest.folds import WINDOWS, Fold, FoldLayout, check_warmup, make_folds
+from backtest.heap import release_free_memory
 from backtest.metrics import metrics_table
 from backtest.panel import PricePanel
 from backtest.simulate_nb import (
@@ -438,6 +439,7 @@ class _OosParts:
             parts = self.columns.pop(name)
             merged = np.concatenate(parts)
             parts.clear()
+            release_free_memory()  # the parts' heap pages, before the next column is built beside them
             index = self.categories.get(name)
             data[name] = (
                 merged if index is None else pd.Categorical.from_codes(merged, categories=list(index))

@@ -65,7 +65,11 @@ def test_collect_cached_merges_once_then_links(tmp_path, chunks, plan) -> None:
     key = collected_key(["a", "b", "c"])
     cache = tmp_path / "cache"
     first = collect_cached(plan, named(chunks), tmp_path / "one", cache, key)
-    assert not first.reused and [r["chunk"] for r in first.chunks] == ["chunk-0000", "chunk-0001", "chunk-0002"]
+    assert not first.reused and [r["chunk"] for r in first.chunks] == [
+        "chunk-0000",
+        "chunk-0001",
+        "chunk-0002",
+    ]
 
     reference = tmp_path / "reference"
     collect(plan, iter(chunks), reference)
@@ -120,3 +124,11 @@ def test_prune_collected_keeps_the_current_entry(tmp_path, chunks, plan) -> None
     assert [p.name for p in cache.iterdir()] == [keys[0]]
     # the outputs linked from a pruned entry are still whole
     assert np.isfinite(pd.read_parquet(tmp_path / "out1" / "portfolio.parquet")["ret"]).all()
+
+
+def test_free_heap_memory_goes_back_to_the_os() -> None:
+    import platform
+
+    from backtest.heap import release_free_memory
+
+    assert release_free_memory() is (platform.libc_ver()[0] == "glibc")
