@@ -189,6 +189,8 @@ class ChunkFigures:
     end: float | None = None  # epoch seconds when the task finished
     peak_rss: int | None = None  # peak RSS of the process tree while the chunk ran (sampled)
     original_wall: float | None = None
+    #: seconds its load task ran (fetching prices from the store into the chunk's price file), if known
+    fetch: float | None = None
 
     @property
     def io_wait(self) -> float:
@@ -212,6 +214,7 @@ class ChunkFigures:
             "cpu_s": round(self.cpu, 3),
             "cpu_wait_s": round(self.cpu_wait, 3),
             "io_wait_s": round(self.io_wait, 3),
+            "fetch_s": None if self.fetch is None else round(self.fetch, 3),
             **{f"{p}_s": round(self.phases.get(p, 0.0), 3) for p in PHASES},
             "peak_rss_mib": None if self.peak_rss is None else round(self.peak_rss / 2**20, 1),
             "class": self.classification,
@@ -441,6 +444,10 @@ def analyse(
             share = phase_wall[p] / rest_wall if rest_wall > 0 else 0.0
             cpu = rest_cpu * share
             phase_blocks.append(BlockFigures(p, w, cpu, par, bt_peak, cpu_estimated=True, cpu_wait=wait))
+
+    fetched = [c.fetch for c in chunks if c.fetch is not None]
+    if fetched:  # the load tasks: their running time only (the server records no CPU time)
+        phase_blocks.insert(0, BlockFigures("fetch", sum(fetched) / par, None, par, bt_peak))
 
     task_cpu = sum(c.cpu for c in computed)
     efficiency = task_cpu / (bt_wall * workers) if computed and bt_wall > 0 and workers > 0 else None

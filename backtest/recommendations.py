@@ -146,17 +146,20 @@ def loading_dominates(p: RunProfile) -> Recommendation | None:
     """Loading prices takes a large share of the chunks' time: the store is slow or cold."""
     phases = {b.name: b for b in p.phases}
     total = sum(b.wall for b in p.phases)
-    load = phases.get("load")
-    if load is None or total <= 0 or load.wall / total <= LOAD_DOMINATES_SHARE:
+    load, fetch = phases.get("load"), phases.get("fetch")
+    loading = (load.wall if load else 0.0) + (fetch.wall if fetch else 0.0)
+    if total <= 0 or loading / total <= LOAD_DOMINATES_SHARE:
         return None
-    share = load.wall / total
-    kind = load.classification or "unknown"
+    share = loading / total
+    kind = (load.classification if load else None) or "unknown"
+    seconds = loading * p.workers
     return Recommendation(
         "loading-dominates",
-        f"Loading prices is {share:.0%} of the chunks' time ({load.wall * load.parallelism:.1f} s over all "
-        f"chunks, {kind}). Keep the store on local disk (not a network share) and warm the price cache: "
-        "a second run of the same study reads the cached chunk price files.",
-        {"load_share": share, "load_seconds": load.wall * load.parallelism, "classification": kind},
+        f"Loading prices is {share:.0%} of the chunks' time ({seconds:.1f} s over all chunks: fetching from "
+        f"the store in the load tasks and reading the chunk price files, {kind}). Keep the store on local "
+        "disk (not a network share) and warm the price cache: a second run of the same study reads the "
+        "cached chunk price files.",
+        {"load_share": share, "load_seconds": seconds, "classification": kind},
     )
 
 

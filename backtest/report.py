@@ -223,7 +223,7 @@ def plot_phases(out: Path, path: Path, summary: dict[str, Any], doc: dict[str, A
     ax1.set_xlabel("seconds")
     ax1.set_title("Flow steps (wall time)")
     ax1.grid(alpha=0.3, axis="x")
-    pnames = [p for p in PHASES if p in phases]
+    pnames = [p for p in ("fetch", *PHASES) if p in phases]
     walls = [phases[p]["wall"] * phases[p]["parallelism"] for p in pnames]
     cpus = [phases[p]["cpu"] or 0.0 for p in pnames]
     y = np.arange(len(pnames))

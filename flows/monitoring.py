@@ -14,9 +14,12 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
+from prefect.client.schemas.objects import StateType
 from prefect.events import emit_event
 from prefect.logging.loggers import flow_run_logger
 
@@ -79,6 +82,7 @@ class RunWatch:
         self._out: Path | None = None
         self._summary: dict[str, Any] | None = None
         self._finished_at = 0.0
+        self._load_runs: dict[str, UUID] = {}
 
     def plan(self, specs: Sequence[ChunkSpec], results_dir: Path) -> None:
         """The chunks of the run; warm means the cache already held a result of one of them (a stat each)."""
@@ -151,6 +155,37 @@ class RunWatch:
             self.logger.warning("resource alert check failed: %s", exc)
 
     # -- chunks ------------------------------------------------------------------------------------------------------
+    def load_submitted(self, chunk: str, task_run_id: UUID) -> None:
+        """Remember a chunk's load task, whose running time the server records (read once, at the end)."""
+        self._load_runs[chunk] = task_run_id
+
+    def _load_seconds(self) -> dict[str, float]:
+        """Seconds each load-chunk task ran, from the server's task run records. The load task returns a path
+        the chunk task needs, so its time travels this way; a record the server has not stored yet is left
+        out (the figure is then missing, never made up)."""
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterId
+
+        ids = list(self._load_runs.values())
+        runs = []
+        try:
+            with get_client(sync_client=True) as client:
+                for i in range(0, len(ids), 200):
+                    batch = ids[i : i + 200]
+                    runs += client.read_task_runs(
+                        task_run_filter=TaskRunFilter(id=TaskRunFilterId(any_=batch)), limit=len(batch)
+                    )
+        except Exception as exc:  # the figures are extra: a failed read must not fail the run
+            self.logger.warning("could not read the load tasks' times: %s", exc)
+            return {}
+        by_id = {r.id: r for r in runs}
+        out = {}
+        for chunk, run_id in self._load_runs.items():
+            run = by_id.get(run_id)
+            if run is not None and run.total_run_time and run.state_type == StateType.COMPLETED:
+                out[chunk] = run.total_run_time.total_seconds()
+        return out
+
     def chunk_finished(self, name: str, state: Any) -> Progress:
         """Record a finished chunk (its timings from the persisted result's footer), check the chunk rules,
         update the progress artifact and the in-process listener."""
@@ -200,10 +235,12 @@ class RunWatch:
         self.monitor.sample()
         samples = self.monitor.samples
         frame = samples_frame(samples)
+        fetch = self._load_seconds()
         chunks = []
         for name, spec in self.specs.items():
             status, timings, end = self.finished.get(name, (FAILED, None, None))
-            chunks.append(chunk_figures(name, len(spec.symbols), status, timings, end, frame))
+            figures = chunk_figures(name, len(spec.symbols), status, timings, end, frame)
+            chunks.append(replace(figures, fetch=fetch.get(name)))
         profile = analyse(
             chunks=chunks,
             steps=phases,

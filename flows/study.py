@@ -117,6 +117,7 @@ def _run_study(params: StudyParams, watch: RunWatch) -> Any:
                     "db": params.db,
                 },
             )
+            watch.load_submitted(spec.name, loaded.task_run_id)
             futures.append(runner.submit(chunk_task, {"spec": spec, "prices_path": loaded, "plan": plan}))
         by_future = dict(zip((f.task_run_id for f in futures), specs, strict=True))
         for future in as_completed(futures):
