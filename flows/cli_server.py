@@ -298,8 +298,8 @@ def project_deployments(project: Path) -> list[dict[str, Any]]:
     return deployments
 
 
-def deploy_project(project: Path, api_url: str, names: list[str] | None = None) -> list[str]:
-    """``prefect --no-prompt deploy`` from the project folder (it reads prefect.yaml); the names deployed."""
+def choose_deployments(project: Path, names: list[str] | None = None) -> list[str]:
+    """The deployments of prefect.yaml to deploy: the named ones, all must exist; else all whose flow exists."""
     deployments = {d["name"]: d for d in project_deployments(project)}
     unknown = [n for n in names or [] if n not in deployments]
     if unknown:
@@ -322,6 +322,11 @@ def deploy_project(project: Path, api_url: str, names: list[str] | None = None) 
     chosen = names or [n for n in deployments if n not in missing]
     if not chosen:
         raise ServerError("no deployment of prefect.yaml has its entrypoint in this project")
+    return chosen
+
+
+def deploy_project(project: Path, api_url: str, chosen: list[str]) -> None:
+    """``prefect --no-prompt deploy`` from the project folder: it reads prefect.yaml as the Prefect docs say."""
     cmd = [sys.executable, "-m", "prefect", "--no-prompt", "deploy"]
     cmd += [arg for name in chosen for arg in ("--name", name)]
     env = {**os.environ, **QUIET, "PREFECT_API_URL": api_url}
@@ -334,7 +339,6 @@ def deploy_project(project: Path, api_url: str, names: list[str] | None = None) 
         raise ServerError(
             f"`prefect deploy` failed: {lines[-1] if lines else 'no output'} (full output: {log})"
         )
-    return chosen
 
 
 @dataclass(frozen=True)
@@ -374,9 +378,10 @@ def deploy(
             f"no prefect.yaml in {project.resolve()}: run this in the project folder or give --project"
         )
     try:
+        chosen = choose_deployments(project, name)  # prefect.yaml is checked before the server is touched
         api_url = resolve_api_url(project)
         created = ensure_work_pool(api_url, pool)
-        deploy_project(project, api_url, name)
+        deploy_project(project, api_url, chosen)
         rows = list_deployments(api_url)
     except ServerError as exc:
         raise _fail(str(exc)) from None

@@ -109,3 +109,16 @@ def test_merged_parameters_change_only_the_given_fields():
         "y": {"z": True},
     }
     assert defaults["params"]["grid"] == {"fast": [5], "slow": [60]}  # the deployment's own are untouched
+
+
+def test_deploy_names_a_deployment_whose_flow_file_is_missing(tmp_path, api_url):
+    (tmp_path / "prefect.yaml").write_text(
+        "deployments:\n  - name: gone\n    entrypoint: flows/gone.py:gone\n    work_pool: {name: p}\n"
+    )
+    env = {"PREFECT_API_URL": api_url}
+    line = refused("deploy", "--project", str(tmp_path), "--name", "gone", env=env)
+    assert "deployment 'gone': its entrypoint 'flows/gone.py:gone' is not a file" in line
+    result = run("deploy", "--project", str(tmp_path), env=env)
+    assert result.exit_code == 1
+    assert "warning: skipping deployment 'gone'" in result.output
+    assert "error: no deployment of prefect.yaml has its entrypoint in this project" in result.output
