@@ -10,6 +10,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from backtest.metrics import HEADLINE_METRICS
 
@@ -135,17 +136,17 @@ def print_monitoring(summary: dict[str, Any], console: Console) -> None:
 
     peak = summary.get("peak_rss_bytes")
     eff, hit = summary.get("parallel_efficiency"), summary.get("cache_hit_rate")
-    console.print(
+    parts = [
         f"peak RSS {peak / 2**20:,.0f} MiB" if peak else "peak RSS n/a",
-        f"parallel efficiency {eff:.0%}" if eff is not None else "parallel efficiency n/a",
-        f"cache hit rate {hit:.0%}" if hit is not None else "",
-        f"orchestration {summary.get('orchestration_overhead_seconds', 0.0):.1f} s",
-        sep=", ",
-    )
-    console.print(f"bottleneck: {describe_bottleneck(summary.get('bottleneck') or {})}", highlight=False)
+        f"parallel efficiency {eff:.0%}" if eff is not None else "parallel efficiency n/a (nothing computed)",
+        f"cache hit rate {hit:.0%}" if hit is not None else "cache hit rate n/a",
+        f"orchestration {summary.get('orchestration_overhead_seconds') or 0.0:.1f} s",
+    ]
+    console.print(", ".join(parts), highlight=False)
+    console.print(Text(f"bottleneck: {describe_bottleneck(summary.get('bottleneck') or {})}"))
     for alert in summary.get("alerts", []):
-        console.print(f"[yellow]alert[/] {alert['kind']}: {alert['message']}", highlight=False)
+        console.print(Text.assemble(("alert ", "yellow"), f"{alert['kind']}: {alert['message']}"))
     for advice in summary.get("recommendations", []):
-        console.print(f"advice: {advice}", highlight=False)
+        console.print(Text(f"advice: {advice}"))
     if summary.get("report"):
         console.print(f"report {summary['report']}")
