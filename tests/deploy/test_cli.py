@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -41,8 +42,11 @@ def test_server_down_without_a_server(tmp_path):
 def test_server_down_with_a_stale_pid_file(tmp_path):
     state = cli_server.state_file(tmp_path)
     state.parent.mkdir(parents=True)
-    # a PID that is not a Prefect server (this test's own parent shell or init): never signalled
-    state.write_text(json.dumps({"pid": 1, "host": "127.0.0.1", "port": 1, "home": "h", "log": "l"}))
+    finished = subprocess.Popen(["true"])  # a process that has ended: its PID names no server
+    finished.wait()
+    state.write_text(
+        json.dumps({"pid": finished.pid, "host": "127.0.0.1", "port": 1, "home": "h", "log": "l"})
+    )
     assert "is not running any more" in refused("server", "down", "--project", str(tmp_path))
     assert not state.exists()
 
