@@ -5,9 +5,9 @@ and ``DbPriceSource`` both provide it, with the same semantics (same errors for 
 same panel for the same data, same fingerprint for the same values), so a study gives identical results
 whichever one it reads.
 
-Reading a chunk is one indexed range query per chunk (primary key (symbol, date)) inside one read
-transaction, streamed into NumPy (SQLite) or Arrow (PostgreSQL, via COPY); never a query per symbol or
-Python code per row. The chunk fingerprint comes from the ``symbols`` catalog alone, so planning a study
+Reading a chunk is one indexed range query per chunk (primary key (symbol, date)), decoded in C into Arrow
+(SQLite through Arrow's ADBC driver, PostgreSQL through COPY) or, without ADBC, fetched in batches into
+NumPy; never a query per symbol or Python code per row. The chunk fingerprint comes from the ``symbols`` catalog alone, so planning a study
 reads no prices.
 """
 
@@ -31,7 +31,14 @@ from sqlalchemy.engine import Engine
 from backtest.db import schema as s
 from backtest.db.connect import open_db
 from backtest.db.engine import db_errors, is_postgres, read_txn, write_txn
-from backtest.db.sqlio import bulk_insert, epoch_day, fetch_numeric, pg_copy_out
+from backtest.db.sqlio import (
+    bulk_insert,
+    epoch_day,
+    fetch_numeric,
+    pg_copy_out,
+    sqlite_arrow,
+    use_arrow_sqlite,
+)
 from backtest.errors import ConfigError, DataError
 from backtest.panel import PRICE_FIELDS, PricePanel
 from backtest.store import DateLike, Store, _as_day, _panel
@@ -183,8 +190,10 @@ def count_query(where: list[sa.ColumnElement[bool]]) -> sa.Select:
 
 
 def _read_sqlite(conn: sa.Connection, where: list[sa.ColumnElement[bool]]) -> dict[str, _Bars]:
-    # Two statements in one read transaction (one snapshot): the per-symbol row counts, then the numbers
-    # alone in key order, so no symbol string is built per row.
+    if use_arrow_sqlite():
+        return _split_by_symbol(sqlite_arrow(conn, price_query(where, with_symbol=True)))
+    # Without ADBC: two statements in one read transaction (one snapshot), the per-symbol row counts, then
+    # the numbers alone in key order, so no symbol string is built per row.
     counts = conn.execute(count_query(where)).all()
     values = fetch_numeric(conn, price_query(where, with_symbol=False), 1 + len(PRICE_FIELDS))
     out: dict[str, _Bars] = {}
@@ -200,16 +209,23 @@ def _read_sqlite(conn: sa.Connection, where: list[sa.ColumnElement[bool]]) -> di
 
 
 def _read_pg(conn: sa.Connection, where: list[sa.ColumnElement[bool]]) -> dict[str, _Bars]:
-    table = pg_copy_out(conn, price_query(where, with_symbol=True), _PG_PRICE_SCHEMA)
-    symbols = table["symbol"].to_numpy(zero_copy_only=False)
-    if len(symbols) == 0:
+    return _split_by_symbol(pg_copy_out(conn, price_query(where, with_symbol=True), _PG_PRICE_SCHEMA))
+
+
+def _split_by_symbol(table: pa.Table) -> dict[str, _Bars]:
+    """Rows in (symbol, date) order -> each symbol's days and price arrays (slices, no copies)."""
+    if table.num_rows == 0:
         return {}
-    starts = np.flatnonzero(np.r_[True, symbols[1:] != symbols[:-1]])
-    ends = np.r_[starts[1:], len(symbols)]
-    days = table["day"].to_numpy()
-    fields = {name: table[name].to_numpy() for name in PRICE_FIELDS}
+    # dictionary-encoded in C: integer codes to compare, one Python string per symbol, not per row
+    encoded = table["symbol"].combine_chunks().dictionary_encode()
+    codes = encoded.indices.to_numpy()
+    names = encoded.dictionary.to_pylist()
+    starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
+    ends = np.r_[starts[1:], len(codes)]
+    days = table["day"].to_numpy().astype(np.int64, copy=False)
+    fields = {name: table[name].to_numpy().astype(np.float64, copy=False) for name in PRICE_FIELDS}
     return {
-        str(symbols[a]): (days[a:b], {name: fields[name][a:b] for name in PRICE_FIELDS})
+        str(names[codes[a]]): (days[a:b], {name: fields[name][a:b] for name in PRICE_FIELDS})
         for a, b in zip(starts, ends, strict=True)
     }
 

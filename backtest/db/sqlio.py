@@ -32,9 +32,29 @@ from sqlalchemy.sql.expression import ClauseElement, Executable, FunctionElement
 from backtest.db.engine import query_log
 from backtest.db.schema import EPOCH_ORDINAL
 
-__all__ = ["Explain", "bulk_insert", "epoch_day", "fetch_numeric", "pg_copy_out"]
+__all__ = [
+    "Explain",
+    "bulk_insert",
+    "epoch_day",
+    "fetch_numeric",
+    "pg_copy_out",
+    "sqlite_arrow",
+    "use_arrow_sqlite",
+]
 
 _SQLITE_BATCH = 50_000
+
+try:  # Arrow's own SQLite driver (ADBC): rows decoded in C straight into Arrow columns
+    import adbc_driver_sqlite.dbapi as _adbc_sqlite
+except ImportError:  # pragma: no cover - an optional speed-up; fetch_numeric is the fallback
+    _adbc_sqlite = None
+
+#: read SQLite chunks through ADBC when it is installed (tests turn it off to cover the fallback)
+USE_ADBC = True
+
+
+def use_arrow_sqlite() -> bool:
+    return USE_ADBC and _adbc_sqlite is not None
 
 
 class epoch_day(FunctionElement):
@@ -171,6 +191,30 @@ def fetch_numeric(conn: Connection, statement: sa.Select, width: int) -> np.ndar
 def _driver_value(value: Any) -> Any:
     # the only typed values our numeric queries bind are dates: days since 1970 on SQLite (schema.EpochDay)
     return value.toordinal() - EPOCH_ORDINAL if isinstance(value, dt.date) else value
+
+
+def sqlite_arrow(conn: Connection, statement: sa.Select) -> pa.Table:
+    """A SQLite query compiled by SQLAlchemy, run by Arrow's ADBC SQLite driver into an Arrow table.
+
+    Python's sqlite3 builds a tuple per row (about half a million rows a second); ADBC decodes the rows in C,
+    several times faster, which is what brings a cold chunk load near the Parquet store's. It opens its own
+    short-lived connection to the same file (WAL: it reads the last committed state without blocking
+    writers), with the same busy timeout.
+    """
+    from backtest.db.engine import SQLITE_BUSY_TIMEOUT_MS
+
+    assert _adbc_sqlite is not None
+    compiled = statement.compile(dialect=conn.dialect, compile_kwargs={"render_postcompile": True})
+    values = compiled.construct_params()
+    params = [_driver_value(values[name]) for name in compiled.positiontup or []]
+    sql = str(compiled)
+    with query_log().timed(sql), _adbc_sqlite.connect(str(conn.engine.url.database)) as adbc:
+        with adbc.cursor() as cursor:
+            cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+            cursor.execute(sql, params)
+            table = cursor.fetch_arrow_table()
+        adbc.rollback()
+    return table
 
 
 def pg_copy_out(conn: Connection, statement: sa.Select, schema: pa.Schema) -> pa.Table:
