@@ -35,11 +35,17 @@ def metrics_table(
     returns = np.ascontiguousarray(returns, dtype=np.float64)
     if returns.ndim == 1:
         returns = returns[None, :]
-    zeros = np.zeros_like(returns)
+    # zeros only where a series is missing: a chunk's arrays are ~10 MB, and this runs once per fold
     traded = (
-        zeros if traded is None else np.ascontiguousarray(traded, dtype=np.float64).reshape(returns.shape)
+        np.zeros_like(returns)
+        if traded is None
+        else np.ascontiguousarray(traded, dtype=np.float64).reshape(returns.shape)
     )
-    held = zeros if held is None else np.ascontiguousarray(held, dtype=np.float64).reshape(returns.shape)
+    held = (
+        np.zeros_like(returns)
+        if held is None
+        else np.ascontiguousarray(held, dtype=np.float64).reshape(returns.shape)
+    )
     hi = returns.shape[1] if hi is None else hi
     return series_metrics_nb(returns, traded, held, lo, hi)
 

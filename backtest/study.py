@@ -256,7 +256,15 @@ def run_chunk(panel: PricePanel, plan: StudyPlan) -> ChunkResult:
     metrics = metrics_table(oos_ret, oos_traded, oos_held)
     symbol_metrics = pd.DataFrame(metrics, columns=list(METRIC_NAMES))
     symbol_metrics.insert(0, "symbol", list(panel.symbols))
-    symbol_metrics["folds"] = [len(np.unique(oos_fold[i][oos_fold[i] >= 0])) for i in range(n_sym)]
+    # fold k writes only into its own test window (windows do not overlap): count the windows a symbol is in
+    symbol_metrics["folds"] = (
+        sum(
+            (oos_fold[:, slice(*layout.window_bars(f.index, "test"))] >= 0).any(axis=1).astype(np.int64)
+            for f in plan.folds
+        )
+        if plan.folds
+        else np.zeros(n_sym, np.int64)
+    )
     symbol_metrics = symbol_metrics[symbol_metrics["days"] > 0].reset_index(drop=True)
 
     counts = mask.sum(axis=0)
