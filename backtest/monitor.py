@@ -15,7 +15,8 @@ import contextlib
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -302,11 +303,23 @@ def samples_frame(samples: Sequence[Sample]) -> pd.DataFrame:
 
 def write_samples(samples: Sequence[Sample], path: Path) -> Path:
     """Write the series as Parquet atomically (a reader never sees half a file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    samples_frame(samples).to_parquet(tmp, index=False)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        samples_frame(samples).to_parquet(tmp, index=False)
     return path
+
+
+@contextmanager
+def atomic_path(path: Path, suffix: str = ".tmp") -> Iterator[Path]:
+    """A temporary sibling of ``path`` to write: renamed over ``path`` when the block succeeds, removed when
+    it fails (a full disk leaves neither half a file nor a stray temporary)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}{suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def read_samples(path: Path) -> pd.DataFrame:

@@ -25,7 +25,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import PercentFormatter
 
-from backtest.monitor import CORE_PREFIX
+from backtest.monitor import CORE_PREFIX, atomic_path
 from backtest.profiling import (
     PHASES,
     PROFILE_FILE,
@@ -56,9 +56,8 @@ def _figure(width: float, height: float) -> Figure:
 
 def _save(fig: Figure, path: Path) -> Path:
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp, dpi=DPI, format="png", pil_kwargs={"compress_level": 1})  # fast: seconds count here
-    os.replace(tmp, path)
+    with atomic_path(path, ".tmp.png") as tmp:
+        fig.savefig(tmp, dpi=DPI, format="png", pil_kwargs={"compress_level": 1})  # fast: seconds count here
     return path
 
 
@@ -444,9 +443,8 @@ def build_report(out: Path) -> ReportFiles:
             skipped[name] = result
             target.unlink(missing_ok=True)  # no stale plot from an earlier build
     page = out / REPORT_FILE
-    tmp = page.with_name(f".{page.name}.{os.getpid()}.tmp")
-    tmp.write_text(render_html(summary, doc, plots, skipped, out), encoding="utf-8")
-    os.replace(tmp, page)
+    with atomic_path(page) as tmp:
+        tmp.write_text(render_html(summary, doc, plots, skipped, out), encoding="utf-8")
     return ReportFiles(html=page, plots=plots, skipped=skipped)
 
 

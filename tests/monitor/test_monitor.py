@@ -8,9 +8,11 @@ import time
 
 import pandas as pd
 import psutil
+import pytest
 
 from backtest.monitor import (
     ResourceMonitor,
+    atomic_path,
     cpu_seconds_between,
     io_bytes_between,
     peak_between,
@@ -91,3 +93,14 @@ def test_sampling_costs_under_one_percent_at_the_default_interval():
             child.wait()
     # CPU per second of run at one sample a second
     assert per_sample / monitor.interval < 0.01, f"{per_sample * 1000:.1f} ms per sample"
+
+
+def test_atomic_writes_leave_nothing_behind_on_failure(tmp_path):
+    target = tmp_path / "out" / "resources.parquet"
+    with pytest.raises(OSError), atomic_path(target) as tmp:
+        tmp.write_bytes(b"half a file")
+        raise OSError(28, "No space left on device")
+    assert list((tmp_path / "out").iterdir()) == []
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(b"whole")
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["resources.parquet"]
