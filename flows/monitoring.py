@@ -228,10 +228,29 @@ class RunWatch:
         out: Path,
         workers: int,
         runner: str,
-    ) -> RunProfile:
+    ) -> RunProfile | None:
         """Analyse the run so far, save ``profile.json`` and ``resources.parquet`` in ``out`` and add the
         headline figures to ``summary`` (written to summary.json by the flow). Sampling goes on until the flow
-        returns (building the report costs memory too); ``close`` then brings the peak figures up to date."""
+        returns (building the report costs memory too); ``close`` then brings the peak figures up to date.
+
+        The study's results are already written when this runs: a failure here is logged as an error and
+        recorded in the summary (``profile_error``) instead of failing the run."""
+        try:
+            return self._finish(summary, phases, wall, out, workers, runner)
+        except Exception as exc:
+            self.logger.error("the run's profile could not be built: %s: %s", type(exc).__name__, exc)
+            summary["profile_error"] = f"{type(exc).__name__}: {exc}"
+            return None
+
+    def _finish(
+        self,
+        summary: dict[str, Any],
+        phases: Mapping[str, float],
+        wall: float,
+        out: Path,
+        workers: int,
+        runner: str,
+    ) -> RunProfile:
         self.monitor.sample()
         samples = self.monitor.samples
         frame = samples_frame(samples)
