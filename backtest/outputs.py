@@ -59,7 +59,9 @@ def collect(plan: StudyPlan, chunks: Iterable[ChunkResult], out: Path) -> StudyR
     out.mkdir(parents=True, exist_ok=True)
     target = out / "oos_returns.parquet"
     tmp = _tmp(target)
-    writer = pq.ParquetWriter(tmp, OOS_SCHEMA, compression="zstd")
+    # no dictionary for the returns (nearly all distinct: the attempt costs time and the fallback size)
+    dictionary = [name for name in OOS_SCHEMA.names if name != "ret"]
+    writer = pq.ParquetWriter(tmp, OOS_SCHEMA, compression="zstd", use_dictionary=dictionary)
     try:
 
         def sink(frame: pd.DataFrame) -> None:
