@@ -205,7 +205,7 @@ def _run_study(params: StudyParams, watch: RunWatch) -> Any:
         return Failed(
             message=f"{len(failed)} of {len(specs)} chunks failed ({names}); the others are persisted. "
             "Re-run the same study (or retry this flow run) to recompute only the failed chunks.",
-            data=summary,
+            # no data: Prefect reads a Failed state's data as its exception; the summary is in summary.json
         )
     return Completed(message=f"{len(specs)} chunks ({hits} from cache)", data=summary)
 
