@@ -148,8 +148,8 @@ def loading_dominates(p: RunProfile) -> Recommendation | None:
     total = sum(b.wall for b in p.phases)
     load, fetch = phases.get("load"), phases.get("fetch")
     loading = (load.wall if load else 0.0) + (fetch.wall if fetch else 0.0)
-    if total <= 0 or loading / total <= LOAD_DOMINATES_SHARE:
-        return None
+    if not p.computed or total <= 0 or loading / total <= LOAD_DOMINATES_SHARE:
+        return None  # (a warm run computes nothing: its quick cache lookups are not "loading")
     share = loading / total
     kind = (load.classification if load else None) or "unknown"
     seconds = loading * p.workers

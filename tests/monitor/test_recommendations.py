@@ -122,6 +122,8 @@ def test_loading_dominates():
         r is not None and abs(r.figures["load_share"] - 16 / 36) < 1e-12 and r.figures["load_seconds"] == 32
     )
     assert loading_dominates(profile(phases=fetching[1:])) is None
+    warm = tuple(replace(c, status="cached", wall=0.0, cpu=0.0) for c in chunks([2.0] * 40))
+    assert loading_dominates(profile(phases=fetching[:1], chunks=warm)) is None
 
 
 def test_one_slow_chunk_is_split_unless_it_was_start_up():
