@@ -38,8 +38,14 @@ def make_task_runner(kind: str, workers: int, dask_address: str | None = None) -
 
         if dask_address:
             return DaskTaskRunner(address=dask_address)
+        # Dask's dashboard listens on every interface by default: keep the local cluster on loopback.
         return DaskTaskRunner(
-            cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True}
+            cluster_kwargs={
+                "n_workers": workers,
+                "threads_per_worker": 1,
+                "processes": True,
+                "dashboard_address": "127.0.0.1:0",
+            }
         )
     raise ValueError(f"unknown runner {kind!r}: choose threads, processes or dask")
 

@@ -17,6 +17,7 @@ from backtest.planning import ChunkSpec
 from backtest.profiling import add_task_figures, measure, wall_timings
 from backtest.study import StudyPlan, run_chunk
 from tasks.locks import ProcessLockManager
+from tasks.records import ChunkRecordStorage
 from tasks.serializers import ChunkResultSerializer, StoredChunk
 
 #: errors that can pass on a second try (a busy disk, a dropped connection, a worker short of memory);
@@ -44,10 +45,15 @@ def _chunk_key(context: Any, parameters: dict[str, Any]) -> str:
     return parameters["spec"].key
 
 
-def chunk_cache_policy(records: Path, locks: Path) -> CachePolicy:
-    """Cache chunks by their key across runs; two runs never compute the same chunk at once."""
+def chunk_cache_policy(records: Path, locks: Path, results: Path | None = None) -> CachePolicy:
+    """Cache chunks by their key across runs; two runs never compute the same chunk at once.
+
+    Records are read through ChunkRecordStorage, so a cache hit can only decode our Parquet results from
+    ``results`` (default: ``records``' sibling ``results`` folder), never unpickle a planted file.
+    """
+    results = results or records.parent / "results"
     return CachePolicy.from_cache_key_fn(_chunk_key).configure(
-        key_storage=records,
+        key_storage=ChunkRecordStorage(basepath=str(records), results_dir=str(results)),
         isolation_level="SERIALIZABLE",
         lock_manager=ProcessLockManager(lock_files_directory=locks),
     )

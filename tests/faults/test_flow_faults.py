@@ -23,6 +23,7 @@ from tests.faults.conftest import (
     tables,
     wait_for,
 )
+from tests.faults.test_security import audit_cache
 from tests.faults.test_store_faults import remount, tmpfs
 
 CHUNKS = 8  # 16 symbols in chunks of 2
@@ -83,6 +84,9 @@ def test_worker_killed_mid_chunk(in_process, store, strategy_dir, tmp_path, monk
         state = in_process.run(store, out, runner=runner, workers=2, chunk_size=4)
         assert state.is_completed(), state.message  # the dead worker's chunk lock was broken
     assert_same_tables(tables(out), clean_tables(store, strategy_dir, monkeypatch))
+    audit_cache(
+        store.root / "cache"
+    )  # and what was persisted is Parquet behind records naming our serializer
 
 
 def test_prefect_server_restarting_mid_run(
@@ -125,3 +129,4 @@ def test_two_studies_on_one_store_in_two_processes(cli, store, strategy_dir, tmp
     clean = clean_tables(store, strategy_dir, monkeypatch)
     for out in outs:
         assert_same_tables(tables(out), clean)
+    audit_cache(store.root / "cache")

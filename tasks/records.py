@@ -1,0 +1,57 @@
+"""Storage of the chunk cache's records that only ever leads to our own Parquet serializer.
+
+A cache hit reads the record (JSON) first and then decodes the result file with the serializer the record
+names. A store folder can come from elsewhere (copied, shared, downloaded): a record naming Prefect's
+``pickle`` serializer, or pointing at a file outside the cache's results folder, would make a cache hit
+unpickle, and so run, whatever that file holds. Such a record is refused here; Prefect then treats the
+chunk as not cached and recomputes it, overwriting the record with a good one.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from prefect.filesystems import LocalFileSystem
+
+from tasks.serializers import ChunkResultSerializer
+
+__all__ = ["ChunkRecordStorage", "UnsafeRecord", "check_record"]
+
+SERIALIZER_TYPE = ChunkResultSerializer().type
+
+
+class UnsafeRecord(ValueError):
+    """A cache record that names another serializer or a result outside the results folder."""
+
+
+def check_record(content: bytes, results_dir: Path) -> None:
+    """Raise UnsafeRecord unless the record names our serializer and a file directly in ``results_dir``."""
+    try:
+        record: Any = json.loads(content)
+        serializer = record["serializer"]["type"]
+        storage_key = Path(record["storage_key"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise UnsafeRecord(f"unreadable cache record: {exc}") from None
+    if serializer != SERIALIZER_TYPE:
+        raise UnsafeRecord(f"cache record names serializer {serializer!r}, not {SERIALIZER_TYPE!r}")
+    if storage_key.resolve().parent != results_dir.resolve():
+        raise UnsafeRecord(f"cache record points outside the results folder: {str(storage_key)!r}")
+
+
+class ChunkRecordStorage(LocalFileSystem):
+    """``LocalFileSystem`` for the records (``key_storage``) that refuses records it cannot trust."""
+
+    _block_type_name = "Backtest chunk records"
+    results_dir: str
+
+    def read_path(self, path: str, _sync: bool | None = None) -> bytes:
+        content = LocalFileSystem.read_path(self, path, _sync=True)
+        check_record(content, Path(self.results_dir))
+        return content
+
+    async def aread_path(self, path: str) -> bytes:
+        content = await LocalFileSystem.aread_path(self, path)
+        check_record(content, Path(self.results_dir))
+        return content
