@@ -15,8 +15,9 @@ Definitions (the report states them too):
   sleep).
 - *Parallel efficiency* = total CPU time of the computed chunk tasks / (backtest step wall x workers).
 - *Load imbalance* = slowest computed chunk / median computed chunk.
-- *Orchestration overhead* = flow wall - time doing study work: the union of the chunk tasks' running
-  intervals, plus the flow's other steps (plan, collect, prune, ...), each of which is study work.
+- *Orchestration overhead* = flow wall - time doing study work: the union of the running intervals of the
+  chunk tasks and their load tasks, plus the flow's other steps (plan, collect, prune, ...), each of which is
+  study work.
 """
 
 from __future__ import annotations
@@ -191,6 +192,7 @@ class ChunkFigures:
     original_wall: float | None = None
     #: seconds its load task ran (fetching prices from the store into the chunk's price file), if known
     fetch: float | None = None
+    fetch_span: tuple[float, float] | None = None  # epoch start and end of its load task
 
     @property
     def io_wait(self) -> float:
@@ -456,6 +458,7 @@ def analyse(
     imbalance = max(walls) / median if walls and median > 0 else None
 
     chunk_intervals = [(c.start, c.end) for c in computed if c.start is not None and c.end is not None]
+    chunk_intervals += [c.fetch_span for c in chunks if c.fetch_span is not None]
     other_steps = sum(e - s for name, (s, e) in intervals.items() if name != backtest_step)
     busy = other_steps + _union_length(chunk_intervals)
     overhead = max(wall - busy, 0.0)

@@ -159,8 +159,8 @@ class RunWatch:
         """Remember a chunk's load task, whose running time the server records (read once, at the end)."""
         self._load_runs[chunk] = task_run_id
 
-    def _load_seconds(self) -> dict[str, float]:
-        """Seconds each load-chunk task ran, from the server's task run records. The load task returns a path
+    def _load_spans(self) -> dict[str, tuple[float, float]]:
+        """When each load-chunk task ran (epoch start, end), from the server's task run records. The load task returns a path
         the chunk task needs, so its time travels this way; a record the server has not stored yet is left
         out (the figure is then missing, never made up)."""
         from prefect.client.orchestration import get_client
@@ -182,8 +182,8 @@ class RunWatch:
         out = {}
         for chunk, run_id in self._load_runs.items():
             run = by_id.get(run_id)
-            if run is not None and run.total_run_time and run.state_type == StateType.COMPLETED:
-                out[chunk] = run.total_run_time.total_seconds()
+            if run is not None and run.start_time and run.end_time and run.state_type == StateType.COMPLETED:
+                out[chunk] = (run.start_time.timestamp(), run.end_time.timestamp())
         return out
 
     def chunk_finished(self, name: str, state: Any) -> Progress:
@@ -254,12 +254,15 @@ class RunWatch:
         self.monitor.sample()
         samples = self.monitor.samples
         frame = samples_frame(samples)
-        fetch = self._load_seconds()
+        spans = self._load_spans()
         chunks = []
         for name, spec in self.specs.items():
             status, timings, end = self.finished.get(name, (FAILED, None, None))
             figures = chunk_figures(name, len(spec.symbols), status, timings, end, frame)
-            chunks.append(replace(figures, fetch=fetch.get(name)))
+            span = spans.get(name)
+            chunks.append(
+                replace(figures, fetch=None if span is None else span[1] - span[0], fetch_span=span)
+            )
         profile = analyse(
             chunks=chunks,
             steps=phases,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import replace
 
 import pandas as pd
 import pytest
@@ -132,7 +133,7 @@ def test_run_analysis_on_constructed_figures():
             "tree_write_bytes": [0] * 15,
         }
     )
-    p = analyse(
+    kwargs = dict(
         chunks=chunks,
         steps=steps,
         flow_start=t0,
@@ -145,6 +146,7 @@ def test_run_analysis_on_constructed_figures():
         cores=2,
         machine_memory=8 * 2**30,
     )
+    p = analyse(**kwargs)
     assert p.parallel_efficiency == pytest.approx((3.8 + 3.9 + 4.8) / (10.0 * 2))
     assert p.cache_hit_rate == pytest.approx(0.25)
     assert p.load_imbalance == pytest.approx(5.0 / 4.0)
@@ -161,5 +163,10 @@ def test_run_analysis_on_constructed_figures():
     assert phases["simulate"].wall == pytest.approx(0.8 * 13.0 / 2)
     assert p.bottleneck["where"] == "chunks" and p.bottleneck["phase"] == "simulate"
     assert p.bottleneck["classification"] == CPU_BOUND
+    # a load task running from 1.0 to 1.5 s (before the first chunk) is study work too
+    fetched = [*chunks[:3], replace(chunks[3], fetch=0.5, fetch_span=(t0 + 1.0, t0 + 1.5))]
+    q = analyse(**{**kwargs, "chunks": fetched})
+    assert q.busy_seconds == pytest.approx(13.0) and q.orchestration_overhead == pytest.approx(1.0)
+    assert {b.name for b in q.phases} == {"fetch", "load", "simulate", "select", "persist"}
     summary = p.summary()
     assert summary["peak_rss_bytes"] == 240 and summary["bottleneck"]["where"] == "chunks"
