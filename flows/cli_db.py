@@ -223,8 +223,14 @@ def results(
             "test_score",
             "basis",
         ]
-        rows = [[_fmt(v) for v in row] for row in selections[cols].head(limit).itertuples(index=False)]
+        shown_sel = selections[cols].head(limit).assign(params=lambda f: f["params"].map(_params_text))
+        rows = [[_fmt(v) for v in row] for row in shown_sel.itertuples(index=False)]
         console.print(_table(f"Selections of {symbol}", cols, rows))
+
+
+def _params_text(text: str) -> str:
+    """``{"fast": 10.0, "slow": 80.0}`` -> ``fast=10 slow=80``."""
+    return " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in json.loads(text).items())
 
 
 def _fmt(value: Any) -> str:

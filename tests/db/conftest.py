@@ -6,12 +6,17 @@ from pathlib import Path
 
 import pytest
 
+from backtest.chunkio import chunk_to_bytes
+from backtest.config import FoldSpec, ParamGrid, StudyConfig
+from backtest.db import results as r
 from backtest.ingest import ingest_folder
+from backtest.planning import make_plan, resolve_universe
 from backtest.store import Store
+from backtest.study import run_chunk
 from backtest.synthetic import generate_universe
 from tests.db.pgserver import PgServer, pg_server, pg_url
 
-__all__ = ["PgServer", "db_csv", "db_store", "pg_server", "pg_url"]
+__all__ = ["PgServer", "chunk_results", "db_csv", "db_store", "db_url", "pg_server", "pg_url"]
 
 
 @pytest.fixture(scope="session")
@@ -36,3 +41,23 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'test.db'}"
     return str(request.getfixturevalue("pg_url"))
+
+
+@pytest.fixture(scope="session")
+def chunk_results(db_store, tmp_path_factory):
+    """Two chunks of the small universe computed for real, persisted as the flow persists them."""
+    config = StudyConfig(
+        strategy="sma_crossover",
+        grid=ParamGrid.from_mapping({"fast": [5, 10], "slow": [40, 60]}),
+        folds=FoldSpec(3.0, 1.0, 1.0, False),
+    )
+    universe = resolve_universe(db_store.catalog())
+    plan = make_plan(config, universe)
+    folder = tmp_path_factory.mktemp("chunk-results")
+    out = []
+    for i, symbols in enumerate((universe.symbols[:5], universe.symbols[5:])):
+        result = run_chunk(db_store.load(symbols, end=plan.last_date), plan)
+        path = folder / f"chunk-{i}"
+        path.write_bytes(chunk_to_bytes(result))
+        out.append((r.ChunkRecord(i, f"key-{i}", tuple(symbols), "Completed", None, str(path)), result))
+    return out

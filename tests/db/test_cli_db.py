@@ -135,3 +135,37 @@ def test_ingest_into_postgres_through_the_cli(pg_url, db_csv, tmp_path):
     assert "10 symbols written" in result.output and "s3cret" not in result.output
     plans = runner.invoke(app, ["db", "query-plans", "--db", pg_url, "--json"])
     assert plans.exit_code == 0 and all(p["uses_index"] for p in json.loads(plans.output))
+
+
+def test_results_are_read_back_by_run_and_symbol(chunk_results, tmp_path):
+    import datetime as dt
+
+    from backtest.db.results import persist_run
+
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    records = [c for c, _ in chunk_results]
+    persist_run(
+        url,
+        flow_run_id="flow-xyz",
+        strategy="sma_crossover",
+        config={},
+        price_source="store",
+        started_at=dt.datetime.now(dt.UTC),
+        chunks=records,
+        state="Completed",
+        summary={},
+    )
+    clear_result_cache()
+    latest = runner.invoke(app, ["results", "--db", url, "--json"])
+    assert latest.exit_code == 0, latest.output
+    data = json.loads(latest.output)
+    assert data["run"]["flow_run_id"] == "flow-xyz"
+    assert len(data["metrics"]) == sum(len(res.symbol_metrics) for _, res in chunk_results)
+    symbol = chunk_results[0][1].symbol_metrics["symbol"].iloc[0]
+    shown = runner.invoke(app, ["results", "--db", url, "--run", "flow-xyz", "--symbol", symbol])
+    assert shown.exit_code == 0 and "Selections of" in shown.output and "fast=" in shown.output
+    hostile = runner.invoke(app, ["results", "--db", url, "--symbol", "A'; DROP TABLE prices;--"])
+    assert hostile.exit_code == 0 and "no results" in hostile.output
+    stats = json.loads(runner.invoke(app, ["db", "stats", "--db", url, "--json"]).output)
+    assert {t["table"] for t in stats["tables"]} >= {"prices", "selections", "runs"}
+    one_error_line(runner.invoke(app, ["results", "--db", url, "--run", "42"]), "no run with id 42")

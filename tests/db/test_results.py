@@ -11,35 +11,11 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from backtest.chunkio import chunk_to_bytes
-from backtest.config import FoldSpec, ParamGrid, StudyConfig
 from backtest.db import results as r
 from backtest.db import schema as s
 from backtest.db.connect import open_db
 from backtest.db.engine import DatabaseError
 from backtest.db.optimize import maintain, prune_runs, vacuum
-from backtest.planning import make_plan, resolve_universe
-from backtest.study import run_chunk
-
-
-@pytest.fixture(scope="session")
-def chunk_results(db_store, tmp_path_factory):
-    """Two chunks of the small universe computed for real, persisted as the flow persists them."""
-    config = StudyConfig(
-        strategy="sma_crossover",
-        grid=ParamGrid.from_mapping({"fast": [5, 10], "slow": [40, 60]}),
-        folds=FoldSpec(3.0, 1.0, 1.0, False),
-    )
-    universe = resolve_universe(db_store.catalog())
-    plan = make_plan(config, universe)
-    folder = tmp_path_factory.mktemp("chunk-results")
-    out = []
-    for i, symbols in enumerate((universe.symbols[:5], universe.symbols[5:])):
-        result = run_chunk(db_store.load(symbols, end=plan.last_date), plan)
-        path = folder / f"chunk-{i}"
-        path.write_bytes(chunk_to_bytes(result))
-        out.append((r.ChunkRecord(i, f"key-{i}", tuple(symbols), "Completed", None, str(path)), result))
-    return out
 
 
 def _count(engine, table, **where) -> int:
