@@ -135,3 +135,26 @@ def test_db_maintenance_flow_prunes_old_runs_and_fails_on_a_missing_index(tmp_pa
     assert state.is_failed() and "runs older than retention (prune)" in str(
         state.result(raise_on_failure=False)
     )
+
+
+def test_cli_ingest_and_run_through_a_database(synthetic_csv, tmp_path):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    runner = CliRunner()
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    ingested = runner.invoke(
+        app, ["ingest", str(synthetic_csv), "--store", str(tmp_path / "store"), "--db", url]
+    )
+    assert ingested.exit_code == 0 and "24 symbols written" in ingested.output, ingested.output
+    args = ["run", "--store", str(tmp_path / "work"), "--out", str(tmp_path / "out"), "--db", url]
+    args += ["--param", "fast=5,20", "--param", "slow=60,120", "--train-years", "3", "--chunk-size", "12"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["db"]["persisted"]["selections"] == len(
+        pd.read_parquet(tmp_path / "out" / "selections.parquet")
+    )
+    shown = runner.invoke(app, ["results", "--db", url, "--run", summary["flow_run_id"], "--json"])
+    assert shown.exit_code == 0 and json.loads(shown.output)["run"]["state"] == "Completed"
