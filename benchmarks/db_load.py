@@ -174,7 +174,7 @@ def main() -> int:
                 dispose_engines()  # cold: new connections, no cached catalog beyond the TTL cache's reset
                 from backtest.db import prices
 
-                prices._CATALOG_CACHE.clear()
+                prices._CATALOG_CACHE.clear()  # cold: the catalog is read again
                 seconds, got = timed_load(make, symbols, args.chunk, last)
                 best[name] = min(best.get(name, float("inf")), seconds)
                 panels.setdefault(name, got)
