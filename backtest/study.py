@@ -194,6 +194,7 @@ def run_chunk(panel: PricePanel, plan: StudyPlan) -> ChunkResult:
         chosen[:, fold.index], rank[:, fold.index], basis[:, fold.index] = _select(
             plan, scores, trades, fold.index
         )
+    del trades  # arrays of symbols x bars or bigger are dropped at their last use: 2 chunks run at once
     t = _timed(timings, "select", t)
 
     test_bounds = np.ascontiguousarray(layout.win_bounds[2::3])
@@ -214,6 +215,8 @@ def run_chunk(panel: PricePanel, plan: StudyPlan) -> ChunkResult:
         cost,
         next_open,
     )
+    bench_sum = np.nansum(bench, axis=0)
+    del bench
     t = _timed(timings, "test", t)
 
     obj_col = METRIC_NAMES.index(cfg.objective)
@@ -252,6 +255,7 @@ def run_chunk(panel: PricePanel, plan: StudyPlan) -> ChunkResult:
         },
         copy=False,  # fresh arrays: no copy, and one array per column for combine to release one by one
     )
+    del sym_idx, day_idx
     oos_ret[~mask] = np.nan
     metrics = metrics_table(oos_ret, oos_traded, oos_held)
     symbol_metrics = pd.DataFrame(metrics, columns=list(METRIC_NAMES))
@@ -275,8 +279,8 @@ def run_chunk(panel: PricePanel, plan: StudyPlan) -> ChunkResult:
             "ret_sum": np.nansum(oos_ret, axis=0)[days],
             "count": counts[days].astype(np.int64),
             "traded_sum": oos_traded.sum(axis=0, where=mask)[days],
-            "held_sum": np.abs(oos_held).sum(axis=0, where=mask)[days],
-            "bench_sum": np.nansum(bench, axis=0)[days],
+            "held_sum": np.abs(oos_held, out=oos_held).sum(axis=0, where=mask)[days],  # its last use
+            "bench_sum": bench_sum[days],
         }
     )
     grid_scores = _grid_score_frame(plan, scores)
