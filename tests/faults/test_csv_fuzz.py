@@ -20,7 +20,7 @@ HEADERS = {
     "us_txt": "Date,Open,High,Low,Close,Volume,OpenInt",
 }
 NAMES = {"sp500_5yr": "FUZZ_data.csv", "yahoo": "FUZZ.csv", "us_txt": "fuzz.us.txt"}
-SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def check_accounting(checked: ValidatedCsv) -> None:
