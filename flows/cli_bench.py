@@ -75,7 +75,12 @@ def bench(
 
     from flows.benchmark import BenchSizes, prepare_prefect_environment
 
-    prepare_prefect_environment(data)  # before anything imports Prefect
+    try:
+        data.mkdir(parents=True, exist_ok=True)
+        prepare_prefect_environment(data)  # before anything imports Prefect
+    except OSError as exc:
+        typer.echo(f"error: cannot use {data} for the benchmark's data: {exc}", err=True)
+        raise typer.Exit(1) from None
     from dataclasses import replace
 
     from rich.console import Console

@@ -125,3 +125,13 @@ def test_flow_checks_catch_wrong_cache_behaviour_counts_and_figures():
     assert "portfolio sharpe" in check_flow_run(wrong, 2, 0, core)[0]
     failed = {**run, "state": "Failed", "error": "ValueError: boom"}
     assert check_flow_run(failed, 2, 0, core) == ["flow warm: flow state Failed (ValueError: boom)"]
+
+
+def test_bench_refuses_bad_input_with_one_clear_line(tmp_path):
+    not_a_folder = tmp_path / "data"
+    not_a_folder.write_text("a file where the data folder should be")
+    result = runner.invoke(app, ["bench", "--quick", "--data", str(not_a_folder), "--no-save"])
+    assert result.exit_code == 1
+    assert result.output.startswith("error: cannot use") and result.output.count("\n") == 1
+    too_small = runner.invoke(app, ["bench", "--symbols", "3", "--no-save"])
+    assert too_small.exit_code != 0 and "--symbols" in too_small.output
