@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -138,6 +138,15 @@ class StudyParams(BaseModel):
             except DatabaseError as exc:
                 raise ValueError(str(exc)) from None
         return value
+
+    def public_dump(self) -> dict[str, Any]:
+        """The parameters as JSON for summary.json, artifacts and the database: a password in ``db`` masked."""
+        from backtest.db.engine import describe_url
+
+        values = self.model_dump(mode="json")
+        if values.get("db"):
+            values["db"] = describe_url(values["db"])
+        return values
 
     def results_db(self) -> str:
         """Where the run's results go: ``db``, or the SQLite file beside the store's catalog."""

@@ -152,7 +152,7 @@ def _run_study(params: StudyParams, watch: RunWatch) -> Any:
     summary: dict[str, Any] = {
         "flow_run_id": run_id,
         "state": "Failed" if failed else "Completed",
-        "config": params.model_dump(mode="json"),
+        "config": params.public_dump(),
         "counts": {
             "symbols": len(universe.symbols),
             "chunks": len(specs),
@@ -192,7 +192,7 @@ def _run_study(params: StudyParams, watch: RunWatch) -> Any:
         t = time.perf_counter()
         summary["wall_seconds"] = t - t_start
         summary["db"] = record_run(
-            params.results_db(), params.db or str(store.root), run_id, params.model_dump(mode="json"),
+            params.results_db(), params.db or str(store.root), run_id, params.public_dump(),
             specs, outcomes, str(dirs["results"]), out, summary, db_mark, params.persist_oos,
         )  # fmt: skip
         phases["db"] = time.perf_counter() - t

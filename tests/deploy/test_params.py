@@ -42,3 +42,13 @@ def test_bad_values_are_refused_with_the_reason(values, message):
 )
 def test_usable_values_pass(values):
     StudyParams(**values)
+
+
+def test_public_dump_masks_a_database_password():
+    params = StudyParams(db="postgresql+psycopg://quant:s3cret@127.0.0.1:5432/prices")
+    dumped = params.public_dump()
+    assert "s3cret" not in str(dumped)
+    assert dumped["db"] == "postgresql+psycopg://quant:***@127.0.0.1:5432/prices"
+    assert {k: v for k, v in dumped.items() if k != "db"} == {
+        k: v for k, v in params.model_dump(mode="json").items() if k != "db"
+    }
