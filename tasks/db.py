@@ -78,8 +78,10 @@ def persist_results(
     summary: dict[str, Any],
     portfolio_path: str | None,
     include_oos: bool,
+    collected_key: str | None = None,
 ) -> dict[str, Any]:
-    """The run, its chunks and results in the database, one transaction per chunk (a retry replaces them)."""
+    """The run, its chunks and results in the database, one transaction per chunk (a retry replaces them);
+    a warm re-run whose results an earlier run holds (same ``collected_key``) points at them instead."""
     report = persist_run(
         db_url,
         flow_run_id=flow_run_id,
@@ -92,7 +94,16 @@ def persist_results(
         summary=summary,
         portfolio_path=portfolio_path,
         include_oos=include_oos,
+        collected_key=collected_key,
     )
+    if report.results_of is not None:
+        get_run_logger().info(
+            "run %d persisted as a pointer to the identical results of run %d in %.2f s",
+            report.run_id,
+            report.results_of,
+            report.seconds,
+        )
+        return report.to_dict()
     get_run_logger().info(
         "run %d persisted: %d selections, %d metric rows, %d oos rows in %.2f s",
         report.run_id,
@@ -138,6 +149,7 @@ def record_run(
     summary: dict[str, Any],
     mark: Mapping[str, QueryStat],
     include_oos: bool = False,
+    collected_key: str | None = None,
 ) -> dict[str, Any]:
     """The study flow's database step: persist the run, then light maintenance with the run's slowest queries."""
     portfolio = out / "portfolio.parquet"
@@ -155,6 +167,7 @@ def record_run(
         summary,
         str(portfolio) if portfolio.exists() else None,
         include_oos,
+        collected_key,
     )
     report = maintain_db(db_url, light=True, slowest=slowest_since(mark))
     return {

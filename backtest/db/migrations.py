@@ -44,6 +44,32 @@ def _create_tables(*tables: sa.Table) -> Callable[[Connection], None]:
     return apply
 
 
+#: the runs table as migration 1 created it (frozen: migration 3 adds columns to ``schema.runs``)
+_runs_v1 = sa.Table(
+    "runs",
+    sa.MetaData(),
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("flow_run_id", sa.String(64), nullable=True, unique=True),
+    sa.Column("strategy", sa.Text, nullable=False),
+    sa.Column("state", sa.String(32), nullable=False),
+    sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("wall_seconds", sa.Double, nullable=True),
+    sa.Column("price_source", sa.Text, nullable=False, server_default=""),
+    sa.Column("config", sa.JSON, nullable=False),
+    sa.Column("summary", sa.JSON, nullable=True),
+)
+
+
+def _v3(conn: Connection) -> None:
+    for name in ("results_key", "results_of"):
+        column = s.runs.c[name]
+        kind = column.type.compile(dialect=conn.dialect)
+        conn.execute(sa.text(f"ALTER TABLE runs ADD COLUMN {name} {kind}"))
+    for index in s.RESULT_INDEXES:
+        conn.execute(CreateIndex(index))
+
+
 def _v2(conn: Connection) -> None:
     conn.execute(CreateTable(s.portfolio))
     for index in s.INDEXES:
@@ -54,9 +80,14 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
         "prices, symbols, runs, chunks, selections, metrics, out-of-sample returns",
-        _create_tables(s.symbols, s.prices, s.runs, s.chunks, s.selections, s.symbol_metrics, s.oos_returns),
+        _create_tables(
+            s.symbols, s.prices, _runs_v1, s.chunks, s.selections, s.symbol_metrics, s.oos_returns
+        ),
     ),
     Migration(2, "portfolio table; indexes for look-ups by symbol, strategy and run date", _v2),
+    Migration(
+        3, "runs.results_key and runs.results_of: a warm re-run points at identical earlier results", _v3
+    ),
 )
 LATEST = MIGRATIONS[-1].version
 _OURS = frozenset(s.metadata.tables)

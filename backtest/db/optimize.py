@@ -31,7 +31,7 @@ from sqlalchemy.engine import Connection, Engine
 from backtest.db import schema as s
 from backtest.db.engine import DatabaseError, is_sqlite, sqlite_path, write_txn
 from backtest.db.prices import count_query, price_query
-from backtest.db.results import latest_run_query
+from backtest.db.results import latest_run_query, release_results
 from backtest.db.sqlio import Explain
 
 __all__ = [
@@ -372,11 +372,13 @@ def table_stats(engine: Engine, url: str) -> dict[str, Any]:
 
 
 def prune_runs(engine: Engine, retention_days: float, *, now: dt.datetime | None = None) -> int:
-    """Delete runs started more than ``retention_days`` ago (their results cascade); returns how many."""
+    """Delete runs started more than ``retention_days`` ago (their results cascade, except results a kept
+    run points at: those move to that run first); returns how many."""
     cutoff = (now or dt.datetime.now(dt.UTC)) - dt.timedelta(days=retention_days)
     with write_txn(engine) as conn:
         ids = conn.execute(sa.select(s.runs.c.id).where(s.runs.c.started_at < cutoff)).scalars().all()
         if ids:
+            release_results(conn, ids)
             conn.execute(sa.delete(s.runs).where(s.runs.c.id.in_(ids)))
     return len(ids)
 

@@ -44,12 +44,16 @@ __all__ = [
     "ChunkRecord",
     "PersistReport",
     "RunRecord",
+    "find_results",
     "finish_run",
     "persist_run",
+    "point_at_results",
     "read_chunk_tables",
     "read_metrics",
     "read_run",
     "read_selections",
+    "release_results",
+    "results_key_of",
     "start_run",
     "write_chunk",
 ]
@@ -82,10 +86,13 @@ class PersistReport:
     portfolio_rows: int
     seconds: float
     chunk_seconds: list[float] = field(default_factory=list)
+    #: the earlier run whose identical results this run points at (nothing rewritten), or None
+    results_of: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = {k: getattr(self, k) for k in ("run_id", "chunks", "selections", "metrics", "oos_rows")}
         out["portfolio_rows"] = self.portfolio_rows
+        out["results_of"] = self.results_of
         out["seconds"] = round(self.seconds, 3)
         out["max_chunk_seconds"] = round(max(self.chunk_seconds, default=0.0), 3)
         return out
@@ -253,7 +260,14 @@ def write_portfolio(engine: Engine, run_id: int, frame: pd.DataFrame) -> int:
 
 
 def finish_run(
-    engine: Engine, run_id: int, *, state: str, wall_seconds: float | None, summary: dict[str, Any]
+    engine: Engine,
+    run_id: int,
+    *,
+    state: str,
+    wall_seconds: float | None,
+    summary: dict[str, Any],
+    results_key: str | None = None,
+    results_of: int | None = None,
 ) -> None:
     with write_txn(engine) as conn:
         conn.execute(
@@ -264,9 +278,98 @@ def finish_run(
                 finished_at=dt.datetime.now(dt.UTC),
                 wall_seconds=wall_seconds,
                 summary=json.loads(json.dumps(_clean(summary), default=str)),
+                results_key=results_key if state == "Completed" else None,
+                results_of=results_of,
             )
         )
     _RESULT_CACHE.clear()
+
+
+def results_key_of(collected_key: str | None, include_oos: bool) -> str | None:
+    """What a run's result rows are: its merged tables' cache key, and whether oos returns were written."""
+    if not collected_key:
+        return None
+    return collected_key + ("+oos" if include_oos else "")
+
+
+def find_results(engine: Engine, results_key: str, run_id: int) -> int | None:
+    """The earlier completed run holding the rows of ``results_key`` (not ``run_id`` itself), or None."""
+    r = s.runs.c
+    with read_txn(engine) as conn:
+        found = conn.execute(
+            sa.select(sa.func.coalesce(r.results_of, r.id))
+            .where(r.results_key == results_key, r.state == "Completed", r.id != run_id)
+            .order_by(r.id.desc())
+            .limit(1)
+        ).scalar()
+    return None if found is None or int(found) == run_id else int(found)
+
+
+def point_at_results(
+    engine: Engine, run_id: int, holder: int, chunks: Sequence[ChunkRecord]
+) -> tuple[int, int, int, int]:
+    """Record ``run_id`` as a run whose results are ``holder``'s: its own chunk rows (state, counts copied
+    from the holder's chunk of the same key), none of its own result rows. Returns the holder's row counts
+    (selections, metrics, oos, portfolio), which are this run's results as readers see them."""
+    c = s.chunks.c
+    with write_txn(engine) as conn:
+        for table in (s.selections, s.symbol_metrics, s.oos_returns, s.portfolio, s.chunks):
+            conn.execute(sa.delete(table).where(table.c.run_id == run_id))  # a re-persisted run's old rows
+        held = {
+            row.cache_key: row
+            for row in conn.execute(
+                sa.select(c.cache_key, c.selections, c.oos_rows).where(c.run_id == holder)
+            )
+        }
+        now = dt.datetime.now(dt.UTC)
+        rows = []
+        for chunk in chunks:
+            same = held.get(chunk.cache_key)
+            rows.append(
+                {
+                    "run_id": run_id,
+                    "chunk": chunk.index,
+                    "cache_key": chunk.cache_key,
+                    "symbols": len(chunk.symbols),
+                    "state": chunk.state,
+                    "error": chunk.error,
+                    "selections": same.selections if same is not None else 0,
+                    "oos_rows": same.oos_rows if same is not None else 0,
+                    "written_at": now,
+                }
+            )
+        if rows:
+            conn.execute(sa.insert(s.chunks), rows)
+        counts = [
+            conn.execute(
+                sa.select(sa.func.count()).select_from(table).where(table.c.run_id == holder)
+            ).scalar()
+            for table in (s.selections, s.symbol_metrics, s.oos_returns, s.portfolio)
+        ]
+    return int(counts[0] or 0), int(counts[1] or 0), int(counts[2] or 0), int(counts[3] or 0)
+
+
+def release_results(conn: Connection, run_ids: Sequence[int]) -> int:
+    """Before ``run_ids`` are deleted: results other, surviving runs point at move to the newest of those
+    runs (its rows now), and the others point at it. Returns how many result sets moved."""
+    r = s.runs.c
+    doomed = set(run_ids)
+    moved = 0
+    for holder in sorted(doomed):
+        pointing = (
+            conn.execute(sa.select(r.id).where(r.results_of == holder).order_by(r.id.desc())).scalars().all()
+        )
+        alive = [int(i) for i in pointing if int(i) not in doomed]
+        if not alive:
+            continue
+        heir = alive[0]
+        for table in (s.selections, s.symbol_metrics, s.oos_returns, s.portfolio):
+            conn.execute(sa.update(table).where(table.c.run_id == holder).values(run_id=heir))
+        conn.execute(sa.update(s.runs).where(r.id == heir).values(results_of=None))
+        conn.execute(sa.update(s.runs).where(r.results_of == holder, r.id != heir).values(results_of=heir))
+        moved += 1
+    _RESULT_CACHE.clear()
+    return moved
 
 
 def _clean(value: Any) -> Any:
@@ -292,9 +395,16 @@ def persist_run(
     summary: dict[str, Any],
     portfolio_path: str | None = None,
     include_oos: bool = False,
+    collected_key: str | None = None,
 ) -> PersistReport:
-    """Everything a finished (or failed) run produced, chunk by chunk, each chunk in its own transaction."""
+    """Everything a finished (or failed) run produced, chunk by chunk, each chunk in its own transaction.
+
+    With ``collected_key`` (the cache key of the run's merged tables) a completed run whose identical results
+    an earlier completed run already holds is recorded as a pointer to that run (``runs.results_of``): its
+    run and chunk rows are written, the result rows are not, and every reader follows the pointer.
+    """
     t0 = time.perf_counter()
+    key = results_key_of(collected_key, include_oos) if state == "Completed" else None
     engine = open_db(url, create=True, migrate=True)
     totals = [0, 0, 0]
     seconds: list[float] = []
@@ -308,6 +418,21 @@ def persist_run(
             price_source=price_source,
             started_at=started_at,
         )
+        holder = find_results(engine, key, run_id) if key else None
+        if holder is not None:
+            sel, met, oos, portfolio_rows = point_at_results(engine, run_id, holder, chunks)
+            finish_run(
+                engine,
+                run_id,
+                state=state,
+                wall_seconds=summary.get("wall_seconds"),
+                summary=summary,
+                results_key=key,
+                results_of=holder,
+            )
+            return PersistReport(
+                run_id, len(chunks), sel, met, oos, portfolio_rows, time.perf_counter() - t0, [], holder
+            )
         for chunk in chunks:
             t = time.perf_counter()
             for i, n in enumerate(write_chunk(engine, run_id, chunk, include_oos=include_oos)):
@@ -315,7 +440,14 @@ def persist_run(
             seconds.append(time.perf_counter() - t)
         if portfolio_path is not None and Path(portfolio_path).exists():
             portfolio_rows = write_portfolio(engine, run_id, pd.read_parquet(portfolio_path))
-        finish_run(engine, run_id, state=state, wall_seconds=summary.get("wall_seconds"), summary=summary)
+        finish_run(
+            engine,
+            run_id,
+            state=state,
+            wall_seconds=summary.get("wall_seconds"),
+            summary=summary,
+            results_key=key,
+        )
     return PersistReport(
         run_id,
         len(chunks),
@@ -343,6 +475,9 @@ class RunRecord:
     price_source: str
     config: dict[str, Any]
     summary: dict[str, Any] | None
+    results_key: str | None = None
+    #: the earlier run holding this run's results (identical results are stored once), or None
+    results_of: int | None = None
 
 
 def latest_run_query() -> sa.Select:
@@ -376,17 +511,38 @@ def read_run(url: str, run: int | str | None = None) -> RunRecord:
     return RunRecord(**row._asdict())
 
 
+def _holder(conn: Connection, run_id: int) -> int:
+    """The run whose rows hold ``run_id``'s results: itself, or the earlier run it points at."""
+    found = conn.execute(sa.select(s.runs.c.results_of).where(s.runs.c.id == run_id)).scalar()
+    return run_id if found is None else int(found)
+
+
 def _read_table(url: str, table: sa.Table, run: int | str | None, symbol: str | None) -> pd.DataFrame:
+    """Rows of a run (through its results pointer, shown under its own id), or of one symbol across runs
+    (runs pointing at another's results included, under their own ids)."""
     engine = open_db(url)
     with db_errors(url, "read results from"), read_txn(engine) as conn:
         where = []
+        run_id = None
         if run is not None or symbol is None:
-            where.append(table.c.run_id == _resolve_run(conn, run))
+            run_id = _resolve_run(conn, run)
+            where.append(table.c.run_id == _holder(conn, run_id))
         if symbol is not None:
             where.append(table.c.symbol == symbol)
         order = [table.c.run_id, table.c.symbol] + ([table.c.fold] if "fold" in table.c else [])
         result = conn.execute(sa.select(table).where(*where).order_by(*order))
-        return pd.DataFrame(result.all(), columns=list(result.keys()))
+        frame = pd.DataFrame(result.all(), columns=list(result.keys()))
+        if run_id is not None:
+            frame["run_id"] = run_id
+            return frame
+        holders = [int(i) for i in frame["run_id"].unique()]
+        r = s.runs.c
+        pointers = conn.execute(sa.select(r.id, r.results_of).where(r.results_of.in_(holders))).all()
+    if not pointers:
+        return frame
+    copies = [frame[frame["run_id"] == held].assign(run_id=pointer) for pointer, held in pointers]
+    keys = ["run_id", "symbol"] + (["fold"] if "fold" in frame.columns else [])
+    return pd.concat([frame, *copies], ignore_index=True).sort_values(keys, ignore_index=True)
 
 
 @cached(_RESULT_CACHE, key=lambda url, run=None, symbol=None: hashkey("sel", url, run, symbol))

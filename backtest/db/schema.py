@@ -29,6 +29,7 @@ from backtest.metrics import METRIC_NAMES
 __all__ = [
     "EPOCH_ORDINAL",
     "INDEXES",
+    "RESULT_INDEXES",
     "Day",
     "EpochDay",
     "chunks",
@@ -113,6 +114,11 @@ runs = sa.Table(
     sa.Column("price_source", sa.Text, nullable=False, server_default=""),
     sa.Column("config", sa.JSON, nullable=False),
     sa.Column("summary", sa.JSON, nullable=True),
+    # migration 3: what the run's results are (the collected key of its chunks, plus "+oos" when its
+    # out-of-sample returns were written), and, for a run whose results another run already holds, that
+    # run's id: a warm re-run records itself as a pointer instead of rewriting identical rows
+    sa.Column("results_key", sa.String(96), nullable=True),
+    sa.Column("results_of", sa.Integer, nullable=True),
 )
 
 chunks = sa.Table(
@@ -201,4 +207,10 @@ INDEXES: tuple[sa.Index, ...] = (
     # one symbol's selections and metrics across runs (`backtest results --symbol S` without --run)
     sa.Index("ix_selections_symbol_run", selections.c.symbol, selections.c.run_id),
     sa.Index("ix_symbol_metrics_symbol_run", symbol_metrics.c.symbol, symbol_metrics.c.run_id),
+)
+
+#: created by migration 3: the run holding given results (a warm re-run's look-up), the runs pointing at one
+RESULT_INDEXES: tuple[sa.Index, ...] = (
+    sa.Index("ix_runs_results_key", runs.c.results_key),
+    sa.Index("ix_runs_results_of", runs.c.results_of),
 )

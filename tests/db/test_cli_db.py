@@ -58,7 +58,9 @@ def test_upgrade_creates_a_new_database(tmp_path):
     assert result.exit_code == 0 and result.output.strip() == "schema version 0 -> 1 (applied 1)"
     one_error_line(runner.invoke(app, ["db", "stats", "--db", url]), "schema version 1", "db upgrade")
     result = runner.invoke(app, ["db", "upgrade", "--db", url])
-    assert result.exit_code == 0 and result.output.strip() == f"schema version 1 -> {LATEST} (applied 2)"
+    assert result.exit_code == 0 and result.output.strip() == (
+        f"schema version 1 -> {LATEST} (applied {', '.join(map(str, range(2, LATEST + 1)))})"
+    )
 
 
 def _free_port() -> int:
