@@ -376,8 +376,3 @@ from flows import cli_report  # noqa: E402 - registered after the commands above
 
 app.command()(cli_report.report)
 app.command("alerts-automation")(cli_report.alerts_automation)
-
-# The benchmark suite and its README table (flows/cli_bench.py).
-from flows import cli_bench  # noqa: E402 - registered after the commands above
-
-app.command()(cli_bench.bench)
