@@ -10,10 +10,14 @@ The markdown summary for the Prefect artifact is built here too, from the same f
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import html
 import json
 import math
 import os
+import shutil
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -413,8 +417,72 @@ def _block_rows(blocks: dict[str, dict[str, Any]], label: str) -> list[dict[str,
     return rows
 
 
-def build_report(out: Path) -> ReportFiles:
-    """Draw every plot the saved results allow and write ``report.html``; return what was written."""
+#: the plots drawn only from the result tables: identical for identical results, so they can be reused
+RESULT_PLOTS = ("equity", "scores", "grid", "selections")
+_SKIPPED_SUFFIX = ".skipped.txt"
+
+
+def plot_cache_dir(results_dir: Path) -> Path:
+    """Where the result plots of the results in ``results_dir`` (a cache entry of merged tables) are kept:
+    a subfolder named after this module's code and matplotlib's version, so a change to either redraws."""
+    import matplotlib
+
+    digest = hashlib.blake2b(digest_size=10)
+    digest.update(Path(__file__).read_bytes())
+    digest.update(f"{matplotlib.__version__} dpi={DPI}".encode())
+    return Path(results_dir) / f"plots-{digest.hexdigest()}"
+
+
+def _cached_plot(cache: Path, name: str, target: Path, draw: Callable[[], Path | str]) -> Path | str:
+    """``target`` hard-linked from ``cache`` when this plot was drawn for the same results before (or the
+    reason it was skipped then); otherwise drawn, then kept in ``cache`` (read-only) for the next run."""
+    png, why = cache / f"{name}.png", cache / f"{name}{_SKIPPED_SUFFIX}"
+    try:
+        if png.is_file():
+            _link(png, target)
+            return target
+        if why.is_file():
+            return why.read_text(encoding="utf-8")
+    except OSError:
+        pass  # an unusable cache entry: draw the plot as if it were not there
+    result = draw()
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        if isinstance(result, Path):
+            tmp = cache / f".{name}.{os.getpid()}.{threading.get_ident()}.png"
+            shutil.copyfile(result, tmp)
+            os.chmod(tmp, 0o444)  # output folders link to it: never written in place
+            os.replace(tmp, png)
+        else:
+            with atomic_path(why) as tmp_why:
+                tmp_why.write_text(result, encoding="utf-8")
+    except OSError:
+        pass  # the cache is an optimisation: a full or read-only disk must not fail the report
+    return result
+
+
+def _link(src: Path, dst: Path) -> None:
+    """``dst`` becomes a hard link to ``src`` (a copy across file systems), replacing any older ``dst``."""
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def build_report(out: Path, plot_cache: Path | None = None) -> ReportFiles:
+    """Draw every plot the saved results allow and write ``report.html``; return what was written.
+
+    With ``plot_cache`` (see ``plot_cache_dir``: a folder belonging to exactly these results) the plots that
+    depend only on the result tables are reused from there when present, and kept there when drawn; the
+    resource and time-per-phase plots, which differ on every run, are always drawn.
+    """
     out = Path(out)
     summary_path = out / "summary.json"
     if not summary_path.exists():
@@ -436,7 +504,10 @@ def build_report(out: Path) -> ReportFiles:
     skipped: dict[str, str] = {}
     for name, make in makers.items():
         target = plot_dir / f"{name}.png"
-        result = make(out, target)
+        if plot_cache is not None and name in RESULT_PLOTS:
+            result = _cached_plot(plot_cache, name, target, functools.partial(make, out, target))
+        else:
+            result = make(out, target)
         if isinstance(result, Path):
             plots[name] = result
         else:

@@ -167,6 +167,8 @@ class RunWatch:
         from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterId
 
         ids = list(self._load_runs.values())
+        if not ids:  # a warm run submits no load task: nothing to ask the server
+            return {}
         runs = []
         try:
             with get_client(sync_client=True) as client:

@@ -21,7 +21,7 @@ from backtest.store import Store
 from flows.monitoring import RunWatch
 from flows.params import StudyParams
 from tasks import artifacts
-from tasks.chunks import backtest_chunk, chunk_cache_policy, load_chunk
+from tasks.chunks import PriceSource, backtest_chunk, chunk_cache_policy, has_cache_record, load_chunk
 from tasks.db import mark_queries, record_run
 from tasks.report import publish_report
 from tasks.results import collect_results, prune_cache
@@ -112,7 +112,17 @@ def _run_study(params: StudyParams, watch: RunWatch) -> Any:
     outcomes: dict[str, dict[str, Any]] = {}
     with make_task_runner(params.runner, workers, params.dask_address) as runner:
         futures = []
+        source = PriceSource(str(store.root), plan.last_date, str(dirs["prices"]), params.db)
         for spec in specs:
+            if has_cache_record(dirs["records"], spec):
+                # most likely a cache hit: no load task (half the task runs of a warm run); should the chunk
+                # run after all, it loads its prices from ``source`` itself
+                futures.append(
+                    runner.submit(
+                        chunk_task, {"spec": spec, "prices_path": None, "plan": plan, "source": source}
+                    )
+                )
+                continue
             loaded = runner.submit(
                 load_chunk,
                 {
@@ -168,6 +178,7 @@ def _run_study(params: StudyParams, watch: RunWatch) -> Any:
     if not failed:
         collected = collect_results(plan, specs, str(dirs["results"]), str(out), str(dirs["collected"]))
         summary["cache"]["collect_reused"] = collected["reused"]
+        summary["collected_key"] = collected["key"]
         summary["figures"] = collected["figures"]
         summary["chunk_seconds"] = wall_timings(collected["timings"])
         artifacts.chunk_table(
@@ -194,6 +205,7 @@ def _run_study(params: StudyParams, watch: RunWatch) -> Any:
         summary["db"] = record_run(
             params.results_db(), params.db or str(store.root), run_id, params.public_dump(),
             specs, outcomes, str(dirs["results"]), out, summary, db_mark, params.persist_oos,
+            summary.get("collected_key"),
         )  # fmt: skip
         phases["db"] = time.perf_counter() - t
     summary["phase_seconds"] = phases
@@ -202,7 +214,8 @@ def _run_study(params: StudyParams, watch: RunWatch) -> Any:
     summary["report"] = str(out / REPORT_FILE)
     write_json(out / "summary.json", summary)
     artifacts.summary_markdown(summary)
-    report = publish_report(str(out), return_state=True)
+    results_cache = str(dirs["collected"] / summary["collected_key"]) if "collected_key" in summary else None
+    report = publish_report(str(out), results_cache, return_state=True)
     if report.is_failed():
         logger.error("the report could not be built: %s", _error_text(report))
 

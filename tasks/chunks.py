@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,25 @@ def chunk_cache_policy(records: Path, locks: Path, results: Path | None = None) 
     )
 
 
+@dataclass(frozen=True)
+class PriceSource:
+    """Where a chunk task loads its prices itself when the flow submitted no load task for it."""
+
+    store_root: str
+    last: dt.date
+    cache_dir: str
+    db: str | None = None
+
+
+def has_cache_record(records: Path, spec: ChunkSpec) -> bool:
+    """Whether the chunk's cache record exists, i.e. its backtest task will most likely be a cache hit.
+
+    Only a hint that spares the flow a load task: the chunk task still decides, and loads its own prices
+    when it has to run after all.
+    """
+    return (records / spec.key).is_file()
+
+
 def prices_file(cache_dir: Path, spec: ChunkSpec, last: dt.date) -> Path:
     """Content-addressed: the same symbols' data up to the same date is the same file."""
     return cache_dir / f"prices-{spec.data_fingerprint}-{last.isoformat()}.arrow"
@@ -93,13 +113,22 @@ def load_chunk(store_root: str, spec: ChunkSpec, last: dt.date, cache_dir: str, 
     cache_result_in_memory=False,
     result_serializer=ChunkResultSerializer(),
 )
-def backtest_chunk(spec: ChunkSpec, prices_path: str, plan: StudyPlan) -> StoredChunk:
+def backtest_chunk(
+    spec: ChunkSpec, prices_path: str | None, plan: StudyPlan, source: PriceSource | None = None
+) -> StoredChunk:
     """All three phases for one chunk of symbols; the result is persisted as Parquet (the cache).
 
+    ``prices_path`` is None when the flow found the chunk's cache record and so submitted no load task: the
+    chunk is then normally a cache hit and never runs; if it runs after all (the record vanished in between),
+    it loads its prices from ``source`` itself, so correctness never depends on the flow's check.
     Its timings also carry the task's CPU time and attempt number (backtest.profiling), for the profiler.
     """
     with measure() as total:
         with measure() as load:
+            if prices_path is None:
+                if source is None:
+                    raise ValueError(f"{spec.name}: neither a prices file nor a price source to load from")
+                prices_path = load_chunk.fn(source.store_root, spec, source.last, source.cache_dir, source.db)
             panel = read_panel(Path(prices_path))
         result = run_chunk(panel, plan)
     result.timings["load"] = result.timings.get("load", 0.0) + load.wall

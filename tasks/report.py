@@ -12,12 +12,17 @@ from backtest.profiling import PROFILE_FILE
 
 
 @task(name="build-report", persist_result=False, retries=0)
-def publish_report(out: str) -> str:
+def publish_report(out: str, results_cache: str | None = None) -> str:
     """Plots and report.html in ``out``; a markdown artifact (summary, bottlenecks, recommendations) and a
-    table artifact of per-chunk figures on the flow run. Returns the report's path."""
-    from backtest.report import build_report, report_markdown  # matplotlib: only when a report is built
+    table artifact of per-chunk figures on the flow run. Returns the report's path.
 
-    files = build_report(Path(out))
+    ``results_cache`` is the cache entry of the run's merged tables: the plots drawn from those tables alone
+    are kept there and reused by every run with the same results (a warm re-run draws only two plots).
+    """
+    from backtest.report import build_report, plot_cache_dir, report_markdown  # matplotlib: only here
+
+    plot_cache = plot_cache_dir(Path(results_cache)) if results_cache else None
+    files = build_report(Path(out), plot_cache)
     summary = json.loads((Path(out) / "summary.json").read_text())
     doc_path = Path(out) / PROFILE_FILE
     doc = json.loads(doc_path.read_text()) if doc_path.exists() else None
