@@ -44,6 +44,9 @@ from backtest.recommendations import recommend
 from flows.progress import Progress, ProgressTracker, notify
 from tasks import artifacts
 
+#: the progress artifact is updated at most this often while chunks finish (and always after the last one)
+PROGRESS_EVERY_SECONDS = 0.5
+
 
 def flow_run_resource(flow_run: Any) -> dict[str, str]:
     """The event resource naming a flow run (what the UI's flow run page and automations match on)."""
@@ -76,6 +79,7 @@ class RunWatch:
         self.results_dir = Path()
         self.tracker = ProgressTracker(0, 0)
         self.progress_id = None
+        self._progress_sent = float("-inf")
         self.warm = False
         self.finished: dict[str, tuple[str, dict[str, float] | None, float | None]] = {}
         self._sustain = max(self.book.thresholds.cpu_sustained_seconds, interval)
@@ -205,7 +209,12 @@ class RunWatch:
             self._emit(self.book.check_retry(name, int(timings.get("attempts", 1))))
             self._emit(self.book.check_chunks(self._computed_seconds()))
         progress = self.tracker.finished(name, len(spec.symbols), state.name)
-        artifacts.update_progress(self.progress_id, progress.percent, progress.describe())
+        now = time.perf_counter()
+        last = len(self.finished) >= len(self.specs)
+        # one API call per chunk is a tenth of a second on a warm run: at most a few a second, always the last
+        if last or now - self._progress_sent >= PROGRESS_EVERY_SECONDS:
+            artifacts.update_progress(self.progress_id, progress.percent, progress.describe())
+            self._progress_sent = now
         notify(progress)
         return progress
 
