@@ -230,7 +230,9 @@ def get_strategy(name: str) -> Strategy:
         func = import_function(name)
         if name in _REGISTRY:  # registered by importing its module
             return _REGISTRY[name]
-        return register(strategy_from_function(func, name=name))
+        # not registered: a process that runs several studies (a test session, a notebook) must see the
+        # function as it is now imported, never one cached from an earlier study under the same name
+        return strategy_from_function(func, name=name)
     raise ConfigError(
         f"unknown strategy {name!r}: choose one of {', '.join(sorted(_REGISTRY))}, or name your own "
         "function as package.module:function"

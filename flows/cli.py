@@ -61,7 +61,9 @@ def ingest(
         int | None, typer.Option("--workers", min=1, help="Reader processes (default: all CPUs).")
     ] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the full report as JSON.")] = False,
-    db: Annotated[str | None, typer.Option("--db", help="Also write the prices into this database URL.")] = None,
+    db: Annotated[
+        str | None, typer.Option("--db", help="Also write the prices into this database URL.")
+    ] = None,
 ) -> None:
     """Validate a folder of price files into the store; bad rows and files are reported, never lost."""
     import json
@@ -247,7 +249,9 @@ def run(
     ] = False,
     db: Annotated[
         str | None,
-        typer.Option("--db", help="Read prices from and write results to this database URL (default: the store)."),
+        typer.Option(
+            "--db", help="Read prices from and write results to this database URL (default: the store)."
+        ),
     ] = None,
     persist_oos: Annotated[
         bool, typer.Option("--persist-oos", help="Also write every out-of-sample return into the database.")
@@ -300,7 +304,9 @@ def run(
     )
     from flows import cli_db
 
-    cli_db.check_writable(params.results_db())  # one clear line, before any work, when the database is unusable
+    cli_db.check_writable(
+        params.results_db()
+    )  # one clear line, before any work, when the database is unusable
     raise typer.Exit(run_study_cli(params, Console()))
 
 

@@ -46,6 +46,8 @@ from tasks import artifacts
 
 #: the progress artifact is updated at most this often while chunks finish (and always after the last one)
 PROGRESS_EVERY_SECONDS = 0.5
+#: longest wait at the end of a run for the server to store the load tasks' records (their times are extra)
+LOAD_RECORD_WAIT_S = 3.0
 
 
 def flow_run_resource(flow_run: Any) -> dict[str, str]:
@@ -173,24 +175,32 @@ class RunWatch:
         ids = list(self._load_runs.values())
         if not ids:  # a warm run submits no load task: nothing to ask the server
             return {}
-        runs = []
+        out: dict[str, tuple[float, float]] = {}
+        # The server stores task run states from events, asynchronously: a busy server may not have them all yet
+        # when the flow ends, so ask again for the missing ones for a short, bounded while.
+        deadline = time.monotonic() + LOAD_RECORD_WAIT_S
         try:
             with get_client(sync_client=True) as client:
-                for i in range(0, len(ids), 200):
-                    batch = ids[i : i + 200]
-                    runs += client.read_task_runs(
-                        task_run_filter=TaskRunFilter(id=TaskRunFilterId(any_=batch)), limit=len(batch)
-                    )
+                while True:
+                    missing = {c: r for c, r in self._load_runs.items() if c not in out}
+                    wanted = list(missing.values())
+                    runs = []
+                    for i in range(0, len(wanted), 200):
+                        batch = wanted[i : i + 200]
+                        runs += client.read_task_runs(
+                            task_run_filter=TaskRunFilter(id=TaskRunFilterId(any_=batch)), limit=len(batch)
+                        )
+                    by_id = {r.id: r for r in runs}
+                    for chunk, run_id in missing.items():
+                        run = by_id.get(run_id)
+                        if run and run.start_time and run.end_time and run.state_type == StateType.COMPLETED:
+                            out[chunk] = (run.start_time.timestamp(), run.end_time.timestamp())
+                    if len(out) == len(self._load_runs) or time.monotonic() > deadline:
+                        return out
+                    time.sleep(0.1)
         except Exception as exc:  # the figures are extra: a failed read must not fail the run
             self.logger.warning("could not read the load tasks' times: %s", exc)
-            return {}
-        by_id = {r.id: r for r in runs}
-        out = {}
-        for chunk, run_id in self._load_runs.items():
-            run = by_id.get(run_id)
-            if run is not None and run.start_time and run.end_time and run.state_type == StateType.COMPLETED:
-                out[chunk] = (run.start_time.timestamp(), run.end_time.timestamp())
-        return out
+            return out
 
     def chunk_finished(self, name: str, state: Any) -> Progress:
         """Record a finished chunk (its timings from the persisted result's footer), check the chunk rules,

@@ -97,7 +97,9 @@ class StudyParams(BaseModel):
         # on a nominal calendar refuses hopeless windows here, before a deployment's run starts any work.
         train_months = config.folds.months()[0]
         warmup = strategy.warmup(combos)
-        bars = int(np.busday_count(_NOMINAL_START, (_NOMINAL_START + pd.DateOffset(months=train_months)).date()))
+        bars = int(
+            np.busday_count(_NOMINAL_START, (_NOMINAL_START + pd.DateOffset(months=train_months)).date())
+        )
         if warmup > 0 and bars <= warmup:
             raise ValueError(
                 f"train_years={self.train_years:g} is about {bars} trading days, not longer than the slowest "

@@ -3,8 +3,9 @@
 A cache hit reads the record (JSON) first and then decodes the result file with the serializer the record
 names. A store folder can come from elsewhere (copied, shared, downloaded): a record naming Prefect's
 ``pickle`` serializer, or pointing at a file outside the cache's results folder, would make a cache hit
-unpickle, and so run, whatever that file holds. Such a record is refused here; Prefect then treats the
-chunk as not cached and recomputes it, overwriting the record with a good one.
+unpickle, and so run, whatever that file holds. Such a record is refused here, and so is one whose result
+file is gone; Prefect then treats the chunk as not cached and recomputes it, overwriting the record with a
+good one.
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ def check_record(content: bytes, results_dir: Path) -> None:
         raise UnsafeRecord(f"cache record names serializer {serializer!r}, not {SERIALIZER_TYPE!r}")
     if storage_key.resolve().parent != results_dir.resolve():
         raise UnsafeRecord(f"cache record points outside the results folder: {str(storage_key)!r}")
+    if not storage_key.is_file():
+        # the result file was removed (by hand, or a crash between two prunes): a miss, never a failed chunk
+        raise UnsafeRecord(f"cache record points at a result file that is gone: {str(storage_key)!r}")
 
 
 class ChunkRecordStorage(LocalFileSystem):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import filecmp
 import json
 import os
+import time
 
 import pandas as pd
 import sqlalchemy as sa
@@ -24,12 +25,20 @@ from flows.study import three_phase_study
 from tests.flows.test_study_flow import assert_same_tables, params, tables
 
 
-def _task_names(flow_run_id: str) -> list[str]:
+def _task_names(flow_run_id: str, chunks: int = 3, loads: int = 0) -> list[str]:
+    """The run's task run names, once the server has stored its chunk tasks and at least ``loads`` load tasks
+    (it stores them from events, asynchronously, so a busy server can lag behind the end of the run)."""
+    deadline = time.monotonic() + 20
     with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])), limit=200
-        )
-    return sorted(r.name for r in runs)
+        while True:
+            runs = client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])), limit=200
+            )
+            names = sorted(r.name for r in runs)
+            stored = sum(n.startswith("backtest-") for n in names) >= chunks
+            if (stored and sum(n.startswith("load-") for n in names) >= loads) or time.monotonic() > deadline:
+                return names
+            time.sleep(0.2)
 
 
 def _rows(url: str, table: sa.Table, run_id: int) -> int:
@@ -48,7 +57,10 @@ def test_warm_run_loads_nothing_points_at_the_results_and_reuses_the_plots(store
     assert warm["cache"]["hits"] == chunks and warm["collected_key"] == cold["collected_key"]
 
     # 1. the cold run loaded every chunk; the warm run submitted only the (cached) chunk tasks
-    cold_tasks, warm_tasks = _task_names(cold["flow_run_id"]), _task_names(warm["flow_run_id"])
+    cold_tasks, warm_tasks = (
+        _task_names(cold["flow_run_id"], chunks, chunks),
+        _task_names(warm["flow_run_id"], chunks),
+    )
     assert sum(n.startswith("load-") for n in cold_tasks) == chunks
     assert [n for n in warm_tasks if n.startswith("load-")] == []
     assert sum(n.startswith("backtest-") for n in warm_tasks) == chunks
@@ -88,7 +100,7 @@ def test_warm_run_loads_nothing_points_at_the_results_and_reuses_the_plots(store
     assert state.is_completed()
     changed = read_summary(changed_out)
     assert changed["cache"]["hits"] == 0 and changed["collected_key"] != cold["collected_key"]
-    assert sum(n.startswith("load-") for n in _task_names(changed["flow_run_id"])) == chunks
+    assert sum(n.startswith("load-") for n in _task_names(changed["flow_run_id"], chunks, chunks)) == chunks
     third = read_run(url, changed["flow_run_id"])
     assert third.results_of is None and changed["db"]["persisted"]["results_of"] is None
     assert _rows(url, s.selections, third.id) == len(pd.read_parquet(changed_out / "selections.parquet"))
@@ -117,4 +129,19 @@ def test_a_chunk_whose_cache_record_vanished_after_the_check_loads_its_own_price
     assert again["cache"]["misses"] == 1 and again["cache"]["failed"] == 0
     assert [n for n in _task_names(again["flow_run_id"]) if n.startswith("load-")] == []
     assert (cache / "records" / victim).is_file() and len(list((cache / "prices").iterdir())) == 1
+    assert_same_tables(tables(tmp_path / "cold"), tables(tmp_path / "again"))
+
+
+def test_a_cached_chunk_whose_result_file_is_gone_is_recomputed(store, tmp_path):
+    """A record whose result file was deleted is a cache miss: the chunk is computed again, not failed."""
+    p = params(store, tmp_path / "cold", persist=False)
+    assert three_phase_study(p, return_state=True).is_completed()
+    cache = store.root / "cache"
+    victim = sorted((cache / "results").iterdir())[0]
+    victim.unlink()  # the record stays behind
+    state = three_phase_study(p.model_copy(update={"out": str(tmp_path / "again")}), return_state=True)
+    assert state.is_completed(), state.message
+    again = read_summary(tmp_path / "again")
+    assert again["cache"]["misses"] == 1 and again["cache"]["failed"] == 0
+    assert victim.is_file()
     assert_same_tables(tables(tmp_path / "cold"), tables(tmp_path / "again"))

@@ -61,7 +61,8 @@ def test_series_helpers_and_round_trip(tmp_path):
         time.sleep(0.1)
     path = write_samples(monitor.samples, tmp_path / "resources.parquet")
     frame = read_samples(path)
-    assert len(frame) >= 5 and {"tree_rss", "tree_cpu_percent", "cpu_core_0", "open_fds"} <= set(
+    # at least the first, one periodic and the last sample (a sample of a large process tree takes a while)
+    assert len(frame) >= 3 and {"tree_rss", "tree_cpu_percent", "cpu_core_0", "open_fds"} <= set(
         frame.columns
     )
     assert frame["time"].is_monotonic_increasing
