@@ -17,9 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
-from uuid import UUID
 
-from prefect.client.schemas.objects import StateType
 from prefect.events import emit_event
 from prefect.logging.loggers import flow_run_logger
 
@@ -46,8 +44,6 @@ from tasks import artifacts
 
 #: the progress artifact is updated at most this often while chunks finish (and always after the last one)
 PROGRESS_EVERY_SECONDS = 0.5
-#: longest wait at the end of a run for the server to store the load tasks' records (their times are extra)
-LOAD_RECORD_WAIT_S = 3.0
 
 
 def flow_run_resource(flow_run: Any) -> dict[str, str]:
@@ -88,7 +84,8 @@ class RunWatch:
         self._out: Path | None = None
         self._summary: dict[str, Any] | None = None
         self._finished_at = 0.0
-        self._load_runs: dict[str, UUID] = {}
+        self._load_runs: dict[str, Any] = {}  # chunk -> its load task's future
+        self._load_spans_read: dict[str, tuple[float, float]] | None = None
 
     def plan(self, specs: Sequence[ChunkSpec], results_dir: Path) -> None:
         """The chunks of the run; warm means the cache already held a result of one of them (a stat each)."""
@@ -161,46 +158,29 @@ class RunWatch:
             self.logger.warning("resource alert check failed: %s", exc)
 
     # -- chunks ------------------------------------------------------------------------------------------------------
-    def load_submitted(self, chunk: str, task_run_id: UUID) -> None:
-        """Remember a chunk's load task, whose running time the server records (read once, at the end)."""
-        self._load_runs[chunk] = task_run_id
+    def load_submitted(self, chunk: str, future: Any) -> None:
+        """Remember a chunk's load task: its result carries when it ran (read once, at the end)."""
+        self._load_runs[chunk] = future
+
+    def read_loads(self) -> None:
+        """When each load-chunk task ran (epoch start, end), from the tasks' own results, read while the task
+        runner is still up (a Dask future needs its client); a load that failed has no figure (missing, never
+        made up)."""
+        self._load_spans_read = self._load_spans()
 
     def _load_spans(self) -> dict[str, tuple[float, float]]:
-        """When each load-chunk task ran (epoch start, end), from the server's task run records. The load task returns a path
-        the chunk task needs, so its time travels this way; a record the server has not stored yet is left
-        out (the figure is then missing, never made up)."""
-        from prefect.client.orchestration import get_client
-        from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterId
+        from tasks.chunks import LoadedPrices
 
-        ids = list(self._load_runs.values())
-        if not ids:  # a warm run submits no load task: nothing to ask the server
-            return {}
         out: dict[str, tuple[float, float]] = {}
-        # The server stores task run states from events, asynchronously: a busy server may not have them all yet
-        # when the flow ends, so ask again for the missing ones for a short, bounded while.
-        deadline = time.monotonic() + LOAD_RECORD_WAIT_S
-        try:
-            with get_client(sync_client=True) as client:
-                while True:
-                    missing = {c: r for c, r in self._load_runs.items() if c not in out}
-                    wanted = list(missing.values())
-                    runs = []
-                    for i in range(0, len(wanted), 200):
-                        batch = wanted[i : i + 200]
-                        runs += client.read_task_runs(
-                            task_run_filter=TaskRunFilter(id=TaskRunFilterId(any_=batch)), limit=len(batch)
-                        )
-                    by_id = {r.id: r for r in runs}
-                    for chunk, run_id in missing.items():
-                        run = by_id.get(run_id)
-                        if run and run.start_time and run.end_time and run.state_type == StateType.COMPLETED:
-                            out[chunk] = (run.start_time.timestamp(), run.end_time.timestamp())
-                    if len(out) == len(self._load_runs) or time.monotonic() > deadline:
-                        return out
-                    time.sleep(0.1)
-        except Exception as exc:  # the figures are extra: a failed read must not fail the run
-            self.logger.warning("could not read the load tasks' times: %s", exc)
-            return out
+        for chunk, future in self._load_runs.items():
+            try:
+                loaded = future.result(raise_on_failure=False) if future.state.is_completed() else None
+            except Exception as exc:  # the figures are extra: a failed read must not fail the run
+                self.logger.warning("could not read the time of %s's load task: %s", chunk, exc)
+                continue
+            if isinstance(loaded, LoadedPrices):
+                out[chunk] = (loaded.started, loaded.ended)
+        return out
 
     def chunk_finished(self, name: str, state: Any) -> Progress:
         """Record a finished chunk (its timings from the persisted result's footer), check the chunk rules,
@@ -275,7 +255,7 @@ class RunWatch:
         self.monitor.sample()
         samples = self.monitor.samples
         frame = samples_frame(samples)
-        spans = self._load_spans()
+        spans = self._load_spans() if self._load_spans_read is None else self._load_spans_read
         chunks = []
         for name, spec in self.specs.items():
             status, timings, end = self.finished.get(name, (FAILED, None, None))

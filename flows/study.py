@@ -118,9 +118,7 @@ def _run_study(params: StudyParams, watch: RunWatch) -> Any:
                 # most likely a cache hit: no load task (half the task runs of a warm run); should the chunk
                 # run after all, it loads its prices from ``source`` itself
                 futures.append(
-                    runner.submit(
-                        chunk_task, {"spec": spec, "prices_path": None, "plan": plan, "source": source}
-                    )
+                    runner.submit(chunk_task, {"spec": spec, "prices": None, "plan": plan, "source": source})
                 )
                 continue
             loaded = runner.submit(
@@ -133,8 +131,8 @@ def _run_study(params: StudyParams, watch: RunWatch) -> Any:
                     "db": params.db,
                 },
             )
-            watch.load_submitted(spec.name, loaded.task_run_id)
-            futures.append(runner.submit(chunk_task, {"spec": spec, "prices_path": loaded, "plan": plan}))
+            watch.load_submitted(spec.name, loaded)
+            futures.append(runner.submit(chunk_task, {"spec": spec, "prices": loaded, "plan": plan}))
         by_future = dict(zip((f.task_run_id for f in futures), specs, strict=True))
         for future in as_completed(futures):
             spec = by_future[future.task_run_id]
@@ -152,6 +150,7 @@ def _run_study(params: StudyParams, watch: RunWatch) -> Any:
                 logger.info("%s: %s", spec.describe(), "cache hit" if state.name == "Cached" else "computed")
             outcomes[spec.name] = outcome
             watch.chunk_finished(spec.name, state)
+        watch.read_loads()
         del futures, future, state
     phases["backtest"] = time.perf_counter() - t
     watch.backtest_done()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -79,6 +80,15 @@ def has_cache_record(records: Path, spec: ChunkSpec) -> bool:
     return (records / spec.key).is_file()
 
 
+@dataclass(frozen=True)
+class LoadedPrices:
+    """A chunk's prices file, and when the load task made it available (epoch seconds, for the profiler)."""
+
+    path: str
+    started: float
+    ended: float
+
+
 def prices_file(cache_dir: Path, spec: ChunkSpec, last: dt.date) -> Path:
     """Content-addressed: the same symbols' data up to the same date is the same file."""
     return cache_dir / f"prices-{spec.data_fingerprint}-{last.isoformat()}.arrow"
@@ -92,15 +102,19 @@ def prices_file(cache_dir: Path, spec: ChunkSpec, last: dt.date) -> Path:
     retry_condition_fn=retry_transient,
     persist_result=False,
 )
-def load_chunk(store_root: str, spec: ChunkSpec, last: dt.date, cache_dir: str, db: str | None = None) -> str:
+def load_chunk(
+    store_root: str, spec: ChunkSpec, last: dt.date, cache_dir: str, db: str | None = None
+) -> LoadedPrices:
     """Make the chunk's prices available as one columnar file (kept until the cache is pruned).
 
-    The source (the store, or the database ``db``) is read only when that file is missing.
+    The source (the store, or the database ``db``) is read only when that file is missing. The task's own
+    start and end travel with the path, so the profiler never depends on the server's records of it.
     """
+    started = time.time()
     path = prices_file(Path(cache_dir), spec, last)
     if not path.exists():
         write_panel(open_price_source(store_root, db).load(spec.symbols, end=last), path)
-    return str(path)
+    return LoadedPrices(str(path), started, time.time())
 
 
 @task(
@@ -114,22 +128,22 @@ def load_chunk(store_root: str, spec: ChunkSpec, last: dt.date, cache_dir: str, 
     result_serializer=ChunkResultSerializer(),
 )
 def backtest_chunk(
-    spec: ChunkSpec, prices_path: str | None, plan: StudyPlan, source: PriceSource | None = None
+    spec: ChunkSpec, prices: LoadedPrices | None, plan: StudyPlan, source: PriceSource | None = None
 ) -> StoredChunk:
     """All three phases for one chunk of symbols; the result is persisted as Parquet (the cache).
 
-    ``prices_path`` is None when the flow found the chunk's cache record and so submitted no load task: the
+    ``prices`` is None when the flow found the chunk's cache record and so submitted no load task: the
     chunk is then normally a cache hit and never runs; if it runs after all (the record vanished in between),
     it loads its prices from ``source`` itself, so correctness never depends on the flow's check.
     Its timings also carry the task's CPU time and attempt number (backtest.profiling), for the profiler.
     """
     with measure() as total:
         with measure() as load:
-            if prices_path is None:
+            if prices is None:
                 if source is None:
                     raise ValueError(f"{spec.name}: neither a prices file nor a price source to load from")
-                prices_path = load_chunk.fn(source.store_root, spec, source.last, source.cache_dir, source.db)
-            panel = read_panel(Path(prices_path))
+                prices = load_chunk.fn(source.store_root, spec, source.last, source.cache_dir, source.db)
+            panel = read_panel(Path(prices.path))
         result = run_chunk(panel, plan)
     result.timings["load"] = result.timings.get("load", 0.0) + load.wall
     add_task_figures(result.timings, load, total, TaskRunContext.get().task_run.run_count)

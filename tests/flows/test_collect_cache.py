@@ -10,7 +10,7 @@ from backtest.planning import make_plan, plan_chunks, resolve_universe
 from backtest.study import ChunkResult, run_chunk
 from flows.runs import read_summary
 from flows.study import three_phase_study
-from tasks.chunks import backtest_chunk
+from tasks.chunks import LoadedPrices, backtest_chunk
 from tasks.serializers import StoredChunk
 from tests.flows.test_study_flow import TABLES, params, tables
 
@@ -58,7 +58,7 @@ def test_chunk_task_returns_its_result_as_parquet_bytes(store, tmp_path):
 
     @flow
     def one_chunk():
-        return backtest_chunk(spec, str(prices), plan)
+        return backtest_chunk(spec, LoadedPrices(str(prices), 0.0, 0.0), plan)
 
     stored = one_chunk()
     assert isinstance(stored, StoredChunk) and isinstance(stored.blob, bytes)
