@@ -162,6 +162,10 @@ class RunWatch:
         """Remember a chunk's load task: its result carries when it ran (read once, at the end)."""
         self._load_runs[chunk] = future
 
+    def loads_submitted(self) -> list[str]:
+        """The chunks whose prices a load task fetched in this run (the others had a cache record)."""
+        return list(self._load_runs)
+
     def read_loads(self) -> None:
         """When each load-chunk task ran (epoch start, end), from the tasks' own results, read while the task
         runner is still up (a Dask future needs its client); a load that failed has no figure (missing, never

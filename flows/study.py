@@ -170,7 +170,12 @@ def _run_study(params: StudyParams, watch: RunWatch) -> Any:
             "bars_x_combinations": universe.rows * len(plan.combos),
         },
         "folds": [f.to_dict() for f in plan.folds],
-        "cache": {"hits": hits, "misses": len(specs) - hits - len(failed), "failed": len(failed)},
+        "cache": {
+            "hits": hits,
+            "misses": len(specs) - hits - len(failed),
+            "failed": len(failed),
+            "loads_submitted": len(watch.loads_submitted()),  # chunks without a cache record: loaded first
+        },
         "failed_chunks": [{"chunk": o["chunk"], "error": o["error"]} for o in failed],
         "out": str(out),
     }
