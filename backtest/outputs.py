@@ -17,6 +17,7 @@ import json
 import math
 import os
 import shutil
+import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -188,9 +189,12 @@ def _read_entry(entry: Path, key: str) -> dict[str, Any] | None:
     return manifest
 
 
-def _link_into(src: Path, dst: Path) -> None:
-    """``dst`` becomes ``src`` (a hard link; a copy across file systems), replacing any older ``dst``."""
-    tmp = _tmp(dst)
+def link_into(src: Path, dst: Path) -> None:
+    """``dst`` becomes ``src`` (a hard link; a copy across file systems), replacing any older ``dst``.
+
+    The temporary name is per process and thread, so concurrent links into one folder never collide.
+    """
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     tmp.unlink(missing_ok=True)
     try:
         try:
@@ -221,7 +225,7 @@ def collect_cached(
     out.mkdir(parents=True, exist_ok=True)
     files = {}
     for name in manifest["files"]:
-        _link_into(entry / name, out / name)
+        link_into(entry / name, out / name)
         files[Path(name).stem] = out / name
     with contextlib.suppress(OSError):
         os.utime(entry / _MANIFEST)  # recently used, for pruning

@@ -30,6 +30,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import PercentFormatter
 
 from backtest.monitor import CORE_PREFIX, atomic_path
+from backtest.outputs import link_into
 from backtest.profiling import (
     PHASES,
     PROFILE_FILE,
@@ -439,7 +440,7 @@ def _cached_plot(cache: Path, name: str, target: Path, draw: Callable[[], Path |
     png, why = cache / f"{name}.png", cache / f"{name}{_SKIPPED_SUFFIX}"
     try:
         if png.is_file():
-            _link(png, target)
+            link_into(png, target)
             return target
         if why.is_file():
             return why.read_text(encoding="utf-8")
@@ -459,21 +460,6 @@ def _cached_plot(cache: Path, name: str, target: Path, draw: Callable[[], Path |
     except OSError:
         pass  # the cache is an optimisation: a full or read-only disk must not fail the report
     return result
-
-
-def _link(src: Path, dst: Path) -> None:
-    """``dst`` becomes a hard link to ``src`` (a copy across file systems), replacing any older ``dst``."""
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    tmp.unlink(missing_ok=True)
-    try:
-        try:
-            os.link(src, tmp)
-        except OSError:
-            shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def build_report(out: Path, plot_cache: Path | None = None) -> ReportFiles:
