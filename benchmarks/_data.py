@@ -79,3 +79,16 @@ def ensure_store(
 
 def write_results(script: str, payload: dict[str, Any]) -> Path:
     return bench_measure.write_results(script, payload, RESULTS_DIR)
+
+
+def add_workload_args(p: Any, workers_help: str) -> None:
+    """The options every benchmark script shares: the synthetic universe, workers and chunk size."""
+    p.add_argument(
+        "--symbols", type=int, default=W_SYMBOLS, help="symbols in the synthetic universe (W: 4000)"
+    )
+    p.add_argument("--years", type=float, default=W_YEARS, help="years of daily bars (W: 20)")
+    p.add_argument("--seed", type=int, default=W_SEED, help="seed of the synthetic universe")
+    p.add_argument("--workers", type=int, default=2, help=workers_help)
+    p.add_argument(
+        "--chunk-size", type=int, default=None, help="symbols per chunk (default: choose_chunk_size)"
+    )

@@ -20,9 +20,9 @@ import sys
 from typing import Any
 
 from _data import (
-    W_SEED,
     W_SYMBOLS,
     W_YEARS,
+    add_workload_args,
     describe_machine,
     ensure_store,
     goal,
@@ -42,15 +42,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
     )
-    p.add_argument(
-        "--symbols", type=int, default=W_SYMBOLS, help="symbols in the synthetic universe (W: 4000)"
-    )
-    p.add_argument("--years", type=float, default=W_YEARS, help="years of daily bars (W: 20)")
-    p.add_argument("--seed", type=int, default=W_SEED, help="seed of the synthetic universe")
-    p.add_argument("--workers", type=int, default=2, help="threads of run_study (W: 2)")
-    p.add_argument(
-        "--chunk-size", type=int, default=None, help="symbols per chunk (default: choose_chunk_size)"
-    )
+    add_workload_args(p, "threads of run_study (W: 2)")
     p.add_argument("--repeat", type=int, default=1, help="timed runs per setting; the best is reported")
     p.add_argument("--scaling", action="store_true", help="also time 1 worker, interleaved with --workers")
     p.add_argument("--data", default=None, help="data folder (default: benchmarks/.data)")

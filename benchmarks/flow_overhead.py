@@ -25,9 +25,9 @@ import time
 from typing import Any
 
 from _data import (
-    W_SEED,
     W_SYMBOLS,
     W_YEARS,
+    add_workload_args,
     data_dir,
     describe_machine,
     ensure_store,
@@ -59,15 +59,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
     )
-    p.add_argument(
-        "--symbols", type=int, default=W_SYMBOLS, help="symbols in the synthetic universe (W: 4000)"
-    )
-    p.add_argument("--years", type=float, default=W_YEARS, help="years of daily bars (W: 20)")
-    p.add_argument("--seed", type=int, default=W_SEED, help="seed of the synthetic universe")
-    p.add_argument("--workers", type=int, default=2, help="threads of the core and of the flow's task runner")
-    p.add_argument(
-        "--chunk-size", type=int, default=None, help="symbols per chunk (default: choose_chunk_size)"
-    )
+    add_workload_args(p, "threads of the core and of the flow's task runner")
     p.add_argument("--data", default=None, help="data folder (default: benchmarks/.data)")
     p.add_argument("--keep-out", action="store_true", help="keep the flow runs' result folders")
     p.add_argument("--no-save", action="store_true", help="do not write benchmarks/results/*.json")

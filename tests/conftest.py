@@ -55,3 +55,24 @@ def write_file(tmp_path: Path) -> Callable[[str, str | bytes], Path]:
         return path
 
     return write
+
+
+@pytest.fixture(scope="session")
+def synthetic_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """24 synthetic symbols x 7 years (3 chunks of 8), generated once for the session (read-only for tests)."""
+    from backtest.synthetic import generate_universe
+
+    folder = tmp_path_factory.mktemp("synthetic")
+    generate_universe(folder, 24, 7, seed=7, workers=1)
+    return folder
+
+
+@pytest.fixture
+def store(synthetic_csv: Path, tmp_path: Path):
+    """A fresh store of that market (and so a cold cache) per test."""
+    from backtest.ingest import ingest_folder
+    from backtest.store import Store
+
+    s = Store(tmp_path / "store")
+    ingest_folder(synthetic_csv, s, workers=1, durable=False)
+    return s

@@ -23,9 +23,6 @@ import psutil
 import pytest
 from typer.testing import CliRunner
 
-from backtest.ingest import ingest_folder
-from backtest.store import Store
-from backtest.synthetic import generate_universe
 from flows import cli_server
 from flows.cli import app
 
@@ -179,18 +176,3 @@ def worker(deployed, api_url, client_env, flaky, tmp_path_factory) -> Iterator[P
 
         wait_until(online, 60, "the worker coming online", log)
         yield log
-
-
-@pytest.fixture(scope="package")
-def market_csv(tmp_path_factory) -> Path:
-    """24 synthetic symbols x 7 years (3 chunks of 8)."""
-    folder = tmp_path_factory.mktemp("market")
-    generate_universe(folder, 24, 7, seed=7, workers=1)
-    return folder
-
-
-@pytest.fixture
-def store(market_csv, tmp_path) -> Store:
-    s = Store(tmp_path / "store")
-    ingest_folder(market_csv, s, workers=1, durable=False)
-    return s

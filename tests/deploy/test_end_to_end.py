@@ -128,13 +128,13 @@ class Launched:
 
 
 @pytest.fixture(scope="module")
-def launched(worker, api_url, market_csv, flaky, tmp_path_factory) -> Launched:
+def launched(worker, api_url, synthetic_csv, flaky, tmp_path_factory) -> Launched:
     """What a user does in the UI's Run form: the study with its parameters filled in, several times."""
     folder = tmp_path_factory.mktemp("runs")
     stores = {}
     for name in ("ok", "failing", "bad"):
         stores[name] = Store(folder / name / "store")
-        ingest_folder(market_csv, stores[name], workers=1, durable=False)
+        ingest_folder(synthetic_csv, stores[name], workers=1, durable=False)
     flaky.marker.write_text(stores["failing"].symbols()[17])  # a symbol of chunk 2 of 3
     ok_params = {"store": str(stores["ok"].root), "out": str(folder / "ok" / "out"), **SMALL}
     failing_params = {

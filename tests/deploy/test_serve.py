@@ -18,7 +18,9 @@ from tests.deploy.runs import artifacts_of, start_run, wait_final
 from tests.deploy.test_end_to_end import SMALL, expected_deployments
 
 
-def test_serve_offers_the_prefect_yaml_deployments_and_runs_them(api_url, client_env, market_csv, tmp_path):
+def test_serve_offers_the_prefect_yaml_deployments_and_runs_them(
+    api_url, client_env, synthetic_csv, tmp_path
+):
     expected = expected_deployments()
     log = tmp_path / "serve.log"
     env = {**client_env, "PREFECT_RUNNER_POLL_FREQUENCY": "1"}
@@ -45,12 +47,12 @@ def test_serve_offers_the_prefect_yaml_deployments_and_runs_them(api_url, client
 
         # a fresh store for the study, and the ingest flow filling another one, side by side
         study_store = Store(tmp_path / "study-store")
-        ingest_folder(market_csv, study_store, workers=1, durable=False)
+        ingest_folder(synthetic_csv, study_store, workers=1, durable=False)
         ingest_store = tmp_path / "ingest-store"
         ingest_run = start_run(
             api_url,
             "ingest-prices/daily",
-            {"source": str(market_csv), "store": str(ingest_store), "workers": 1},
+            {"source": str(synthetic_csv), "store": str(ingest_store), "workers": 1},
         )
         empty = tmp_path / "empty"
         empty.mkdir()
