@@ -23,8 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import matplotlib.dates as mdates
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import PercentFormatter
@@ -52,55 +55,169 @@ class ReportFiles:
     skipped: dict[str, str]  # plot name -> why it is not there
 
 
-def _figure(width: float, height: float) -> Figure:
-    """A figure on its own Agg canvas: no pyplot, no global backend switch, safe off the main thread."""
-    fig = Figure(figsize=(width, height))
+@dataclass(frozen=True)
+class Margins:
+    """Room around the axes, in inches: fixed per plot instead of ``tight_layout``, which lays out every tick
+    label once more before the real drawing (a third of a plot's cost, measured on W's report). Sized for the
+    labels each plot carries; ``hspace``/``wspace`` are matplotlib's fractions of the mean axes size."""
+
+    left: float = 0.8
+    right: float = 0.2
+    top: float = 0.4
+    bottom: float = 0.5
+    hspace: float = 0.2
+    wspace: float = 0.2
+
+
+def _figure(width: float, height: float, margins: Margins = Margins()) -> Figure:
+    """A figure on its own Agg canvas (no pyplot, no global backend switch, safe off the main thread), its
+    subplot area fixed by ``margins``."""
+    fig = Figure(figsize=(width, height), dpi=DPI)
     FigureCanvasAgg(fig)
+    fig.subplots_adjust(
+        left=margins.left / width,
+        right=1.0 - margins.right / width,
+        bottom=margins.bottom / height,
+        top=1.0 - margins.top / height,
+        hspace=margins.hspace,
+        wspace=margins.wspace,
+    )
     return fig
 
 
 def _save(fig: Figure, path: Path) -> Path:
-    fig.tight_layout()
     with atomic_path(path, ".tmp.png") as tmp:
-        fig.savefig(tmp, dpi=DPI, format="png", pil_kwargs={"compress_level": 1})  # fast: seconds count here
+        # compress level 1: several times faster to write than the default 6, for somewhat larger files
+        fig.savefig(tmp, format="png", pil_kwargs={"compress_level": 1})
     return path
 
 
-def _read(out: Path, name: str) -> pd.DataFrame | None:
-    path = out / name
-    return pd.read_parquet(path) if path.exists() else None
+def _title(ax: Axes, text: str) -> None:
+    """A title at the top of the axes. Placed explicitly: matplotlib otherwise measures every tick label of
+    the axes (and its twins) at draw time to see whether the title must move up, which none of these plots
+    need (no tick labels on top) and which cost an eighth of the drawing."""
+    ax.set_title(text, y=1.0)
 
 
-def plot_equity(out: Path, path: Path) -> Path | str:
-    port = _read(out, "portfolio.parquet")
+def _pixel_width(fig: Figure) -> int:
+    """Width in pixels of the figure's subplot area: no line needs more points than two per pixel column."""
+    return max(1, round((fig.subplotpars.right - fig.subplotpars.left) * fig.get_figwidth() * DPI))
+
+
+def m4_indices(values: np.ndarray, buckets: int) -> np.ndarray:
+    """Positions of the points of a line to draw on ``buckets`` pixel columns (M4 aggregation): in each of
+    ``buckets`` equal runs of points, the first, the last, the lowest and the highest, in their order.
+
+    A line through those points covers the same pixels as the line through all of them, so the plot looks the
+    same while matplotlib's cost, which grows with the points, stops growing with the length of the series.
+    NaN points are never chosen as extremes (a run of only NaN keeps its first and last, so a gap stays a
+    gap). Short series (at most four points per bucket) are returned whole.
+    """
+    n = len(values)
+    if n <= 4 * buckets:
+        return np.arange(n)
+    size = -(-n // buckets)  # points per bucket; the last bucket may be shorter
+    edges = np.arange(0, n, size)
+    finite = np.isfinite(values)
+    low = np.minimum.reduceat(np.where(finite, values, np.inf), edges)
+    high = np.maximum.reduceat(np.where(finite, values, -np.inf), edges)
+    bucket = np.repeat(np.arange(len(edges)), np.diff(np.append(edges, n)))
+    # the first position in each bucket holding its minimum (maximum): a bucket's extreme, found vectorised
+    at_low = np.flatnonzero(finite & (values == low[bucket]))
+    at_high = np.flatnonzero(finite & (values == high[bucket]))
+    first_low = at_low[np.unique(bucket[at_low], return_index=True)[1]]
+    first_high = at_high[np.unique(bucket[at_high], return_index=True)[1]]
+    lasts = np.append(edges[1:] - 1, n - 1)
+    return np.unique(np.concatenate([edges, lasts, first_low, first_high]))
+
+
+def _line(ax: Axes, x: np.ndarray, y: np.ndarray, width: int, **style: Any) -> None:
+    keep = m4_indices(y, width)
+    ax.plot(x[keep], y[keep], **style)
+
+
+#: table -> the columns the plots read from it, besides every ``param_*`` column (other tables: all columns)
+PLOT_COLUMNS: dict[str, tuple[str, ...]] = {
+    "portfolio.parquet": ("date", "equity", "benchmark_equity"),
+    "selections.parquet": ("fold", "basis", "is_score", "val_score", "test_score", "test_start"),
+    "grid_scores.parquet": ("window", "mean_score"),
+}
+
+
+class RunTables:
+    """The result tables of one output folder, each read at most once and only in the columns the plots use
+    (the selections feed two plots; their symbol column, the widest, is never read)."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = Path(out)
+        self._frames: dict[str, pd.DataFrame | None] = {}
+
+    def __getitem__(self, name: str) -> pd.DataFrame | None:
+        """The table ``name`` (None when the run did not write it)."""
+        if name not in self._frames:
+            self._frames[name] = self._read(name)
+        return self._frames[name]
+
+    def _read(self, name: str) -> pd.DataFrame | None:
+        path = self.out / name
+        if not path.exists():
+            return None
+        file = pq.ParquetFile(path)
+        wanted = PLOT_COLUMNS.get(name)
+        if wanted is None:
+            return file.read().to_pandas()
+        names = file.schema_arrow.names
+        columns = [c for c in names if c in wanted or c.startswith("param_")]
+        return file.read(columns=columns).to_pandas()
+
+
+def _date_axis(ax: Axes) -> None:
+    """Year ticks without matplotlib's automatic date locator, whose calendar rules cost more than the whole
+    line they label; a span of under three years gets month ticks instead."""
+    low, high = (mdates.num2date(v) for v in ax.get_xlim())
+    years = high.year - low.year
+    if years >= 3:
+        ax.xaxis.set_major_locator(mdates.YearLocator(max(1, math.ceil(years / 10))))
+        ax.xaxis.set_major_formatter(mdates.DateFormatter("%Y"))
+    else:
+        ax.xaxis.set_major_locator(mdates.MonthLocator(bymonth=range(1, 13, 3 if years >= 1 else 1)))
+        ax.xaxis.set_major_formatter(mdates.DateFormatter("%Y-%m"))
+
+
+def plot_equity(tables: RunTables, path: Path) -> Path | str:
+    port = tables["portfolio.parquet"]
     if port is None or port.empty:
         return "no portfolio.parquet (the study produced no out-of-sample returns)"
-    fig = _figure(9, 5.5)
+    fig = _figure(9, 5.5, Margins(left=0.95, top=0.35, bottom=0.4, hspace=0.08))
     ax1, ax2 = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [2, 1]})
-    dates = pd.to_datetime(port["date"])
+    dates = port["date"].to_numpy(dtype="datetime64[ns]")
+    width = _pixel_width(fig)
     for col, label in (("equity", "strategy"), ("benchmark_equity", "buy and hold")):
         if col in port:
-            ax1.plot(dates, port[col], label=label, linewidth=1.2)
-            ax2.plot(dates, port[col] / port[col].cummax() - 1.0, label=label, linewidth=1.0)
+            equity = port[col].to_numpy(dtype=float)
+            drawdown = equity / np.fmax.accumulate(equity) - 1.0
+            _line(ax1, dates, equity, width, label=label, linewidth=1.2)
+            _line(ax2, dates, drawdown, width, label=label, linewidth=1.0)
     ax1.set_ylabel("equity (start = 1)")
-    ax1.set_title("Out-of-sample equal-weight portfolio")
+    _title(ax1, "Out-of-sample equal-weight portfolio")
     ax1.legend(loc="upper left")
     ax1.grid(alpha=0.3)
     ax2.set_ylabel("drawdown")
     ax2.yaxis.set_major_formatter(PercentFormatter(1.0))
     ax2.grid(alpha=0.3)
+    _date_axis(ax2)
     return _save(fig, path)
 
 
-def plot_scores(out: Path, path: Path) -> Path | str:
-    sel = _read(out, "selections.parquet")
+def plot_scores(tables: RunTables, path: Path) -> Path | str:
+    sel = tables["selections.parquet"]
     if sel is None or sel.empty:
         return "no selections.parquet"
     chosen = sel[sel["basis"] != "skipped"]
     if chosen.empty:
         return "no fold had a selection"
     by_fold = chosen.groupby("fold")[["is_score", "val_score", "test_score"]].mean()
-    fig = _figure(9, 4)
+    fig = _figure(9, 4, Margins(left=0.85, bottom=0.4, top=0.35))
     ax = fig.subplots()
     x = np.arange(len(by_fold))
     width = 0.27
@@ -112,10 +229,10 @@ def plot_scores(out: Path, path: Path) -> Path | str:
         )
     ):
         ax.bar(x + (i - 1) * width, by_fold[col].fillna(0.0), width, label=label)
-    ax.set_xticks(x, [f"fold {int(f)}" for f in by_fold.index])
+    ax.set_xticks(x, [f"fold {int(f)}" for f in by_fold.index], fontsize="small" if len(x) > 10 else None)
     ax.axhline(0, color="black", linewidth=0.8)
     ax.set_ylabel("mean score of the selected combinations")
-    ax.set_title("In-sample vs out-of-sample score per fold")
+    _title(ax, "In-sample vs out-of-sample score per fold")
     ax.legend()
     ax.grid(alpha=0.3, axis="y")
     return _save(fig, path)
@@ -129,15 +246,15 @@ def _param_columns(frame: pd.DataFrame) -> list[str]:
     return sorted(varying, key=lambda c: -frame[c].nunique(dropna=True))
 
 
-def plot_grid(out: Path, path: Path) -> Path | str:
-    grid = _read(out, "grid_scores.parquet")
+def plot_grid(tables: RunTables, path: Path) -> Path | str:
+    grid = tables["grid_scores.parquet"]
     if grid is None or grid.empty:
         return "no grid_scores.parquet"
     params = _param_columns(grid)
     if not params:
         return "no parameter of the grid takes more than one value: there is no grid to map"
     train = grid[grid["window"] == "train"]
-    fig = _figure(8, 5.5)
+    fig = _figure(8, 5.5, Margins(left=0.75, right=1.0, bottom=0.75, top=0.35))
     ax = fig.subplots()
     if len(params) == 1:
         line = train.groupby(params[0])["mean_score"].mean()
@@ -155,77 +272,92 @@ def plot_grid(out: Path, path: Path) -> Path | str:
         ax.set_yticks(range(len(table.index)), [f"{v:g}" for v in table.index])
         ax.set_xlabel(px.removeprefix("param_"))
         ax.set_ylabel(py.removeprefix("param_"))
-        fig.colorbar(image, ax=ax, label="mean train score")
-        if len(params) > 2:
-            ax.set_title("(averaged over " + ", ".join(p.removeprefix("param_") for p in params[2:]) + ")")
-    ax.set_title("Grid score heat map (train windows, mean over symbols and folds)")
+        fig.colorbar(image, ax=ax, label="mean train score", fraction=0.06, pad=0.03)
+    title = "Grid score heat map (train windows, mean over symbols and folds)"
+    if len(params) > 2:
+        title += "\n(averaged over " + ", ".join(p.removeprefix("param_") for p in params[2:]) + ")"
+    _title(ax, title)
     return _save(fig, path)
 
 
-def plot_selections(out: Path, path: Path) -> Path | str:
-    sel = _read(out, "selections.parquet")
+def plot_selections(tables: RunTables, path: Path) -> Path | str:
+    sel = tables["selections.parquet"]
     if sel is None or sel.empty:
         return "no selections.parquet"
     params = _param_columns(sel)
     chosen = sel[sel["basis"] != "skipped"]
     if not params or chosen.empty:
         return "no selected parameters to show"
-    fig = _figure(9, 2.6 * len(params) + 0.6)
+    height = 2.6 * len(params) + 0.6
+    fig = _figure(9, height, Margins(left=0.85, bottom=0.4, top=0.35, hspace=0.12))
     axes = fig.subplots(len(params), 1, sharex=True, squeeze=False)[:, 0]
-    when = pd.to_datetime(chosen["test_start"])
+    grouped = chosen.groupby(pd.to_datetime(chosen["test_start"]))
     for ax, param in zip(axes, params, strict=True):
-        grouped = chosen.assign(when=when).groupby("when")[param]
-        mean, lo, hi = grouped.mean(), grouped.quantile(0.25), grouped.quantile(0.75)
+        column = grouped[param]
+        mean, lo, hi = column.mean(), column.quantile(0.25), column.quantile(0.75)
         ax.fill_between(mean.index, lo.to_numpy(), hi.to_numpy(), alpha=0.25, step="post", label="25-75 %")
         ax.step(mean.index, mean.to_numpy(), where="post", label="mean", linewidth=1.5)
         ax.set_ylabel(param.removeprefix("param_"))
         ax.grid(alpha=0.3)
         ax.legend(loc="upper left")
-    axes[0].set_title("Selected parameters over time (per test window, across symbols)")
+    _date_axis(axes[-1])
+    _title(axes[0], "Selected parameters over time (per test window, across symbols)")
     return _save(fig, path)
 
 
-def plot_resources(out: Path, path: Path) -> Path | str:
-    res = _read(out, RESOURCES_FILE)
+def plot_resources(tables: RunTables, path: Path) -> Path | str:
+    res = tables[RESOURCES_FILE]
     if res is None or len(res) < 2:
         return "fewer than two resource samples (the run was shorter than the monitor's interval)"
-    fig = _figure(9, 5.5)
+    fig = _figure(9, 5.5, Margins(left=0.8, right=0.8, top=0.35, bottom=0.5, hspace=0.08))
     ax1, ax2 = fig.subplots(2, 1, sharex=True)
-    t = res["elapsed"]
+    width = _pixel_width(fig)
+    t = res["elapsed"].to_numpy(dtype=float)
     cores = [c for c in res.columns if c.startswith(CORE_PREFIX)]
     for c in cores:
-        ax1.plot(t, res[c], linewidth=0.6, alpha=0.5, label=f"core {c.removeprefix(CORE_PREFIX)}")
-    ax1.plot(t, res["tree_cpu_percent"] / max(len(cores), 1), linewidth=1.6, label="this run (of all cores)")
+        label = f"core {c.removeprefix(CORE_PREFIX)}"
+        _line(ax1, t, res[c].to_numpy(dtype=float), width, linewidth=0.6, alpha=0.5, label=label)
+    tree = res["tree_cpu_percent"].to_numpy(dtype=float) / max(len(cores), 1)
+    _line(ax1, t, tree, width, linewidth=1.6, label="this run (of all cores)")
     ax1.set_ylabel("CPU %")
     ax1.set_ylim(0, 105)
     ax1.legend(loc="upper right", fontsize="small", ncol=2)
     ax1.grid(alpha=0.3)
-    ax1.set_title("Resource use over time (the run's whole process tree)")
-    ax2.plot(t, res["tree_rss"] / 2**20, label="RSS of the run (MiB)", color="tab:red")
+    _title(ax1, "Resource use over time (the run's whole process tree)")
+    rss = res["tree_rss"].to_numpy(dtype=float) / 2**20
+    _line(ax2, t, rss, width, label="RSS of the run (MiB)", color="tab:red")
     ax2.set_ylabel("MiB")
     ax2.set_xlabel("seconds since the monitor started")
     ax2.grid(alpha=0.3)
     io = (res["tree_read_bytes"] + res["tree_write_bytes"]).diff().clip(lower=0) / res["elapsed"].diff()
     ax3 = ax2.twinx()
-    ax3.plot(t, io / 2**20, color="tab:gray", linewidth=0.8, label="storage I/O (MiB/s)")
+    _line(
+        ax3,
+        t,
+        io.to_numpy(dtype=float) / 2**20,
+        width,
+        color="tab:gray",
+        linewidth=0.8,
+        label="storage I/O (MiB/s)",
+    )
     ax3.set_ylabel("MiB/s")
     lines = ax2.get_lines() + ax3.get_lines()
     ax2.legend(lines, [line.get_label() for line in lines], loc="upper left", fontsize="small")
     return _save(fig, path)
 
 
-def plot_phases(out: Path, path: Path, summary: dict[str, Any], doc: dict[str, Any] | None) -> Path | str:
+def plot_phases(path: Path, summary: dict[str, Any], doc: dict[str, Any] | None) -> Path | str:
     steps = summary.get("phase_seconds") or {}
     phases = (doc or {}).get("profile", {}).get("phases", {})
     if not steps and not phases:
         return "no timings in summary.json"
-    fig = _figure(9, 4.5)
+    fig = _figure(9, 4.5, Margins(left=0.85, right=0.2, top=0.35, bottom=0.55, wspace=0.3))
     ax1, ax2 = fig.subplots(1, 2)
     names = list(steps)
     ax1.barh(names, [steps[n] for n in names], color="tab:blue")
     ax1.invert_yaxis()
     ax1.set_xlabel("seconds")
-    ax1.set_title("Flow steps (wall time)")
+    _title(ax1, "Flow steps (wall time)")
     ax1.grid(alpha=0.3, axis="x")
     pnames = [p for p in ("fetch", *PHASES) if p in phases]
     walls = [phases[p]["wall"] * phases[p]["parallelism"] for p in pnames]
@@ -238,7 +370,7 @@ def plot_phases(out: Path, path: Path, summary: dict[str, Any], doc: dict[str, A
     ax2.set_yticks(y, pnames)
     ax2.invert_yaxis()
     ax2.set_xlabel("seconds, summed over chunks")
-    ax2.set_title("Chunk phases")
+    _title(ax2, "Chunk phases")
     ax2.legend(fontsize="small")
     ax2.grid(alpha=0.3, axis="x")
     return _save(fig, path)
@@ -478,22 +610,23 @@ def build_report(out: Path, plot_cache: Path | None = None) -> ReportFiles:
     doc = json.loads(doc_path.read_text()) if doc_path.exists() else None
     plot_dir = out / PLOT_DIR
     plot_dir.mkdir(parents=True, exist_ok=True)
-    makers: dict[str, Callable[[Path, Path], Path | str]] = {
-        "equity": plot_equity,
-        "scores": plot_scores,
-        "grid": plot_grid,
-        "selections": plot_selections,
-        "resources": plot_resources,
-        "phases": lambda o, p: plot_phases(o, p, summary, doc),
+    tables = RunTables(out)
+    makers: dict[str, Callable[[Path], Path | str]] = {
+        "equity": functools.partial(plot_equity, tables),
+        "scores": functools.partial(plot_scores, tables),
+        "grid": functools.partial(plot_grid, tables),
+        "selections": functools.partial(plot_selections, tables),
+        "resources": functools.partial(plot_resources, tables),
+        "phases": lambda p: plot_phases(p, summary, doc),
     }
     plots: dict[str, Path] = {}
     skipped: dict[str, str] = {}
     for name, make in makers.items():
         target = plot_dir / f"{name}.png"
         if plot_cache is not None and name in RESULT_PLOTS:
-            result = _cached_plot(plot_cache, name, target, functools.partial(make, out, target))
+            result = _cached_plot(plot_cache, name, target, functools.partial(make, target))
         else:
-            result = make(out, target)
+            result = make(target)
         if isinstance(result, Path):
             plots[name] = result
         else:
