@@ -20,6 +20,7 @@ comes from adding up its few segments, so overlapping train windows cost nothing
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 from numba import njit
@@ -52,6 +53,24 @@ METRIC_NAMES: tuple[str, ...] = (
     "exposure",
     "win_rate",
 )
+
+
+class OosRows(NamedTuple):
+    """Phase 3's output: the out-of-sample rows of a chunk, compact (only days a symbol was tested), and sums.
+
+    Rows are ordered by symbol, then date; ``oos_layout_nb``'s offsets say which rows belong to which
+    (symbol, fold). The per-day sums over all rows (calendar-long) make the chunk's portfolio part.
+    """
+
+    date: np.ndarray  # int64, milliseconds since the epoch
+    ret: np.ndarray
+    traded: np.ndarray
+    held: np.ndarray
+    ret_sum: np.ndarray  # per calendar day, over the rows of that day (NaN returns skipped)
+    count: np.ndarray  # int64: rows of that day
+    traded_sum: np.ndarray
+    held_sum: np.ndarray  # of |held|
+    bench_sum: np.ndarray  # of the symbols' own bar returns (buy and hold)
 
 
 @njit(nogil=True, cache=True)
@@ -473,18 +492,17 @@ def stitch_row_nb(
     b: int,
     cost: float,
     next_open: bool,
-    fold: int,
-    out_ret: np.ndarray,
-    out_traded: np.ndarray,
-    out_held: np.ndarray,
-    out_bench: np.ndarray,
-    out_fold: np.ndarray,
+    row: int,
+    dates_ms: np.ndarray,
+    out: OosRows,
 ) -> None:
-    """Write one symbol's test window (compact bars ``a <= j < b``) into its out-of-sample rows.
+    """Write one symbol's test window (compact bars ``a <= j < b``) into out-of-sample rows ``row...``.
 
     Every bar keeps the full-history return of the fold's weights ``w``, except the first, which also pays
     for switching, at the window's start, from the previous fold's position (``w_prev``; flat without one) to
-    the position ``w`` holds there. ``out_bench`` gets the symbol's own bar return (buy and hold, no costs).
+    the position ``w`` holds there. The per-day sums get the row's values added (the benchmark: the symbol's
+    own bar return, buy and hold without costs), symbol after symbol, as a sum over a calendar array's rows
+    would add them.
     """
     if b <= a:
         return
@@ -507,12 +525,48 @@ def stitch_row_nb(
         if j == a and switch > 0.0:
             r = (1.0 + r) * (1.0 - cost * switch) - 1.0
             tr += switch
+        held = w1 if next_open else w[j]
         t = idx[j]
-        out_ret[t] = r
-        out_traded[t] = tr
-        out_held[t] = w1 if next_open else w[j]
-        out_bench[t] = ret[j]
-        out_fold[t] = fold
+        k = row + j - a
+        out.date[k] = dates_ms[t]
+        out.ret[k] = r
+        out.traded[k] = tr
+        out.held[k] = held
+        if not np.isnan(r):
+            out.ret_sum[t] += r
+        out.count[t] += 1
+        out.traded_sum[t] += tr
+        out.held_sum[t] += abs(held)
+        if not np.isnan(ret[j]):
+            out.bench_sum[t] += ret[j]
+
+
+@njit(nogil=True, cache=True)
+def oos_layout_nb(
+    chosen: np.ndarray, test_bounds: np.ndarray, close: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Where each (symbol, fold) goes in the compact out-of-sample rows, and its bars in the test window.
+
+    Returns ``starts`` (symbols * folds + 1 row offsets, symbol-major: the rows of symbol i, fold f are
+    ``starts[i * F + f] <= r < starts[i * F + f + 1]``; empty when the symbol sits the fold out) and
+    ``test_bars`` (symbols x folds), the bars each symbol has in each test window whether chosen or not.
+    """
+    n_sym, n_bars = close.shape
+    n_folds = chosen.shape[1]
+    idx = np.empty(n_bars, np.int64)
+    cb = np.empty(2, np.int64)
+    test_bars = np.zeros((n_sym, n_folds), np.int64)
+    starts = np.zeros(n_sym * n_folds + 1, np.int64)
+    r = 0
+    for i in range(n_sym):
+        m = compact_row_nb(close[i], idx)
+        for f in range(n_folds):
+            compact_bounds_nb(idx, m, test_bounds[f], cb)
+            test_bars[i, f] = cb[1] - cb[0]
+            if chosen[i, f] >= 0:
+                r += cb[1] - cb[0]
+            starts[i * n_folds + f + 1] = r
+    return starts, test_bars
 
 
 @njit(nogil=True, cache=True)
@@ -526,23 +580,34 @@ def oos_nb(
     high: np.ndarray,
     low: np.ndarray,
     close: np.ndarray,
+    dates_ms: np.ndarray,
+    starts: np.ndarray,
     cost: float,
     next_open: bool,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Phase 3 for every symbol: out-of-sample returns, traded weight, held position, benchmark, fold id.
+) -> OosRows:
+    """Phase 3 for every symbol, written straight into the compact out-of-sample rows (see ``OosRows``).
 
     ``chosen`` (symbols x folds) is the selected combination (-1: the symbol sits the fold out);
-    ``test_bounds`` (folds x 2) the calendar range of each test window. Built-ins (``kind >= 0``) compute the
-    chosen combination's full-history weights here from ``params``; otherwise ``weights`` (folds x symbols x
-    bars) holds them, computed in Python.
+    ``test_bounds`` (folds x 2) the calendar range of each test window; ``starts`` the row offsets from
+    ``oos_layout_nb``; ``dates_ms`` the calendar as milliseconds since the epoch. Built-ins (``kind >= 0``)
+    compute the chosen combination's full-history weights here from ``params``; otherwise ``weights``
+    (folds x symbols x bars) holds them, computed in Python. Only the rows a symbol has are stored (no
+    symbols x bars arrays), which is most of a chunk's memory saved over calendar-shaped outputs.
     """
     n_sym, n_bars = close.shape
     n_folds = chosen.shape[1]
-    out_ret = np.full((n_sym, n_bars), np.nan)
-    out_traded = np.zeros((n_sym, n_bars))
-    out_held = np.zeros((n_sym, n_bars))
-    out_bench = np.full((n_sym, n_bars), np.nan)
-    out_fold = np.full((n_sym, n_bars), -1, np.int16)
+    n_rows = starts[-1]
+    out = OosRows(
+        np.empty(n_rows, np.int64),
+        np.empty(n_rows),
+        np.empty(n_rows),
+        np.empty(n_rows),
+        np.zeros(n_bars),
+        np.zeros(n_bars, np.int64),
+        np.zeros(n_bars),
+        np.zeros(n_bars),
+        np.zeros(n_bars),
+    )
     idx = np.empty(n_bars, np.int64)
     oc = np.empty(n_bars)
     hc = np.empty(n_bars)
@@ -558,9 +623,9 @@ def oos_nb(
     scratch = np.empty(2 * n_bars, np.int64)
     cb = np.empty(2, np.int64)
     for i in range(n_sym):
+        if starts[(i + 1) * n_folds] == starts[i * n_folds]:
+            continue  # no rows: chosen nowhere, or no bars in its test windows
         m = gather_row_nb(i, open_, high, low, close, idx, oc, hc, lc, cc)
-        if m == 0:
-            continue
         bar_returns_nb(oc[:m], cc[:m], ret, gap, intra)
         if kind >= 0:
             prefix_sums_nb(cc[:m], prefix, prefix_sq)
@@ -590,100 +655,117 @@ def oos_nb(
                 cb[1],
                 cost,
                 next_open,
-                f,
-                out_ret[i],
-                out_traded[i],
-                out_held[i],
-                out_bench[i],
-                out_fold[i],
+                starts[i * n_folds + f],
+                dates_ms,
+                out,
             )
             last = k
-    return out_ret, out_traded, out_held, out_bench, out_fold
+    return out
 
 
 @njit(nogil=True, cache=True)
-def series_metrics_nb(rets: np.ndarray, traded: np.ndarray, held: np.ndarray, lo: int, hi: int) -> np.ndarray:
-    """Metrics (``METRIC_NAMES``) of each row's returns on [lo, hi), skipping NaN days.
+def range_metrics_nb(
+    rets: np.ndarray, traded: np.ndarray, held: np.ndarray, lo: int, hi: int, out: np.ndarray
+) -> None:
+    """Metrics (``METRIC_NAMES``) of the returns ``rets[lo:hi]`` into ``out``, skipping NaN days.
 
     Definitions follow empyrical-reloaded with 252 periods a year; undefined values are NaN.
     Max drawdown is negative and anchored at the start value; turnover is traded weight per year;
     exposure is the share of days ending with a position; win rate is the share of days with a non-zero
     return that were gains.
     """
-    n_sym = rets.shape[0]
-    out = np.full((n_sym, len(METRIC_NAMES)), np.nan)
-    for i in range(n_sym):
-        n = 0
-        s1 = 0.0
-        eq = 1.0
-        peak = 1.0
-        mdd = 0.0
-        n_trades = 0
-        turn = 0.0
-        exposed = 0
-        invested = 0
-        wins = 0
-        for t in range(lo, hi):
-            r = rets[i, t]
-            if np.isnan(r):
-                continue
-            n += 1
-            s1 += r
-            eq *= 1.0 + r
-            if eq > peak:
-                peak = eq
-            dd = (eq - peak) / peak
-            if dd < mdd:
-                mdd = dd
-            if traded[i, t] > 0.0:
-                n_trades += 1
-            turn += traded[i, t]
-            if held[i, t] != 0.0:
-                exposed += 1
-            if r != 0.0:
-                invested += 1
-                if r > 0.0:
-                    wins += 1
-        out[i, 0] = n
-        out[i, 8] = n_trades
-        if n == 0:
+    out[:] = np.nan
+    n = 0
+    s1 = 0.0
+    eq = 1.0
+    peak = 1.0
+    mdd = 0.0
+    n_trades = 0
+    turn = 0.0
+    exposed = 0
+    invested = 0
+    wins = 0
+    for t in range(lo, hi):
+        r = rets[t]
+        if np.isnan(r):
             continue
-        mean = s1 / n
-        ss = 0.0
-        dn = 0.0
-        lowest = np.inf
-        highest = -np.inf
-        for t in range(lo, hi):
-            r = rets[i, t]
-            if np.isnan(r):
-                continue
-            ss += (r - mean) * (r - mean)
-            if r < 0.0:
-                dn += r * r
-            lowest = min(lowest, r)
-            highest = max(highest, r)
-        if lowest == highest:
-            ss = 0.0  # identical returns: no dispersion, whatever the rounding of the mean (as empyrical)
-        years = n / PERIODS
-        out[i, 1] = eq - 1.0
-        out[i, 2] = eq ** (1.0 / years) - 1.0 if eq >= 0.0 else np.nan
-        out[i, 6] = mdd
-        if mdd < 0.0:
-            out[i, 7] = out[i, 2] / -mdd
-        out[i, 9] = turn / years
-        out[i, 10] = exposed / n
-        if invested > 0:
-            out[i, 11] = wins / invested
-        if n >= 2:
-            std = math.sqrt(ss / (n - 1))
-            out[i, 3] = std * math.sqrt(PERIODS)
-            if std > 0.0:
-                out[i, 4] = mean / std * math.sqrt(PERIODS)
-            elif mean != 0.0:
-                out[i, 4] = np.inf if mean > 0.0 else -np.inf
-            down = math.sqrt(dn / n) * math.sqrt(PERIODS)
-            if down > 0.0:
-                out[i, 5] = mean * PERIODS / down
-            elif mean > 0.0:
-                out[i, 5] = np.inf
+        n += 1
+        s1 += r
+        eq *= 1.0 + r
+        if eq > peak:
+            peak = eq
+        dd = (eq - peak) / peak
+        if dd < mdd:
+            mdd = dd
+        if traded[t] > 0.0:
+            n_trades += 1
+        turn += traded[t]
+        if held[t] != 0.0:
+            exposed += 1
+        if r != 0.0:
+            invested += 1
+            if r > 0.0:
+                wins += 1
+    out[0] = n
+    out[8] = n_trades
+    if n == 0:
+        return
+    mean = s1 / n
+    ss = 0.0
+    dn = 0.0
+    lowest = np.inf
+    highest = -np.inf
+    for t in range(lo, hi):
+        r = rets[t]
+        if np.isnan(r):
+            continue
+        ss += (r - mean) * (r - mean)
+        if r < 0.0:
+            dn += r * r
+        lowest = min(lowest, r)
+        highest = max(highest, r)
+    if lowest == highest:
+        ss = 0.0  # identical returns: no dispersion, whatever the rounding of the mean (as empyrical)
+    years = n / PERIODS
+    out[1] = eq - 1.0
+    out[2] = eq ** (1.0 / years) - 1.0 if eq >= 0.0 else np.nan
+    out[6] = mdd
+    if mdd < 0.0:
+        out[7] = out[2] / -mdd
+    out[9] = turn / years
+    out[10] = exposed / n
+    if invested > 0:
+        out[11] = wins / invested
+    if n >= 2:
+        std = math.sqrt(ss / (n - 1))
+        out[3] = std * math.sqrt(PERIODS)
+        if std > 0.0:
+            out[4] = mean / std * math.sqrt(PERIODS)
+        elif mean != 0.0:
+            out[4] = np.inf if mean > 0.0 else -np.inf
+        down = math.sqrt(dn / n) * math.sqrt(PERIODS)
+        if down > 0.0:
+            out[5] = mean * PERIODS / down
+        elif mean > 0.0:
+            out[5] = np.inf
+
+
+@njit(nogil=True, cache=True)
+def series_metrics_nb(rets: np.ndarray, traded: np.ndarray, held: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    """Metrics (``METRIC_NAMES``) of each row of a 2-D returns array on columns [lo, hi), NaN days skipped."""
+    n_sym = rets.shape[0]
+    out = np.empty((n_sym, len(METRIC_NAMES)))
+    for i in range(n_sym):
+        range_metrics_nb(rets[i], traded[i], held[i], lo, hi, out[i])
+    return out
+
+
+@njit(nogil=True, cache=True)
+def ranges_metrics_nb(
+    rets: np.ndarray, traded: np.ndarray, held: np.ndarray, lo: np.ndarray, hi: np.ndarray
+) -> np.ndarray:
+    """Metrics (``METRIC_NAMES``) of the ranges ``[lo[i], hi[i])`` of 1-D series (compact rows), NaN skipped."""
+    out = np.empty((lo.shape[0], len(METRIC_NAMES)))
+    for i in range(lo.shape[0]):
+        range_metrics_nb(rets, traded, held, lo[i], hi[i], out[i])
     return out

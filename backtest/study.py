@@ -27,7 +27,9 @@ from backtest.panel import PricePanel
 from backtest.simulate_nb import (
     METRIC_NAMES,
     grid_scores_nb,
+    oos_layout_nb,
     oos_nb,
+    ranges_metrics_nb,
     weights_scores_nb,
 )
 from backtest.strategies import Strategy, get_strategy
@@ -171,7 +173,13 @@ def _python_fold_weights(plan: StudyPlan, panel: PricePanel, chosen: np.ndarray)
 
 
 def run_chunk(panel: PricePanel, plan: StudyPlan) -> ChunkResult:
-    """All three phases for the symbols of ``panel``: the unit of work a Prefect task wraps."""
+    """All three phases for the symbols of ``panel``: the unit of work a Prefect task wraps.
+
+    Two chunks run at once, so each chunk's working set counts twice: arrays are dropped at their last use
+    (the scores before phase 3, the prices after it), and phase 3 writes straight into the compact rows the
+    out-of-sample table keeps instead of symbols x bars arrays. A caller that lets go of the panel (passes
+    ``load(...)`` directly) lets its prices go as soon as phase 3 is done.
+    """
     timings: dict[str, float] = {}
     t = time.perf_counter()
     cfg = plan.config
@@ -179,14 +187,13 @@ def run_chunk(panel: PricePanel, plan: StudyPlan) -> ChunkResult:
     if panel.n_bars and panel.dates[-1] > end:
         panel = _cut(panel, end)
     layout = FoldLayout.build(plan.folds, panel.dates)
+    symbols, dates = panel.symbols, panel.dates
     n_sym = panel.n_symbols
-    cost = cfg.cost
-    next_open = cfg.execution == "next_open"
+    n_folds = len(plan.folds)
 
     scores, trades = _grid_phase(plan, panel, layout)
     t = _timed(timings, "optimise", t)
 
-    n_folds = len(plan.folds)
     chosen = np.full((n_sym, n_folds), -1, dtype=np.int64)
     rank = np.zeros((n_sym, n_folds), dtype=np.int64)
     basis = np.zeros((n_sym, n_folds), dtype=np.int64)
@@ -194,7 +201,15 @@ def run_chunk(panel: PricePanel, plan: StudyPlan) -> ChunkResult:
         chosen[:, fold.index], rank[:, fold.index], basis[:, fold.index] = _select(
             plan, scores, trades, fold.index
         )
-    del trades  # arrays of symbols x bars or bigger are dropped at their last use: 2 chunks run at once
+    del trades
+    # all the tables need of the (symbols x combinations x windows) scores, taken before phase 3 runs
+    safe = np.maximum(chosen, 0)
+    sym_rows = np.arange(n_sym)[:, None]
+    fold_cols = 3 * np.arange(n_folds)[None, :]
+    is_scores = np.where(chosen >= 0, scores[sym_rows, safe, fold_cols], np.nan)
+    val_scores = np.where(chosen >= 0, scores[sym_rows, safe, fold_cols + 1], np.nan)
+    grid_scores = _grid_score_frame(plan, scores)
+    del scores, safe
     t = _timed(timings, "select", t)
 
     test_bounds = np.ascontiguousarray(layout.win_bounds[2::3])
@@ -202,7 +217,8 @@ def run_chunk(panel: PricePanel, plan: StudyPlan) -> ChunkResult:
         kind, weights = plan.strategy.kernel, np.zeros((1, 1, 1))
     else:
         kind, weights = -1, _python_fold_weights(plan, panel, chosen)
-    oos_ret, oos_traded, oos_held, bench, oos_fold = oos_nb(
+    starts, test_bars = oos_layout_nb(chosen, test_bounds, panel.close)
+    rows = oos_nb(
         kind,
         plan.combos,
         weights,
@@ -212,81 +228,76 @@ def run_chunk(panel: PricePanel, plan: StudyPlan) -> ChunkResult:
         panel.high,
         panel.low,
         panel.close,
-        cost,
-        next_open,
+        dates.astype(RESULT_DATE).view(np.int64),
+        starts,
+        cfg.cost,
+        cfg.execution == "next_open",
     )
-    bench_sum = np.nansum(bench, axis=0)
-    del bench
+    del weights, panel  # the prices: what follows needs only the symbols and the calendar
     t = _timed(timings, "test", t)
 
+    per_fold = np.diff(starts).reshape(n_sym, n_folds)  # out-of-sample rows of each (symbol, fold)
+    fold_metrics = ranges_metrics_nb(rows.ret, rows.traded, rows.held, starts[:-1], starts[1:]).reshape(
+        n_sym, n_folds, len(METRIC_NAMES)
+    )
     obj_col = METRIC_NAMES.index(cfg.objective)
     sel_frames: list[pd.DataFrame] = []  # appended fold by fold, then ordered by symbol
     for fold in plan.folds:
         k = fold.index
-        lo, hi = layout.window_bars(k, "test")
-        test_metrics = metrics_table(oos_ret, oos_traded, oos_held, lo, hi)
-        in_test = ~np.isnan(panel.close[:, lo:hi]).all(axis=1)
+        test_metrics = fold_metrics[:, k]
         sel_frames.append(
             _selection_frame(
                 plan,
                 fold,
-                panel,
-                scores,
+                symbols,
+                is_scores[:, k],
+                val_scores[:, k],
                 chosen[:, k],
                 rank[:, k],
                 basis[:, k],
                 test_metrics[:, obj_col],
                 test_metrics,
-                (chosen[:, k] >= 0) | in_test,
+                (chosen[:, k] >= 0) | (test_bars[:, k] > 0),
             )
         )
     t = _timed(timings, "select", t)
 
-    mask = oos_fold >= 0
-    sym_idx, day_idx = np.nonzero(mask)
     oos_returns = pd.DataFrame(
         {
-            "date": panel.dates[day_idx].astype(RESULT_DATE),
-            "symbol": pd.Categorical.from_codes(sym_idx, categories=list(panel.symbols)),
-            "fold": oos_fold[sym_idx, day_idx].astype(np.int16),
-            "ret": oos_ret[sym_idx, day_idx],
-            "traded": oos_traded[sym_idx, day_idx],
-            "held": oos_held[sym_idx, day_idx],
+            "date": rows.date.view(RESULT_DATE),
+            "symbol": pd.Categorical.from_codes(
+                np.repeat(np.arange(n_sym, dtype=np.int32), per_fold.sum(axis=1)), categories=list(symbols)
+            ),
+            "fold": np.repeat(np.tile(np.arange(n_folds, dtype=np.int16), n_sym), per_fold.ravel()),
+            "ret": rows.ret,
+            "traded": rows.traded,
+            "held": rows.held,
         },
-        copy=False,  # fresh arrays: no copy, and one array per column for combine to release one by one
+        copy=False,  # the kernel's arrays: no copy, and one array per column for combine to release one by one
     )
-    del sym_idx, day_idx
-    oos_ret[~mask] = np.nan
-    metrics = metrics_table(oos_ret, oos_traded, oos_held)
+    first_row = np.arange(n_sym) * n_folds
+    metrics = ranges_metrics_nb(
+        rows.ret, rows.traded, rows.held, starts[first_row], starts[first_row + n_folds]
+    )
     symbol_metrics = pd.DataFrame(metrics, columns=list(METRIC_NAMES))
-    symbol_metrics.insert(0, "symbol", list(panel.symbols))
-    # fold k writes only into its own test window (windows do not overlap): count the windows a symbol is in
-    symbol_metrics["folds"] = (
-        sum(
-            (oos_fold[:, slice(*layout.window_bars(f.index, "test"))] >= 0).any(axis=1).astype(np.int64)
-            for f in plan.folds
-        )
-        if plan.folds
-        else np.zeros(n_sym, np.int64)
-    )
+    symbol_metrics.insert(0, "symbol", list(symbols))
+    symbol_metrics["folds"] = (per_fold > 0).sum(axis=1).astype(np.int64)  # test windows with rows
     symbol_metrics = symbol_metrics[symbol_metrics["days"] > 0].reset_index(drop=True)
 
-    counts = mask.sum(axis=0)
-    days = counts > 0
+    days = rows.count > 0
     portfolio_parts = pd.DataFrame(
         {
-            "date": panel.dates[days].astype(RESULT_DATE),
-            "ret_sum": np.nansum(oos_ret, axis=0)[days],
-            "count": counts[days].astype(np.int64),
-            "traded_sum": oos_traded.sum(axis=0, where=mask)[days],
-            "held_sum": np.abs(oos_held, out=oos_held).sum(axis=0, where=mask)[days],  # its last use
-            "bench_sum": bench_sum[days],
+            "date": dates[days].astype(RESULT_DATE),
+            "ret_sum": rows.ret_sum[days],
+            "count": rows.count[days],
+            "traded_sum": rows.traded_sum[days],
+            "held_sum": rows.held_sum[days],
+            "bench_sum": rows.bench_sum[days],
         }
     )
-    grid_scores = _grid_score_frame(plan, scores)
     _timed(timings, "collect", t)
     return ChunkResult(
-        symbols=panel.symbols,
+        symbols=symbols,
         selections=pd.concat(sel_frames, ignore_index=True)
         .sort_values(["sym_pos", "fold"], kind="stable")
         .drop(columns="sym_pos")
@@ -314,8 +325,9 @@ def _cut(panel: PricePanel, end: np.datetime64) -> PricePanel:
 def _selection_frame(
     plan: StudyPlan,
     fold: Fold,
-    panel: PricePanel,
-    scores: np.ndarray,
+    symbols: Sequence[str],
+    is_scores: np.ndarray,
+    val_scores: np.ndarray,
     chosen: np.ndarray,
     rank: np.ndarray,
     basis: np.ndarray,
@@ -328,11 +340,11 @@ def _selection_frame(
     ch = chosen[rows]
     ok = ch >= 0
     safe = np.maximum(ch, 0)
-    is_score = np.where(ok, scores[rows, safe, 3 * k], np.nan)
-    val_score = np.where(ok, scores[rows, safe, 3 * k + 1], np.nan)
+    is_score = is_scores[rows]  # NaN where no combination was chosen
+    val_score = val_scores[rows]
     frame = pd.DataFrame(
         {
-            "symbol": [panel.symbols[i] for i in rows],
+            "symbol": [symbols[i] for i in rows],
             "sym_pos": rows,
             "fold": np.full(len(rows), k, dtype=np.int16),
             **{
@@ -553,26 +565,30 @@ def run_study(
     last: dt.date,
     chunk_size: int = 100,
     workers: int = 2,
+    oos_sink: Callable[[pd.DataFrame], None] | None = None,
 ) -> StudyResult:
     """The whole study with the core alone: chunks of symbols on a thread pool (the kernels release the GIL).
 
     ``load`` returns the prices of a chunk; ``first``/``last`` are the dates of the whole universe, which fix
-    the folds for every chunk.
+    the folds for every chunk. The out-of-sample rows are most of a study's memory (W: 11.7 M rows, about
+    420 MB): with ``oos_sink`` they go to it chunk by chunk, in universe order (a Parquet writer, say), and
+    the result's ``oos_returns`` is None.
     """
     plan = StudyPlan.create(config, first, last)
 
     def one(chunk: tuple[str, ...]) -> ChunkResult:
         t0 = time.perf_counter()
-        panel = load(chunk)
+        loaded = [load(chunk)]
         load_seconds = time.perf_counter() - t0
-        result = run_chunk(panel, plan)
+        # handed over, not kept: run_chunk lets the prices go once phase 3 has run
+        result = run_chunk(loaded.pop(), plan)
         result.timings["load"] = load_seconds
         return result
 
     chunks = chunked(list(symbols), chunk_size)
     if workers <= 1:
-        return combine(plan, map(one, chunks))
+        return combine(plan, map(one, chunks), oos_sink=oos_sink)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         # ``map`` yields in chunk order and lets go of each result once yielded, so combine takes each chunk
         # apart while the workers compute the next ones, and no finished chunk is kept whole
-        return combine(plan, pool.map(one, chunks))
+        return combine(plan, pool.map(one, chunks), oos_sink=oos_sink)
