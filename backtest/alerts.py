@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import statistics
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -22,7 +22,7 @@ EVENT_PREFIX = "backtest.alert"
 @dataclass(frozen=True)
 class AlertThresholds:
     """When to alert. Defaults follow the design: CPU above 85 % for a sustained period, memory above 90 % of
-    the machine, a cache hit rate below 80 % on a warm run, a chunk slower than 3x the median, any retry."""
+    the machine, a cache hit rate below 80 % on a warm run, a chunk slower than 3x the median (start-up chunks aside), any retry."""
 
     cpu_percent: float = 85.0
     cpu_sustained_seconds: float = 30.0
@@ -116,11 +116,38 @@ def cache_hit_rate_low(hits: int, total: int, warm: bool, t: AlertThresholds) ->
     )
 
 
-def slow_chunks(seconds: dict[str, float], t: AlertThresholds) -> list[Alert]:
-    """Chunks whose compute time exceeds ``slow_chunk_factor`` x the median of the computed chunks."""
-    if len(seconds) < t.slow_chunk_min_chunks:
+def startup_chunks(spans: Mapping[str, tuple[float, float]]) -> frozenset[str]:
+    """The start-up chunks among computed chunks given as ``name -> (start, end)`` (epoch seconds): those that
+    started before any computed chunk of the run had finished.
+
+    Such a chunk is the first its worker ran (no worker had finished one yet), so its time includes the
+    one-time start-up of a fresh worker: numba loading its kernels from the on-disk cache, or compiling them,
+    at the first call in the process (about 8 s on a fresh machine against a median chunk of 0.2 s). Threads
+    share one process's kernels, so every chunk in flight while they load waits for them; each process of a
+    process pool or Dask cluster loads its own, on its first chunk. After the first chunk has finished the
+    kernels are ready wherever a worker can already have finished a chunk, and chunks started later are judged
+    like any other. The rule needs no worker count (a Dask cluster may have more workers than asked for) and
+    no figure beyond when each chunk ran.
+    """
+    if not spans:
+        return frozenset()
+    first_end = min(end for _, end in spans.values())
+    return frozenset(name for name, (start, _) in spans.items() if start < first_end)
+
+
+def slow_chunks(
+    seconds: Mapping[str, float], t: AlertThresholds, startup: Collection[str] = ()
+) -> list[Alert]:
+    """Chunks whose compute time exceeds ``slow_chunk_factor`` x the median of the computed chunks.
+
+    Start-up chunks (``startup``, see ``startup_chunks``) are left out of both the median and the judgement:
+    their time is mostly the kernels' one-time load, not their data, so calling them slow would be a false
+    alarm every cold run, and their inflated times would lift the median that later chunks are judged by.
+    """
+    judged = {name: secs for name, secs in seconds.items() if name not in startup}
+    if len(judged) < t.slow_chunk_min_chunks:
         return []
-    median = statistics.median(seconds.values())
+    median = statistics.median(judged.values())
     limit = t.slow_chunk_factor * median
     return [
         Alert(
@@ -133,7 +160,7 @@ def slow_chunks(seconds: dict[str, float], t: AlertThresholds) -> list[Alert]:
             subject=name,
             details={"median": median, "ratio": secs / median if median > 0 else None},
         )
-        for name, secs in seconds.items()
+        for name, secs in judged.items()
         if secs > limit and secs >= t.slow_chunk_min_seconds
     ]
 
@@ -177,8 +204,8 @@ class AlertBook:
             [cpu_sustained(samples, self.thresholds), memory_high(samples[-1], self.thresholds)]
         )
 
-    def check_chunks(self, seconds: dict[str, float]) -> list[Alert]:
-        return self.admit(slow_chunks(seconds, self.thresholds))
+    def check_chunks(self, seconds: Mapping[str, float], startup: Collection[str] = ()) -> list[Alert]:
+        return self.admit(slow_chunks(seconds, self.thresholds, startup))
 
     def check_retry(self, name: str, attempts: int) -> list[Alert]:
         return self.admit([chunk_retried(name, attempts)])

@@ -24,10 +24,37 @@ from backtest.study import StudyPlan, chunked
 
 #: the modules whose code decides a chunk's numbers: editing any of them invalidates every cached chunk
 _NUMERIC_MODULES = ("signals_nb.py", "simulate_nb.py", "study.py", "folds.py", "config.py", "chunkio.py")
-#: bytes a chunk needs per symbol and bar: 5 price arrays, 5 out-of-sample arrays, scratch and copies
-_BYTES_PER_SYMBOL_BAR = 8 * 16
-#: aim for chunks of at least this much work, so Prefect's per-task cost stays small beside it
-_MIN_CHUNK_BAR_COMBOS = 25_000_000
+# -- what a chunk costs: the one source of these figures for the chooser and the recommendations. Measured
+# on this project's 2-core machine with 2 workers, the thread runner and a Prefect server on loopback, while
+# other work ran beside (load average 7 to 13: on a quiet machine the times are smaller, in about the same
+# ratio). Times are worker-seconds: one worker busy that long.
+#: orchestration per chunk: its task runs, the chunk result's persistence and the server's records. Measured
+#: as the slope of the flow's backtest step against the chunk count at fixed work (96 symbols x 2
+#: combinations in 2 to 96 chunks, best and median of 3 runs, the flow of commit dd15510 with a load task
+#: and a backtest task per chunk): 0.21 worker-seconds a chunk. A trivial task alone is 4-10 ms
+#: (PREFECT_NOTES.md); the profile's ``per_task_overhead_seconds`` is larger (0.2 s for 16-symbol chunks,
+#: 1.5 s for 250), as it also holds the prices' loading and the result encoding, which grow with the chunk.
+TASK_OVERHEAD_SECONDS = 0.2
+#: work per bar and grid combination (the numba kernels of the three phases): ``run_chunk`` on 100 symbols
+#: x 5,040 bars, 2 against 100 combinations, best of 3
+SECONDS_PER_BAR_COMBO = 3.2e-9
+#: work per bar whatever the grid: loading the prices from the store (0.38 us) and the rest of ``run_chunk``
+#: (0.32 us: returns, out-of-sample tables, metrics). With the above, W is 5.1 ms of work a symbol, about
+#: 200 M bars x combinations a second on 2 workers.
+SECONDS_PER_BAR = 0.7e-6
+#: the largest efficient chunk, in symbols x bars: beyond it a chunk's work per symbol rises (``run_chunk``,
+#: one thread, best of 3: 2.5 ms a symbol at 125 and 250 symbols x 5,040 bars, 2.85 at 375, 3.16 at 500) and
+#: the flow on W (2 workers, 3 alternating rounds) was slower in every round with bigger chunks: backtest
+#: step median 37.6 s with 250 symbols a chunk, 41.3 s with 334, 53.0 s with 500
+MAX_CHUNK_SYMBOL_BARS = 1_300_000
+#: peak memory a chunk in flight adds, per symbol and bar: least squares over those 10 runs of the flow on W
+#: (peaks 0.83-1.16, 1.05-1.20 and 1.37-1.52 GiB with 2 chunks of 250, 334 and 500 symbols in flight)
+CHUNK_BYTES_PER_SYMBOL_BAR = 190
+#: orchestration at most this share of a chunk's work
+MAX_TASK_OVERHEAD_SHARE = 0.10
+#: chunks per worker wanted, for load balance at the end of the run and for progress to move, as long as
+#: each chunk still carries enough work to keep the orchestration share below ``MAX_TASK_OVERHEAD_SHARE``
+CHUNKS_PER_WORKER = 4
 
 
 def code_fingerprint() -> str:
@@ -58,18 +85,92 @@ class ChunkSpec:
         return f"{self.name} ({len(self.symbols)} symbols, {first}..{last})"
 
 
+@dataclass(frozen=True)
+class ChunkChoice:
+    """A chunk size with the figures that decided it (for the log, the recommendations and their tests)."""
+
+    size: int
+    chunks: int
+    work_seconds: float  # estimated work of one chunk, worker-seconds
+    overhead_share: float  # per-task cost / work of one chunk
+    reason: str  # balance, overhead, one-per-worker, size-limit
+
+
+def work_per_symbol(n_bars: int, n_combos: int) -> float:
+    """Estimated worker-seconds of one symbol's three phases and load (the measured rates above)."""
+    return max(n_bars, 1) * (SECONDS_PER_BAR + max(n_combos, 1) * SECONDS_PER_BAR_COMBO)
+
+
+def size_chunks(
+    n_symbols: int,
+    work_seconds: float,
+    workers: int,
+    max_size: int | None = None,
+    task_seconds: float = TASK_OVERHEAD_SECONDS,
+) -> ChunkChoice:
+    """Symbols per chunk for ``n_symbols`` symbols of ``work_seconds`` each on ``workers`` workers.
+
+    Why these rules: each chunk costs ``task_seconds`` of orchestration however small it is, so a chunk must
+    carry at least ``1 / MAX_TASK_OVERHEAD_SHARE`` times that in work; beyond that, more chunks only help
+    balance and progress, and ``CHUNKS_PER_WORKER`` per worker give both (the last chunk to finish leaves
+    the other workers idle for a fraction of a chunk: a quarter of the run's per-worker share at most). Never
+    fewer chunks than workers (unless there are fewer symbols), never more symbols than ``max_size``
+    (``size_limit``: efficiency and memory). Chunk counts come in whole rounds of ``workers`` chunks where
+    the rules allow, since a last round with idle workers costs a whole chunk's time, and the symbols are
+    spread evenly over the chunks.
+    """
+    workers = max(workers, 1)
+    if n_symbols <= 0:
+        return ChunkChoice(1, 0, 0.0, 0.0, "balance")
+    by_balance = math.ceil(n_symbols / (CHUNKS_PER_WORKER * workers))  # the size for that many chunks
+    by_overhead = (  # the least size worth a task (a measured work's last bits do not add a symbol)
+        math.ceil(task_seconds / (MAX_TASK_OVERHEAD_SHARE * work_seconds) * (1 - 1e-9))
+        if work_seconds > 0
+        else n_symbols
+    )
+    if by_balance >= by_overhead:
+        chunks, reason = math.ceil(n_symbols / by_balance), "balance"
+    else:
+        chunks, reason = n_symbols // by_overhead, "overhead"  # every chunk at least by_overhead symbols
+    if chunks <= workers:
+        chunks, reason = min(workers, n_symbols), "one-per-worker"
+    else:
+        chunks -= chunks % workers  # whole rounds: fewer, bigger chunks, never a higher overhead share
+    if max_size is not None and math.ceil(n_symbols / chunks) > max_size:
+        chunks, reason = math.ceil(n_symbols / max(max_size, 1)), "size-limit"
+        chunks = min(chunks + -chunks % workers, n_symbols)  # whole rounds again, by smaller chunks
+    size = math.ceil(n_symbols / chunks)
+    chunks = math.ceil(n_symbols / size)
+    work = size * work_seconds
+    return ChunkChoice(size, chunks, work, task_seconds / work if work > 0 else math.inf, reason)
+
+
+def size_limit(n_bars: int, workers: int, memory_bytes: int | None = None) -> int:
+    """Most symbols per chunk: the largest efficient chunk (``MAX_CHUNK_SYMBOL_BARS``), and ``workers``
+    chunks in flight in at most a quarter of the available memory ``memory_bytes`` (default: what psutil
+    says; the rest is for the flow, the server and the other programs on the machine)."""
+    memory = memory_bytes if memory_bytes is not None else psutil.virtual_memory().available
+    by_memory = memory / 4 / max(workers, 1) / (max(n_bars, 1) * CHUNK_BYTES_PER_SYMBOL_BAR)
+    return max(1, int(min(by_memory, MAX_CHUNK_SYMBOL_BARS / max(n_bars, 1))))
+
+
 def choose_chunk_size(
     n_symbols: int, n_bars: int, n_combos: int, workers: int, memory_bytes: int | None = None
 ) -> int:
-    """Symbols per chunk: enough chunks to balance the workers, each big enough to dwarf the per-task cost,
-    and small enough that ``workers`` chunks in flight fit in a quarter of the available memory."""
-    if n_symbols <= 0:
-        return 1
-    memory = memory_bytes if memory_bytes is not None else psutil.virtual_memory().available
-    by_memory = max(1, int(memory / 4 / max(workers, 1) / (max(n_bars, 1) * _BYTES_PER_SYMBOL_BAR)))
-    by_balance = math.ceil(n_symbols / (8 * max(workers, 1)))
-    by_overhead = math.ceil(_MIN_CHUNK_BAR_COMBOS / max(n_bars * n_combos, 1))
-    return max(1, min(by_memory, max(by_balance, by_overhead), n_symbols))
+    """Symbols per chunk for a study of ``n_bars`` bars and ``n_combos`` combinations (see ``size_chunks``)."""
+    return plan_chunk_size(n_symbols, n_bars, n_combos, workers, memory_bytes).size
+
+
+def plan_chunk_size(
+    n_symbols: int, n_bars: int, n_combos: int, workers: int, memory_bytes: int | None = None
+) -> ChunkChoice:
+    """``choose_chunk_size`` with the figures behind the choice."""
+    return size_chunks(
+        n_symbols,
+        work_per_symbol(n_bars, n_combos),
+        workers,
+        size_limit(n_bars, workers, memory_bytes),
+    )
 
 
 @dataclass(frozen=True, eq=False)

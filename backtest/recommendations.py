@@ -12,20 +12,27 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from backtest.profiling import CPU_BOUND, IO_BOUND, RunProfile
+from backtest.alerts import startup_chunks
+from backtest.planning import (
+    CHUNKS_PER_WORKER,
+    MAX_TASK_OVERHEAD_SHARE,
+    TASK_OVERHEAD_SECONDS,
+    ChunkChoice,
+    size_chunks,
+    size_limit,
+)
+from backtest.profiling import CPU_BOUND, IO_BOUND, ChunkFigures, RunProfile
 
-#: per-task overhead above this fraction of a median chunk's work makes chunks "too small"
-MAX_TASK_OVERHEAD_SHARE = 0.10
-#: chunk work should be at least this many times the per-task overhead
-TARGET_WORK_PER_OVERHEAD = 20.0
+#: chunk-size advice only when the size the run's own figures call for is this many times larger or
+#: smaller than the run's: the chooser's estimate and a run's measurement never agree to the symbol, and a
+#: near miss is not worth a re-run
+CHUNK_SIZE_TOLERANCE = 1.5
 #: loading above this share of the chunks' time "dominates"
 LOAD_DOMINATES_SHARE = 0.30
 #: the slowest chunk above this multiple of the median "dominates"
 IMBALANCE_LIMIT = 2.0
 #: orchestration above this share of the flow's wall time is worth reducing
 OVERHEAD_SHARE_LIMIT = 0.20
-#: parallel efficiency below this means workers sit idle or contend
-LOW_EFFICIENCY = 0.6
 #: chunk threads blocked (not computing, not queued for a core) above this share of their time contend
 BLOCKED_SHARE = 0.4
 #: chunks queued for a core above this share of their time: the machine is busy with other work
@@ -53,45 +60,94 @@ def _median_wall(p: RunProfile) -> float | None:
     return statistics.median(walls) if walls else None
 
 
-def chunks_too_small(p: RunProfile) -> Recommendation | None:
-    """Per-task overhead is a large share of each chunk's work: fewer, bigger chunks amortise it."""
-    median = _median_wall(p)
-    if not median or p.per_task_overhead is None or p.per_task_overhead <= MAX_TASK_OVERHEAD_SHARE * median:
+def _startup(p: RunProfile) -> frozenset[str]:
+    """The run's start-up chunks (alerts.startup_chunks): the first chunk of each fresh worker."""
+    return startup_chunks(
+        {c.chunk: (c.start, c.end) for c in p.computed if c.start is not None and c.end is not None}
+    )
+
+
+def _steady(p: RunProfile) -> list[ChunkFigures]:
+    """The computed chunks that were not start-up chunks: the ones whose time says what the work costs."""
+    startup = _startup(p)
+    return [c for c in p.computed if c.chunk not in startup]
+
+
+def chunk_size_off(p: RunProfile, bars_per_symbol: float | None = None) -> Recommendation | None:
+    """The chunk size the run's measured work calls for, by the very rules that chose the default size
+    (planning.size_chunks, with the same per-task cost), when the run's size is outside what those rules give
+    for any work per symbol within ``CHUNK_SIZE_TOLERANCE`` of the measured one.
+
+    Why the band: the rules only ever shrink chunks as the work per symbol grows, so a default run, whose size
+    the chooser took from its estimate of the work, is never told to use another size unless its measured
+    work is more than ``CHUNK_SIZE_TOLERANCE`` times away from that estimate: a near miss is not worth a
+    re-run. Fewer, bigger chunks are advised only when they save at least ``MAX_TASK_OVERHEAD_SHARE`` of the
+    work's time in orchestration. The work per symbol (the chunk task's time, loading its prices included)
+    is measured on the chunks that were not the first of a fresh worker, since those carry the kernels'
+    one-time load; without any such chunk there is no advice. Given the study's ``bars_per_symbol``, chunks
+    grow at most to the chooser's ``size_limit`` (the largest efficient chunk, and memory), with the same
+    tolerance."""
+    steady = _steady(p)
+    symbols = sum(c.symbols for c in steady)
+    if not steady or symbols <= 0 or p.chunk_size <= 0:
         return None
-    factor = TARGET_WORK_PER_OVERHEAD * p.per_task_overhead / median
-    n_symbols = _symbols(p)
-    upper = max(math.ceil(n_symbols / max(p.workers, 1)), 1)  # keep at least one chunk per worker
-    suggested = min(max(math.ceil(p.chunk_size * factor), p.chunk_size + 1), upper)
-    if suggested <= p.chunk_size:
+    work = sum(c.wall + (c.fetch or 0.0) for c in steady) / symbols  # its load task's time too
+    if work <= 0:
         return None
+    max_size = size_limit(max(round(bars_per_symbol), 1), p.workers) if bars_per_symbol else None
+    n_symbols, t = _symbols(p), CHUNK_SIZE_TOLERANCE
+    smallest = size_chunks(n_symbols, work * t, p.workers, None if max_size is None else int(max_size / t))
+    largest = size_chunks(n_symbols, work / t, p.workers, None if max_size is None else int(max_size * t))
+    if smallest.size <= p.chunk_size <= largest.size:
+        return None
+    choice = size_chunks(n_symbols, work, p.workers, max_size)
+    too_small = p.chunk_size < smallest.size
+    saved = (len(p.chunks) - choice.chunks) * TASK_OVERHEAD_SECONDS / (n_symbols * work)
+    if too_small and saved < MAX_TASK_OVERHEAD_SHARE:
+        return None  # fewer tasks would save too little of the work's time to be worth a change
+    share = TASK_OVERHEAD_SECONDS / (p.chunk_size * work)
+    per_worker = len(p.chunks) / max(p.workers, 1)
     return Recommendation(
-        "chunks-too-small",
-        f"Each chunk task costs about {p.per_task_overhead:.2f} s of orchestration against a median "
-        f"{median:.2f} s of work ({p.per_task_overhead / median:.0%}). Use --chunk-size {suggested} "
-        f"(now {p.chunk_size}) so the work is about {TARGET_WORK_PER_OVERHEAD:.0f}x the overhead.",
+        "chunk-size",
+        _chunk_size_advice(p, choice, work, share, per_worker, too_small),
         {
-            "per_task_overhead_s": p.per_task_overhead,
-            "median_chunk_s": median,
-            "suggested_chunk_size": suggested,
+            "chunk_size": p.chunk_size,
+            "suggested_chunk_size": choice.size,
+            "suggested_chunks": choice.chunks,
+            "work_per_symbol_s": work,
+            "task_overhead_s": TASK_OVERHEAD_SECONDS,
+            "overhead_share": share,
+            "chunks_per_worker": per_worker,
+            "reason": choice.reason,
         },
     )
 
 
-def too_few_chunks(p: RunProfile) -> Recommendation | None:
-    """Fewer chunks than a few per worker leave workers idle at the end of the run."""
-    computed = p.computed
-    if not computed or p.parallel_efficiency is None or p.parallel_efficiency >= LOW_EFFICIENCY:
-        return None
-    if len(p.chunks) >= 2 * p.workers:
-        return None
-    suggested = max(math.ceil(_symbols(p) / (4 * p.workers)), 1)
-    if suggested >= p.chunk_size:
-        return None
-    return Recommendation(
-        "too-few-chunks",
-        f"{len(p.chunks)} chunks for {p.workers} workers leaves workers idle (parallel efficiency "
-        f"{p.parallel_efficiency:.0%}). Use --chunk-size {suggested} for about 4 chunks per worker.",
-        {"chunks": len(p.chunks), "workers": p.workers, "suggested_chunk_size": suggested},
+_TARGETS = {
+    "balance": f"{CHUNKS_PER_WORKER} chunks per worker",
+    "overhead": f"orchestration at most {MAX_TASK_OVERHEAD_SHARE:.0%} of a chunk's work",
+    "one-per-worker": "one chunk per worker: the work is too small for more",
+    "size-limit": "the largest efficient chunk, within a quarter of the free memory",
+}
+
+
+def _chunk_size_advice(
+    p: RunProfile, choice: ChunkChoice, work: float, share: float, per_worker: float, too_small: bool
+) -> str:
+    if too_small:
+        now = (
+            f"Each chunk task costs about {TASK_OVERHEAD_SECONDS:.2f} s of orchestration against "
+            f"{p.chunk_size * work:.2f} s of work ({share:.0%}; {work * 1e3:.2f} ms per symbol measured)"
+        )
+    else:
+        now = (
+            f"{len(p.chunks)} chunks for {p.workers} workers ({per_worker:.1f} each) leave workers idle at "
+            "the end of the run and the progress moving in big steps"
+        )
+    return (
+        f"{now}. Use --chunk-size {choice.size} (now {p.chunk_size}): {choice.chunks} chunks of about "
+        f"{choice.work_seconds:.2f} s of work each ({_TARGETS[choice.reason]}); the default chunk size "
+        "follows the same rules."
     )
 
 
@@ -172,16 +228,15 @@ def one_chunk_dominates(p: RunProfile) -> Recommendation | None:
     if not computed or not median or p.load_imbalance is None or p.load_imbalance <= IMBALANCE_LIMIT:
         return None
     worst = max(computed, key=lambda c: c.wall)
-    started = sorted((c for c in computed if c.start is not None), key=lambda c: c.start or 0.0)
-    first = {c.chunk for c in started[: p.workers]}
+    first = _startup(p)
     figures = {"chunk": worst.chunk, "seconds": worst.wall, "median": median, "ratio": p.load_imbalance}
     if worst.chunk in first:
         return Recommendation(
             "start-up-chunk",
             f"{worst.chunk} took {worst.wall:.2f} s, {p.load_imbalance:.1f}x the median {median:.2f} s, but "
-            f"it was among the first {p.workers} chunks to start: that is one-time start-up on fresh workers "
-            "(loading the compiled kernels), not its data. It weighs less as the study grows; keep the "
-            "workers (a Dask cluster, a running worker) alive between runs to avoid it.",
+            "it started before any chunk had finished, as the first chunk of a fresh worker: that is one-time "
+            "start-up (loading the compiled kernels), not its data. It weighs less as the study grows; keep "
+            "the workers (a Dask cluster, a running worker) alive between runs to avoid it.",
             {**figures, "first_chunks": sorted(first)},
         )
     parts = math.ceil(worst.wall / median)
@@ -269,8 +324,7 @@ def cache_missing(p: RunProfile) -> Recommendation | None:
 RULES: tuple[Callable[[RunProfile], Recommendation | None], ...] = (
     memory_pressure,
     one_chunk_dominates,
-    chunks_too_small,
-    too_few_chunks,
+    chunk_size_off,
     loading_dominates,
     more_workers,
     fewer_workers,
@@ -281,6 +335,12 @@ RULES: tuple[Callable[[RunProfile], Recommendation | None], ...] = (
 )
 
 
-def recommend(profile: RunProfile) -> list[Recommendation]:
-    """Every rule's advice for this run, most urgent first."""
-    return [r for rule in RULES if (r := rule(profile)) is not None]
+def recommend(profile: RunProfile, bars_per_symbol: float | None = None) -> list[Recommendation]:
+    """Every rule's advice for this run, most urgent first. ``bars_per_symbol`` (the study's bars over its
+    symbols) lets the chunk-size rule apply the chooser's size limit too."""
+    advice = []
+    for rule in RULES:
+        r = chunk_size_off(profile, bars_per_symbol) if rule is chunk_size_off else rule(profile)
+        if r is not None:
+            advice.append(r)
+    return advice

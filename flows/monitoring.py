@@ -21,7 +21,7 @@ from typing import Any
 from prefect.events import emit_event
 from prefect.logging.loggers import flow_run_logger
 
-from backtest.alerts import Alert, AlertBook, AlertThresholds
+from backtest.alerts import Alert, AlertBook, AlertThresholds, startup_chunks
 from backtest.monitor import ResourceMonitor, Sample, samples_frame, write_samples
 from backtest.outputs import write_json
 from backtest.planning import ChunkSpec
@@ -60,6 +60,16 @@ def emit_alert(alert: Alert, flow_run: Any, logger: Any) -> None:
     logger.warning("ALERT %s: %s", alert.kind, alert.message)
     payload = {k: v for k, v in alert.to_dict().items() if k != "event"}
     emit_event(event=alert.event, resource=flow_run_resource(flow_run), payload=payload)
+
+
+def _bars_per_symbol(counts: Mapping[str, Any]) -> float | None:
+    """The study's bars per symbol from the summary's counts (bars x combinations over both), if there."""
+    try:
+        return float(counts["bars_x_combinations"]) / (
+            float(counts["combinations"]) * float(counts["symbols"])
+        )
+    except (KeyError, TypeError, ValueError, ZeroDivisionError):
+        return None
 
 
 class RunWatch:
@@ -201,7 +211,7 @@ class RunWatch:
         self.finished[name] = (status, timings, end)
         if status == COMPUTED and timings:
             self._emit(self.book.check_retry(name, int(timings.get("attempts", 1))))
-            self._emit(self.book.check_chunks(self._computed_seconds()))
+            self._check_slow_chunks()
         progress = self.tracker.finished(name, len(spec.symbols), state.name)
         now = time.perf_counter()
         last = len(self.finished) >= len(self.specs)
@@ -219,10 +229,22 @@ class RunWatch:
                 out[name] = sum(wall_timings(timings).values())
         return out
 
+    def _check_slow_chunks(self) -> None:
+        """The slow-chunk rule over the chunks computed so far, start-up chunks left out. A chunk ran from its
+        end (its final state's time) back by its task body's time; a start-up chunk still running when another
+        ends started before that first end, so it is recognised as one when it finishes in turn."""
+        seconds = self._computed_seconds()
+        spans = {}
+        for name, secs in seconds.items():
+            end = self.finished[name][2]
+            if end is not None:
+                spans[name] = (end - secs, end)
+        self._emit(self.book.check_chunks(seconds, startup_chunks(spans)))
+
     def backtest_done(self) -> None:
         """After the backtest step: the slow-chunk rule against the final median, and the cache rule."""
         hits = sum(status == CACHED for status, _, _ in self.finished.values())
-        self._emit(self.book.check_chunks(self._computed_seconds()))
+        self._check_slow_chunks()
         self._emit(self.book.check_cache(hits, len(self.specs), self.warm))
 
     def finish(
@@ -281,7 +303,7 @@ class RunWatch:
             cores=self.monitor.cores,
             monitor_overhead=self.monitor.overhead_fraction(),
         )
-        recs = recommend(profile)
+        recs = recommend(profile, _bars_per_symbol(summary.get("counts", {})))
         alerts = self.alerts
         save_profile(out, profile, recs, alerts, samples)
         self._out, self._summary, self._finished_at = out, summary, time.perf_counter()

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from backtest.alerts import AlertBook, AlertThresholds, cache_hit_rate_low, chunk_retried, slow_chunks
+from backtest.alerts import (
+    AlertBook,
+    AlertThresholds,
+    cache_hit_rate_low,
+    chunk_retried,
+    slow_chunks,
+    startup_chunks,
+)
 from backtest.monitor import Sample
 
 
@@ -81,6 +88,61 @@ def test_slow_chunk_relative_to_the_median_once_per_chunk():
     assert len(book.check_chunks(seconds)) == 1
     assert book.check_chunks({**seconds, "chunk-0004": 1.0}) == []  # same condition: not again
     assert [a.subject for a in book.check_chunks({**seconds, "chunk-0005": 9.0})] == ["chunk-0005"]
+
+
+def run_spans(walls: list[float], workers: int, start_up: float = 0.0) -> dict[str, tuple[float, float]]:
+    """When each chunk ran on ``workers`` workers taking chunks in order as they free up (list scheduling),
+    the first chunk of each worker ``start_up`` seconds longer (the kernels' load on a fresh worker)."""
+    free = [0.0] * workers
+    spans = {}
+    for i, wall in enumerate(walls):
+        w = min(range(workers), key=free.__getitem__)
+        first = free[w] == 0.0
+        start = free[w]
+        free[w] = start + wall + (start_up if first else 0.0)
+        spans[f"chunk-{i:04d}"] = (start, free[w])
+    return spans
+
+
+def test_start_up_chunks_are_the_first_of_each_worker():
+    spans = run_spans([0.2] * 10, workers=2, start_up=8.0)
+    assert startup_chunks(spans) == {"chunk-0000", "chunk-0001"}
+    assert startup_chunks(run_spans([0.2] * 10, workers=3, start_up=8.0)) == {
+        "chunk-0000",
+        "chunk-0001",
+        "chunk-0002",
+    }
+    # one worker: only its first chunk; no figures, no start-up chunks
+    assert startup_chunks(run_spans([1.0] * 5, workers=1, start_up=3.0)) == {"chunk-0000"}
+    assert startup_chunks({}) == frozenset()
+    # a worker whose first chunk starts after another's has finished (kernels ready in its process by then,
+    # for threads) is judged like any other
+    late = {"a": (0.0, 1.0), "b": (0.0, 1.2), "c": (1.1, 2.0)}
+    assert startup_chunks(late) == {"a", "b"}
+
+
+def test_no_false_slow_chunk_at_start_up_but_a_truly_slow_one_later_alerts():
+    """The demo's cold run: two fresh workers, 8 s of kernel load on each first chunk, median 0.18 s."""
+    t = AlertThresholds()
+    walls = [0.18] * 10
+    spans = run_spans(walls, workers=2, start_up=8.0)
+    seconds = {name: end - start for name, (start, end) in spans.items()}
+    assert [a.subject for a in slow_chunks(seconds, t)] == ["chunk-0000", "chunk-0001"]  # the old rule
+    assert slow_chunks(seconds, t, startup_chunks(spans)) == []
+    # the same start-up, and chunk 7 stalls for 5 s later in the run: that one still alerts
+    walls[7] = 5.0
+    spans = run_spans(walls, workers=2, start_up=8.0)
+    seconds = {name: end - start for name, (start, end) in spans.items()}
+    alerts = slow_chunks(seconds, t, startup_chunks(spans))
+    assert [a.subject for a in alerts] == ["chunk-0007"]
+    assert abs(alerts[0].details["median"] - 0.18) < 1e-9  # start-up chunks do not lift the median either
+    # checked as chunks finish (as the flow does): nothing until chunk 7, which alerts once
+    book, raised = AlertBook(t), []
+    for n in range(1, len(spans) + 1):
+        done = dict(sorted(spans.items(), key=lambda kv: kv[1][1])[:n])
+        secs = {name: end - start for name, (start, end) in done.items()}
+        raised += [a.subject for a in book.check_chunks(secs, startup_chunks(done))]
+    assert raised == ["chunk-0007"]
 
 
 def test_retried_chunk_once():

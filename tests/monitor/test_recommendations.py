@@ -5,10 +5,15 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from backtest.planning import choose_chunk_size, work_per_symbol
 from backtest.profiling import BlockFigures, ChunkFigures, RunProfile
 from backtest.recommendations import (
+    CHUNK_SIZE_TOLERANCE,
     cache_missing,
-    chunks_too_small,
+    chunk_size_off,
     fewer_workers,
     loading_dominates,
     machine_contended,
@@ -18,8 +23,8 @@ from backtest.recommendations import (
     orchestration_heavy,
     recommend,
     threads_waiting,
-    too_few_chunks,
 )
+from tests.monitor.test_alerts import run_spans
 
 GIB = 2**30
 
@@ -68,21 +73,76 @@ def test_a_healthy_run_gets_no_advice():
     assert recommend(profile()) == []
 
 
-def test_chunks_too_small_suggests_a_size_that_amortises_the_overhead():
-    p = profile(chunks=chunks([0.2] * 40), per_task_overhead=0.1, chunk_size=50)
-    r = chunks_too_small(p)
-    # work should be 20x the 0.1 s overhead: 2 s, i.e. 10x the 0.2 s chunks -> 500 symbols
-    assert r is not None and r.figures["suggested_chunk_size"] == 500 and "--chunk-size 500" in r.advice
-    # never fewer chunks than workers: 40 x 50 symbols on 2 workers caps at 1,000
-    assert chunks_too_small(replace(p, per_task_overhead=1.0)).figures["suggested_chunk_size"] == 1000
-    assert chunks_too_small(replace(p, per_task_overhead=0.01)) is None  # 5 % of the work
+def scheduled(sizes: list[int], per_symbol: float, workers: int, start_up: float = 8.0) -> tuple:
+    """Chunks of ``sizes`` symbols run on ``workers`` fresh workers (run_spans), ``per_symbol`` s each."""
+    spans = run_spans([n * per_symbol for n in sizes], workers, start_up)
+    return tuple(
+        ChunkFigures(name, n, "computed", wall=end - start, cpu=0.95 * (end - start), end=end)
+        for (name, (start, end)), n in zip(spans.items(), sizes, strict=True)
+    )
 
 
-def test_too_few_chunks_for_the_workers():
-    p = profile(chunks=chunks([20.0, 20.0, 20.0], symbols=600), chunk_size=600, parallel_efficiency=0.5)
-    r = too_few_chunks(p)
-    assert r is not None and r.figures["suggested_chunk_size"] == 225  # 1,800 symbols / (4 x 2 workers)
-    assert too_few_chunks(replace(p, parallel_efficiency=0.9)) is None
+def split(n: int, size: int) -> list[int]:
+    return [min(size, n - i) for i in range(0, n, size)]
+
+
+def test_the_demo_run_is_advised_the_size_the_chooser_now_picks():
+    """500 symbols x 20 years, 100 combinations, 2 workers in chunks of 51: 0.18 s of work per 0.2 s task."""
+    p = profile(chunks=scheduled(split(500, 51), 0.18 / 51, 2), chunk_size=51)
+    r = chunk_size_off(p)
+    assert r is not None and r.rule == "chunk-size" and r.figures["suggested_chunk_size"] == 250
+    assert "--chunk-size 250 (now 51)" in r.advice and "0.20 s of orchestration" in r.advice
+    assert r.figures["suggested_chunk_size"] == choose_chunk_size(500, 4_900, 100, 2, memory_bytes=16 * GIB)
+    assert [x.rule for x in recommend(p)].count("chunk-size") == 1
+    # the start-up chunks' 8 s are not taken for work: without them the same advice
+    quick = chunk_size_off(replace(p, chunks=scheduled(split(500, 51), 0.18 / 51, 2, 0.0)))
+    assert (
+        quick is not None and abs(quick.figures["work_per_symbol_s"] - r.figures["work_per_symbol_s"]) < 1e-12
+    )
+    # a run of chunks that all started up on fresh workers says nothing about the work: no advice
+    assert chunk_size_off(profile(chunks=scheduled([250, 250], 0.18 / 51, 2), chunk_size=250)) is None
+
+
+def test_too_big_chunks_for_balance_and_a_near_miss_or_small_saving_is_no_advice():
+    p = profile(chunks=scheduled(split(4_000, 1_000), 0.05, 2), chunk_size=1_000)  # 4 chunks of 50 s
+    r = chunk_size_off(p)
+    assert r is not None and r.figures["suggested_chunk_size"] == 500 and "leave workers idle" in r.advice
+    assert chunk_size_off(profile(chunks=scheduled(split(4_000, 500), 0.05, 2), chunk_size=500)) is None
+    near = profile(chunks=scheduled(split(4_000, 400), 0.05, 2), chunk_size=400)  # 10 chunks, not 8
+    assert chunk_size_off(near) is None
+    # 40 chunks of 2 s where 8 would do: 3.2 s of orchestration saved on 80 s of work is not worth it
+    assert chunk_size_off(profile()) is None
+
+
+def test_chunks_grow_only_as_far_as_the_choosers_size_limit():
+    # 40 chunks of 100 symbols, 0.2 s of work each: the task cost is as much as the work
+    p = profile(chunks=scheduled(split(4_000, 100), 0.002, 2), chunk_size=100)
+    free = chunk_size_off(p)  # bars unknown: no limit but one chunk per worker's overhead rule
+    assert free is not None and free.figures["suggested_chunk_size"] == 1_000
+    limited = chunk_size_off(p, bars_per_symbol=5_040.0)  # 20 years: the largest efficient chunk is 257
+    assert limited is not None and limited.figures["reason"] == "size-limit"
+    assert limited.figures["suggested_chunk_size"] == 250 == choose_chunk_size(4_000, 5_040, 2, 2)
+    assert [r.figures for r in recommend(p, 5_040.0) if r.rule == "chunk-size"] == [limited.figures]
+
+
+@given(
+    n=st.integers(100, 8_000),
+    bars=st.integers(500, 10_000),
+    combos=st.integers(1, 400),
+    workers=st.integers(1, 4),
+    off=st.floats(1 / 1.45, 1.45),
+    bars_off=st.floats(0.9, 1.1),
+)
+@settings(max_examples=60, deadline=None)
+def test_a_default_run_is_never_advised_another_size(n, bars, combos, workers, off, bars_off):
+    """Whatever the workload, a run at the chooser's size whose measured work per symbol is within the
+    tolerance of the chooser's estimate gets no chunk-size advice (the study's bars per symbol differ a little
+    from the chooser's estimate from the dates, as with symbols listed late)."""
+    size = choose_chunk_size(n, bars, combos, workers)
+    per_symbol = work_per_symbol(bars, combos) * off
+    p = profile(chunks=scheduled(split(n, size), per_symbol, workers), chunk_size=size, workers=workers)
+    assert CHUNK_SIZE_TOLERANCE > 1.45
+    assert chunk_size_off(p, bars_per_symbol=bars * bars_off) is None
 
 
 def test_more_workers_when_cpu_bound_with_idle_cores_and_memory():
