@@ -19,6 +19,7 @@ import os
 import shutil
 import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import PercentFormatter
+from PIL import Image
 
 from backtest.monitor import CORE_PREFIX, atomic_path
 from backtest.outputs import link_into
@@ -85,11 +87,28 @@ def _figure(width: float, height: float, margins: Margins = Margins()) -> Figure
     return fig
 
 
-def _save(fig: Figure, path: Path) -> Path:
+def render(fig: Figure) -> Image.Image:
+    """The figure's pixels, drawn by Agg (what ``savefig`` would encode; the image shares the canvas'
+    buffer, which it keeps alive)."""
+    canvas = fig.canvas
+    assert isinstance(canvas, FigureCanvasAgg)
+    canvas.draw()
+    width, height = canvas.get_width_height(physical=True)
+    return Image.frombuffer("RGBA", (width, height), canvas.buffer_rgba(), "raw", "RGBA", 0, 1)
+
+
+def write_png(image: Image.Image, path: Path) -> Path:
+    """``image`` as a PNG file at ``path``, atomically. Compress level 1: several times faster to write than
+    the default 6, for somewhat larger files. Pillow runs zlib without the GIL, so this can overlap the
+    drawing of the next figure on another thread."""
     with atomic_path(path, ".tmp.png") as tmp:
-        # compress level 1: several times faster to write than the default 6, for somewhat larger files
-        fig.savefig(tmp, format="png", pil_kwargs={"compress_level": 1})
+        image.save(tmp, format="png", compress_level=1)
     return path
+
+
+def save_figure(fig: Figure, path: Path) -> Path:
+    """Draw and write one figure (``build_report`` does the two on different threads)."""
+    return write_png(render(fig), path)
 
 
 def _title(ax: Axes, text: str) -> None:
@@ -184,7 +203,7 @@ def _date_axis(ax: Axes) -> None:
         ax.xaxis.set_major_formatter(mdates.DateFormatter("%Y-%m"))
 
 
-def plot_equity(tables: RunTables, path: Path) -> Path | str:
+def plot_equity(tables: RunTables) -> Figure | str:
     port = tables["portfolio.parquet"]
     if port is None or port.empty:
         return "no portfolio.parquet (the study produced no out-of-sample returns)"
@@ -206,10 +225,10 @@ def plot_equity(tables: RunTables, path: Path) -> Path | str:
     ax2.yaxis.set_major_formatter(PercentFormatter(1.0))
     ax2.grid(alpha=0.3)
     _date_axis(ax2)
-    return _save(fig, path)
+    return fig
 
 
-def plot_scores(tables: RunTables, path: Path) -> Path | str:
+def plot_scores(tables: RunTables) -> Figure | str:
     sel = tables["selections.parquet"]
     if sel is None or sel.empty:
         return "no selections.parquet"
@@ -235,7 +254,7 @@ def plot_scores(tables: RunTables, path: Path) -> Path | str:
     _title(ax, "In-sample vs out-of-sample score per fold")
     ax.legend()
     ax.grid(alpha=0.3, axis="y")
-    return _save(fig, path)
+    return fig
 
 
 def _param_columns(frame: pd.DataFrame) -> list[str]:
@@ -246,7 +265,7 @@ def _param_columns(frame: pd.DataFrame) -> list[str]:
     return sorted(varying, key=lambda c: -frame[c].nunique(dropna=True))
 
 
-def plot_grid(tables: RunTables, path: Path) -> Path | str:
+def plot_grid(tables: RunTables) -> Figure | str:
     grid = tables["grid_scores.parquet"]
     if grid is None or grid.empty:
         return "no grid_scores.parquet"
@@ -277,10 +296,10 @@ def plot_grid(tables: RunTables, path: Path) -> Path | str:
     if len(params) > 2:
         title += "\n(averaged over " + ", ".join(p.removeprefix("param_") for p in params[2:]) + ")"
     _title(ax, title)
-    return _save(fig, path)
+    return fig
 
 
-def plot_selections(tables: RunTables, path: Path) -> Path | str:
+def plot_selections(tables: RunTables) -> Figure | str:
     sel = tables["selections.parquet"]
     if sel is None or sel.empty:
         return "no selections.parquet"
@@ -302,10 +321,10 @@ def plot_selections(tables: RunTables, path: Path) -> Path | str:
         ax.legend(loc="upper left")
     _date_axis(axes[-1])
     _title(axes[0], "Selected parameters over time (per test window, across symbols)")
-    return _save(fig, path)
+    return fig
 
 
-def plot_resources(tables: RunTables, path: Path) -> Path | str:
+def plot_resources(tables: RunTables) -> Figure | str:
     res = tables[RESOURCES_FILE]
     if res is None or len(res) < 2:
         return "fewer than two resource samples (the run was shorter than the monitor's interval)"
@@ -343,10 +362,10 @@ def plot_resources(tables: RunTables, path: Path) -> Path | str:
     ax3.set_ylabel("MiB/s")
     lines = ax2.get_lines() + ax3.get_lines()
     ax2.legend(lines, [line.get_label() for line in lines], loc="upper left", fontsize="small")
-    return _save(fig, path)
+    return fig
 
 
-def plot_phases(path: Path, summary: dict[str, Any], doc: dict[str, Any] | None) -> Path | str:
+def plot_phases(summary: dict[str, Any], doc: dict[str, Any] | None) -> Figure | str:
     steps = summary.get("phase_seconds") or {}
     phases = (doc or {}).get("profile", {}).get("phases", {})
     if not steps and not phases:
@@ -373,7 +392,7 @@ def plot_phases(path: Path, summary: dict[str, Any], doc: dict[str, Any] | None)
     _title(ax2, "Chunk phases")
     ax2.legend(fontsize="small")
     ax2.grid(alpha=0.3, axis="x")
-    return _save(fig, path)
+    return fig
 
 
 # -- the HTML -------------------------------------------------------------------------------------------------------
@@ -566,9 +585,9 @@ def plot_cache_dir(results_dir: Path) -> Path:
     return Path(results_dir) / f"plots-{digest.hexdigest()}"
 
 
-def _cached_plot(cache: Path, name: str, target: Path, draw: Callable[[], Path | str]) -> Path | str:
-    """``target`` hard-linked from ``cache`` when this plot was drawn for the same results before (or the
-    reason it was skipped then); otherwise drawn, then kept in ``cache`` (read-only) for the next run."""
+def _from_cache(cache: Path, name: str, target: Path) -> Path | str | None:
+    """``target`` hard-linked from ``cache`` when this plot was drawn for the same results before, or the
+    reason it was skipped then; None when it must be drawn (also when the cache entry is unusable)."""
     png, why = cache / f"{name}.png", cache / f"{name}{_SKIPPED_SUFFIX}"
     try:
         if png.is_file():
@@ -578,20 +597,24 @@ def _cached_plot(cache: Path, name: str, target: Path, draw: Callable[[], Path |
             return why.read_text(encoding="utf-8")
     except OSError:
         pass  # an unusable cache entry: draw the plot as if it were not there
-    result = draw()
+    return None
+
+
+def _keep_in_cache(cache: Path, name: str, result: Path | str) -> None:
+    """The drawn plot (read-only: output folders link to it, so it is never written in place) or the reason
+    it was skipped, kept in ``cache`` for the next run with the same results."""
     try:
         cache.mkdir(parents=True, exist_ok=True)
         if isinstance(result, Path):
             tmp = cache / f".{name}.{os.getpid()}.{threading.get_ident()}.png"
             shutil.copyfile(result, tmp)
-            os.chmod(tmp, 0o444)  # output folders link to it: never written in place
-            os.replace(tmp, png)
+            os.chmod(tmp, 0o444)
+            os.replace(tmp, cache / f"{name}.png")
         else:
-            with atomic_path(why) as tmp_why:
+            with atomic_path(cache / f"{name}{_SKIPPED_SUFFIX}") as tmp_why:
                 tmp_why.write_text(result, encoding="utf-8")
     except OSError:
         pass  # the cache is an optimisation: a full or read-only disk must not fail the report
-    return result
 
 
 def build_report(out: Path, plot_cache: Path | None = None) -> ReportFiles:
@@ -600,6 +623,9 @@ def build_report(out: Path, plot_cache: Path | None = None) -> ReportFiles:
     With ``plot_cache`` (see ``plot_cache_dir``: a folder belonging to exactly these results) the plots that
     depend only on the result tables are reused from there when present, and kept there when drawn; the
     resource and time-per-phase plots, which differ on every run, are always drawn.
+
+    Figures are drawn one after the other on this thread (matplotlib's drawing holds the GIL: two drawing
+    threads were no faster, measured) while one writer thread encodes and writes the PNG of the previous one.
     """
     out = Path(out)
     summary_path = out / "summary.json"
@@ -611,27 +637,45 @@ def build_report(out: Path, plot_cache: Path | None = None) -> ReportFiles:
     plot_dir = out / PLOT_DIR
     plot_dir.mkdir(parents=True, exist_ok=True)
     tables = RunTables(out)
-    makers: dict[str, Callable[[Path], Path | str]] = {
+    makers: dict[str, Callable[[], Figure | str]] = {
         "equity": functools.partial(plot_equity, tables),
         "scores": functools.partial(plot_scores, tables),
         "grid": functools.partial(plot_grid, tables),
         "selections": functools.partial(plot_selections, tables),
         "resources": functools.partial(plot_resources, tables),
-        "phases": lambda p: plot_phases(p, summary, doc),
+        "phases": functools.partial(plot_phases, summary, doc),
     }
+    results: dict[str, Path | str] = {}
+    reused: set[str] = set()  # taken from the plot cache
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="report-png") as writer:
+        writes: dict[str, Future[Path]] = {}
+        for name, make in makers.items():
+            target = plot_dir / f"{name}.png"
+            cache = plot_cache if plot_cache is not None and name in RESULT_PLOTS else None
+            cached = _from_cache(cache, name, target) if cache is not None else None
+            if cached is not None:
+                results[name] = cached
+                reused.add(name)
+                continue
+            drawn = make()
+            if isinstance(drawn, str):
+                results[name] = drawn
+            else:
+                writes[name] = writer.submit(write_png, render(drawn), target)
+                del drawn  # the image keeps the pixels alive; the figure's artists can go
+        for name, future in writes.items():
+            results[name] = future.result()  # a failed write fails the report, as a failed drawing does
     plots: dict[str, Path] = {}
     skipped: dict[str, str] = {}
-    for name, make in makers.items():
-        target = plot_dir / f"{name}.png"
-        if plot_cache is not None and name in RESULT_PLOTS:
-            result = _cached_plot(plot_cache, name, target, functools.partial(make, target))
-        else:
-            result = make(target)
+    for name in makers:  # in the report's order
+        result = results[name]
         if isinstance(result, Path):
             plots[name] = result
         else:
             skipped[name] = result
-            target.unlink(missing_ok=True)  # no stale plot from an earlier build
+            (plot_dir / f"{name}.png").unlink(missing_ok=True)  # no stale plot from an earlier build
+        if plot_cache is not None and name in RESULT_PLOTS and name not in reused:
+            _keep_in_cache(plot_cache, name, result)
     page = out / REPORT_FILE
     with atomic_path(page) as tmp:
         tmp.write_text(render_html(summary, doc, plots, skipped, out), encoding="utf-8")

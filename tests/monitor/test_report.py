@@ -4,6 +4,7 @@ in a real browser (headless Chromium)."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import time
@@ -20,7 +21,7 @@ from backtest.monitor import ResourceMonitor
 from backtest.outputs import study_figures, write_json
 from backtest.profiling import ChunkFigures, analyse, save_profile
 from backtest.recommendations import recommend
-from backtest.report import PLOT_TITLES, build_report, report_markdown
+from backtest.report import PLOT_TITLES, RESULT_PLOTS, build_report, report_markdown
 from backtest.study import date_range, run_study
 from flows.cli import app
 from tests.panels import random_panel
@@ -151,3 +152,30 @@ def test_report_images_load_in_headless_chromium(run_folder, built, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     # the page's own script sets data-images once every image has loaded with a non-zero natural width
     assert f'data-images="ok {len(PLOT_TITLES)}/{len(PLOT_TITLES)}"' in proc.stdout, proc.stdout[:500]
+
+
+def test_result_plots_are_kept_in_the_plot_cache_and_linked_on_the_next_build(run_folder, built, tmp_path):
+    """A second build for the same results links the four result plots from the cache (same bytes, no
+    drawing) and draws only the two per-run plots; a plot skipped for these results stays skipped."""
+    cache = tmp_path / "plots"
+    first = Path(shutil.copytree(run_folder, tmp_path / "first"))
+    build_report(first, cache)
+    cached = {p.name for p in cache.iterdir()}
+    assert cached == {f"{name}.png" for name in RESULT_PLOTS}
+    again = Path(shutil.copytree(run_folder, tmp_path / "again", ignore=shutil.ignore_patterns("report")))
+    files = build_report(again, cache)
+    assert set(files.plots) == set(PLOT_TITLES)
+    for name in RESULT_PLOTS:
+        png = again / "report" / f"{name}.png"
+        assert os.path.samefile(png, cache / f"{name}.png")
+        assert os.stat(png).st_mode & 0o777 == 0o444  # read-only: never written in place through a link
+        assert png.read_bytes() == (built.html.parent / "report" / f"{name}.png").read_bytes()
+    for name in ("resources", "phases"):
+        assert os.stat(again / "report" / f"{name}.png").st_nlink == 1  # drawn for this run
+    partial = tmp_path / "partial"  # results without a portfolio: the cache remembers why it was skipped
+    partial.mkdir()
+    shutil.copy(run_folder / "summary.json", partial)
+    skipped_cache = tmp_path / "plots-partial"
+    assert "no portfolio.parquet" in build_report(partial, skipped_cache).skipped["equity"]
+    assert "no portfolio.parquet" in (skipped_cache / "equity.skipped.txt").read_text()
+    assert "no portfolio.parquet" in build_report(partial, skipped_cache).skipped["equity"]

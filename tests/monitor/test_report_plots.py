@@ -26,6 +26,7 @@ from backtest.report import (
     build_report,
     m4_indices,
     plot_resources,
+    save_figure,
 )
 from tasks.report import preload_report
 
@@ -113,8 +114,14 @@ def test_long_resource_series_still_plot_every_sample_range(tmp_path):
         }
     )
     frame.to_parquet(tmp_path / RESOURCES_FILE)
-    path = plot_resources(RunTables(tmp_path), tmp_path / "resources.png")
-    assert path == tmp_path / "resources.png" and path.stat().st_size > 10_000
+    fig = plot_resources(RunTables(tmp_path))
+    assert not isinstance(fig, str)
+    lines = [line for ax in fig.axes for line in ax.get_lines()]
+    assert len(lines) == 5 and all(len(line.get_xdata()) <= 4 * _pixel_width(fig) for line in lines)
+    (memory,) = [line for line in lines if line.get_label().startswith("RSS")]
+    assert memory.get_ydata().max() == 4000.0  # the peak survives the thinning
+    path = save_figure(fig, tmp_path / "resources.png")
+    assert path == tmp_path / "resources.png" and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_run_tables_reads_each_table_once_and_only_the_plotted_columns(tmp_path, monkeypatch):
