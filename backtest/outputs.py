@@ -19,7 +19,9 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,9 +29,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from backtest.chunkio import chunk_from_bytes
+from backtest.chunkio import read_chunk
 from backtest.profiling import wall_timings
 from backtest.study import ChunkResult, StudyPlan, StudyResult, combine
 
@@ -50,9 +53,65 @@ def _tmp(path: Path) -> Path:
 
 
 def read_chunks(paths: Iterable[Path]) -> Iterator[ChunkResult]:
-    """Chunk result files decoded one at a time, so only one is in memory."""
+    """Chunk result files decoded one at a time, so only one is in memory.
+
+    Read for ``collect``: each result's out-of-sample rows stay the Arrow table they are in the file, and go
+    into the merged file as they are; only the small tables become DataFrames.
+    """
     for path in paths:
-        yield chunk_from_bytes(Path(path).read_bytes())
+        yield read_chunk(Path(path), oos_as_arrow=True)
+
+
+#: how the merged returns are written: their compression is most of a collect's work. lz4 instead of zstd
+#: (level 1) and no dictionary attempt for the numbers: on W 40 % less CPU for a 12 % larger file (57 MB
+#: instead of 51 MB for 11.7 M rows). Statistics only where a reader filters (dates, symbols, folds).
+_OOS_WRITE: dict[str, Any] = {
+    "compression": "lz4",
+    "use_dictionary": ["date", "symbol"],
+    "write_statistics": ["date", "symbol", "fold"],
+}
+#: chunks handed to the writer thread and not yet written: the reader stays at most this far ahead
+_OOS_IN_FLIGHT = 1
+
+
+def _oos_batch(rows: pd.DataFrame | pa.Table) -> pa.Table:
+    """One chunk's out-of-sample rows in the merged file's schema, NaN written as null in both cases (as
+    ``pa.Table.from_pandas`` writes a DataFrame's NaN)."""
+    if isinstance(rows, pd.DataFrame):
+        return pa.Table.from_pandas(rows, schema=OOS_SCHEMA, preserve_index=False)
+    table = rows.cast(OOS_SCHEMA)  # the same columns: only the symbols' index width and nullability change
+    for i, f in enumerate(table.schema):
+        if pa.types.is_floating(f.type):
+            nan = pc.is_nan(table.column(i))
+            if pc.any(nan).as_py():
+                table = table.set_column(i, f, pc.if_else(nan, pa.scalar(None, f.type), table.column(i)))
+    return table
+
+
+@contextlib.contextmanager
+def _oos_writer(path: Path) -> Iterator[Callable[[pd.DataFrame | pa.Table], None]]:
+    """A sink for ``combine`` that writes the rows into ``path`` on a thread of its own, in order.
+
+    Compressing the rows is the bulk of a collect and runs outside the GIL, so it overlaps with reading the
+    next chunk file and merging the small tables. Whatever happens, every write has ended before the file is
+    closed; on an error the file is left for the caller to remove.
+    """
+    writer = pq.ParquetWriter(path, OOS_SCHEMA, **_OOS_WRITE)
+    pending: deque[Future[None]] = deque()
+
+    def sink(rows: pd.DataFrame | pa.Table) -> None:
+        pending.append(pool.submit(writer.write_table, _oos_batch(rows)))
+        while len(pending) > _OOS_IN_FLIGHT:
+            pending.popleft().result()
+
+    with ThreadPoolExecutor(1, thread_name_prefix="oos-writer") as pool:
+        try:
+            yield sink
+            while pending:
+                pending.popleft().result()
+        finally:
+            wait(pending)
+            writer.close()
 
 
 def collect(plan: StudyPlan, chunks: Iterable[ChunkResult], out: Path) -> StudyResult:
@@ -60,20 +119,12 @@ def collect(plan: StudyPlan, chunks: Iterable[ChunkResult], out: Path) -> StudyR
     out.mkdir(parents=True, exist_ok=True)
     target = out / "oos_returns.parquet"
     tmp = _tmp(target)
-    # no dictionary for the returns (nearly all distinct: the attempt costs time and the fallback size)
-    dictionary = [name for name in OOS_SCHEMA.names if name != "ret"]
-    writer = pq.ParquetWriter(tmp, OOS_SCHEMA, compression="zstd", use_dictionary=dictionary)
     try:
-
-        def sink(frame: pd.DataFrame) -> None:
-            writer.write_table(pa.Table.from_pandas(frame, schema=OOS_SCHEMA, preserve_index=False))
-
-        result = combine(plan, chunks, oos_sink=sink)
+        with _oos_writer(tmp) as sink:
+            result = combine(plan, chunks, oos_sink=sink)
     except BaseException:
-        writer.close()
         tmp.unlink(missing_ok=True)
         raise
-    writer.close()
     os.replace(tmp, target)
     result.save(out)
     return result

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -33,6 +34,9 @@ from backtest.simulate_nb import (
     weights_scores_nb,
 )
 from backtest.strategies import Strategy, get_strategy
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 OBJECTIVE_IDS = {name: i for i, name in enumerate(OBJECTIVES)}
 #: dates in result tables: millisecond timestamps survive a Parquet round trip unchanged
@@ -77,11 +81,16 @@ def _timed(timings: dict[str, float], name: str, start: float) -> float:
 
 @dataclass(frozen=True, eq=False)
 class ChunkResult:
-    """Everything a chunk produced; small enough to persist as one file, mergeable across chunks."""
+    """Everything a chunk produced; small enough to persist as one file, mergeable across chunks.
+
+    ``oos_returns`` is a DataFrame, except in a result read back from its file for streaming
+    (``backtest.chunkio.read_chunk(..., oos_as_arrow=True)``): there it is the Arrow table of the same rows,
+    which ``combine`` hands to its ``oos_sink`` untouched.
+    """
 
     symbols: tuple[str, ...]
     selections: pd.DataFrame
-    oos_returns: pd.DataFrame
+    oos_returns: pd.DataFrame | pa.Table
     symbol_metrics: pd.DataFrame
     portfolio_parts: pd.DataFrame
     grid_scores: pd.DataFrame
@@ -158,18 +167,33 @@ def _select(
     return chosen, rank, basis
 
 
-def _python_fold_weights(plan: StudyPlan, panel: PricePanel, chosen: np.ndarray) -> np.ndarray:
-    """Full-history weights of each symbol's chosen combination per fold (folds x symbols x bars).
+def _python_fold_weights(
+    plan: StudyPlan, panel: PricePanel, chosen: np.ndarray, test_bounds: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """For strategies written in Python: each (symbol, fold)'s chosen weights on the bars phase 3 reads.
 
-    For strategies written in Python: each distinct chosen combination is computed once for all folds.
+    Phase 3 reads a fold's weights on its test window and the two bars before it (the position carried into
+    the window, and the switch from the previous fold's), and the next fold reads the last two as its
+    previous position. Only that span of each symbol's own bars is kept, in one flat array: about one
+    symbols x bars array in all rather than one per fold. Each distinct chosen combination is computed once.
+    Returns the flat weights and ``oos_nb``'s spans (symbols x folds x (offset, first, end)).
     """
-    weights = np.zeros((chosen.shape[1], panel.n_symbols, panel.n_bars))
+    n_sym, n_folds = chosen.shape
+    own_bars = [np.flatnonzero(~np.isnan(row)) for row in panel.close]
+    spans = np.zeros((n_sym, n_folds, 3), np.int64)
+    for i, bars in enumerate(own_bars):
+        window = np.searchsorted(bars, test_bounds)  # compact [start, end) of each test window
+        spans[i, :, 1] = np.maximum(window[:, 0] - 2, 0)
+        spans[i, :, 2] = np.maximum(window[:, 1], np.append(window[1:, 0], 0))  # up to the next window
+    lengths = np.where(chosen >= 0, spans[:, :, 2] - spans[:, :, 1], 0)
+    spans[:, :, 0] = (np.cumsum(lengths) - lengths.ravel()).reshape(n_sym, n_folds)
+    weights = np.zeros(int(lengths.sum()))
     for k in np.unique(chosen[chosen >= 0]):
         w = plan.strategy.weights(panel, plan.combo_params(int(k)))
-        for f in range(chosen.shape[1]):
-            rows = chosen[:, f] == k
-            weights[f, rows] = w[rows]
-    return weights
+        for i, f in zip(*np.nonzero(chosen == k), strict=True):
+            offset, first, end = spans[i, f]
+            weights[offset : offset + end - first] = w[i, own_bars[i][first:end]]
+    return weights, spans
 
 
 def run_chunk(panel: PricePanel, plan: StudyPlan) -> ChunkResult:
@@ -214,14 +238,15 @@ def run_chunk(panel: PricePanel, plan: StudyPlan) -> ChunkResult:
 
     test_bounds = np.ascontiguousarray(layout.win_bounds[2::3])
     if plan.strategy.kernel is not None:
-        kind, weights = plan.strategy.kernel, np.zeros((1, 1, 1))
+        kind, weights, spans = plan.strategy.kernel, np.zeros(0), np.zeros((0, 0, 3), np.int64)
     else:
-        kind, weights = -1, _python_fold_weights(plan, panel, chosen)
+        kind, (weights, spans) = -1, _python_fold_weights(plan, panel, chosen, test_bounds)
     starts, test_bars = oos_layout_nb(chosen, test_bounds, panel.close)
     rows = oos_nb(
         kind,
         plan.combos,
         weights,
+        spans,
         chosen,
         test_bounds,
         panel.open,
@@ -233,7 +258,7 @@ def run_chunk(panel: PricePanel, plan: StudyPlan) -> ChunkResult:
         cfg.cost,
         cfg.execution == "next_open",
     )
-    del weights, panel  # the prices: what follows needs only the symbols and the calendar
+    del weights, spans, panel  # the prices: what follows needs only the symbols and the calendar
     t = _timed(timings, "test", t)
 
     per_fold = np.diff(starts).reshape(n_sym, n_folds)  # out-of-sample rows of each (symbol, fold)
@@ -474,12 +499,13 @@ class _OosParts:
 def combine(
     plan: StudyPlan,
     results: Iterable[ChunkResult],
-    oos_sink: Callable[[pd.DataFrame], None] | None = None,
+    oos_sink: Callable[[pd.DataFrame | pa.Table], None] | None = None,
 ) -> StudyResult:
     """Merge chunk results: concatenate per-symbol tables, sum the portfolio and grid parts by key.
 
     ``results`` is consumed once, in universe order, so it can be a generator reading chunk files one at a
-    time; with ``oos_sink`` the (large) out-of-sample returns go there chunk by chunk instead of into memory.
+    time; with ``oos_sink`` the (large) out-of-sample returns go there chunk by chunk instead of into memory,
+    as each chunk holds them (a DataFrame, or an Arrow table when read for streaming).
     """
     selections_parts: list[pd.DataFrame] = []
     metric_parts: list[pd.DataFrame] = []
@@ -493,7 +519,8 @@ def combine(
         portfolio_parts.append(r.portfolio_parts)
         grid_parts.append(r.grid_scores)
         if oos_parts is not None:
-            oos_parts.add(r.oos_returns)
+            oos = r.oos_returns
+            oos_parts.add(oos if isinstance(oos, pd.DataFrame) else oos.to_pandas())
         elif oos_sink is not None:
             oos_sink(r.oos_returns)
         for key, value in r.timings.items():

@@ -132,3 +132,21 @@ def test_free_heap_memory_goes_back_to_the_os() -> None:
     from backtest.heap import release_free_memory
 
     assert release_free_memory() is (platform.libc_ver()[0] == "glibc")
+
+
+def test_collect_leaves_nothing_behind_when_the_writer_fails(tmp_path, chunks, plan, monkeypatch) -> None:
+    """The returns are written on a thread of their own: its error reaches the caller, and no file stays."""
+    import pyarrow.parquet as pq
+
+    real, calls = pq.ParquetWriter.write_table, []
+
+    def failing(self, table, *args, **kwargs):
+        calls.append(table.num_rows)
+        if len(calls) == 2:
+            raise OSError("disk full")
+        return real(self, table, *args, **kwargs)
+
+    monkeypatch.setattr(pq.ParquetWriter, "write_table", failing)
+    with pytest.raises(OSError, match="disk full"):
+        collect(plan, iter(chunks), tmp_path / "out")
+    assert list((tmp_path / "out").iterdir()) == []

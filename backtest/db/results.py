@@ -26,18 +26,16 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 import sqlalchemy as sa
 from cachetools import TTLCache, cached
 from cachetools.keys import hashkey
 from sqlalchemy.engine import Connection, Engine
 
+from backtest.chunkio import read_tables
 from backtest.db import schema as s
 from backtest.db.connect import open_db
 from backtest.db.engine import DatabaseError, db_errors, read_txn, write_txn
 from backtest.db.sqlio import bulk_insert
-from backtest.errors import DataError
 from backtest.metrics import METRIC_NAMES
 
 __all__ = [
@@ -102,17 +100,8 @@ def read_chunk_tables(
     path: Path | str, names: Sequence[str]
 ) -> tuple[tuple[str, ...], dict[str, pd.DataFrame]]:
     """Some tables of a persisted chunk result (``backtest.chunkio`` format), reading only those columns."""
-    table = pq.read_table(path, columns=list(names))
-    raw = (pq.read_schema(path).metadata or {}).get(b"backtest")
-    meta = json.loads(raw) if raw else {}
-    if "symbols" not in meta:
-        raise DataError(f"{path} is not a chunk result file")
-    frames = {}
-    for name in names:
-        struct = table.column(name).chunk(0).values
-        flat = pa.Table.from_arrays(struct.flatten(), names=[f.name for f in struct.type])
-        frames[name] = flat.to_pandas()
-    return tuple(meta["symbols"]), frames
+    symbols, _, frames = read_tables(Path(path), names)
+    return symbols, {name: frame for name, frame in frames.items() if isinstance(frame, pd.DataFrame)}
 
 
 def _json_value(value: float) -> float | None:
