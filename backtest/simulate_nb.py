@@ -574,6 +574,7 @@ def oos_nb(
     kind: int,
     params: np.ndarray,
     weights: np.ndarray,
+    weight_spans: np.ndarray,
     chosen: np.ndarray,
     test_bounds: np.ndarray,
     open_: np.ndarray,
@@ -590,9 +591,11 @@ def oos_nb(
     ``chosen`` (symbols x folds) is the selected combination (-1: the symbol sits the fold out);
     ``test_bounds`` (folds x 2) the calendar range of each test window; ``starts`` the row offsets from
     ``oos_layout_nb``; ``dates_ms`` the calendar as milliseconds since the epoch. Built-ins (``kind >= 0``)
-    compute the chosen combination's full-history weights here from ``params``; otherwise ``weights``
-    (folds x symbols x bars) holds them, computed in Python. Only the rows a symbol has are stored (no
-    symbols x bars arrays), which is most of a chunk's memory saved over calendar-shaped outputs.
+    compute the chosen combination's full-history weights here from ``params``; otherwise the flat
+    ``weights`` hold them, computed in Python, on the only bars read: ``weight_spans[i, f]`` is (offset,
+    first, end), the compact bars ``first <= j < end`` of symbol i's weights in fold f starting at
+    ``weights[offset]``. Only the rows a symbol has are stored (no symbols x bars arrays), which is most of a
+    chunk's memory saved over calendar-shaped outputs.
     """
     n_sym, n_bars = close.shape
     n_folds = chosen.shape[1]
@@ -641,8 +644,9 @@ def oos_nb(
                 if k != last:
                     weights_row_nb(kind, params[k], hc[:m], lc[:m], cc[:m], prefix, prefix_sq, w[:m], scratch)
             else:
-                for j in range(m):
-                    w[j] = weights[f, i, idx[j]]
+                offset, first, end = weight_spans[i, f, 0], weight_spans[i, f, 1], weight_spans[i, f, 2]
+                for j in range(first, end):
+                    w[j] = weights[offset + j - first]
             stitch_row_nb(
                 w,
                 w_prev,

@@ -167,18 +167,33 @@ def _select(
     return chosen, rank, basis
 
 
-def _python_fold_weights(plan: StudyPlan, panel: PricePanel, chosen: np.ndarray) -> np.ndarray:
-    """Full-history weights of each symbol's chosen combination per fold (folds x symbols x bars).
+def _python_fold_weights(
+    plan: StudyPlan, panel: PricePanel, chosen: np.ndarray, test_bounds: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """For strategies written in Python: each (symbol, fold)'s chosen weights on the bars phase 3 reads.
 
-    For strategies written in Python: each distinct chosen combination is computed once for all folds.
+    Phase 3 reads a fold's weights on its test window and the two bars before it (the position carried into
+    the window, and the switch from the previous fold's), and the next fold reads the last two as its
+    previous position. Only that span of each symbol's own bars is kept, in one flat array: about one
+    symbols x bars array in all rather than one per fold. Each distinct chosen combination is computed once.
+    Returns the flat weights and ``oos_nb``'s spans (symbols x folds x (offset, first, end)).
     """
-    weights = np.zeros((chosen.shape[1], panel.n_symbols, panel.n_bars))
+    n_sym, n_folds = chosen.shape
+    own_bars = [np.flatnonzero(~np.isnan(row)) for row in panel.close]
+    spans = np.zeros((n_sym, n_folds, 3), np.int64)
+    for i, bars in enumerate(own_bars):
+        window = np.searchsorted(bars, test_bounds)  # compact [start, end) of each test window
+        spans[i, :, 1] = np.maximum(window[:, 0] - 2, 0)
+        spans[i, :, 2] = np.maximum(window[:, 1], np.append(window[1:, 0], 0))  # up to the next window
+    lengths = np.where(chosen >= 0, spans[:, :, 2] - spans[:, :, 1], 0)
+    spans[:, :, 0] = (np.cumsum(lengths) - lengths.ravel()).reshape(n_sym, n_folds)
+    weights = np.zeros(int(lengths.sum()))
     for k in np.unique(chosen[chosen >= 0]):
         w = plan.strategy.weights(panel, plan.combo_params(int(k)))
-        for f in range(chosen.shape[1]):
-            rows = chosen[:, f] == k
-            weights[f, rows] = w[rows]
-    return weights
+        for i, f in zip(*np.nonzero(chosen == k), strict=True):
+            offset, first, end = spans[i, f]
+            weights[offset : offset + end - first] = w[i, own_bars[i][first:end]]
+    return weights, spans
 
 
 def run_chunk(panel: PricePanel, plan: StudyPlan) -> ChunkResult:
@@ -223,14 +238,15 @@ def run_chunk(panel: PricePanel, plan: StudyPlan) -> ChunkResult:
 
     test_bounds = np.ascontiguousarray(layout.win_bounds[2::3])
     if plan.strategy.kernel is not None:
-        kind, weights = plan.strategy.kernel, np.zeros((1, 1, 1))
+        kind, weights, spans = plan.strategy.kernel, np.zeros(0), np.zeros((0, 0, 3), np.int64)
     else:
-        kind, weights = -1, _python_fold_weights(plan, panel, chosen)
+        kind, (weights, spans) = -1, _python_fold_weights(plan, panel, chosen, test_bounds)
     starts, test_bars = oos_layout_nb(chosen, test_bounds, panel.close)
     rows = oos_nb(
         kind,
         plan.combos,
         weights,
+        spans,
         chosen,
         test_bounds,
         panel.open,
@@ -242,7 +258,7 @@ def run_chunk(panel: PricePanel, plan: StudyPlan) -> ChunkResult:
         cfg.cost,
         cfg.execution == "next_open",
     )
-    del weights, panel  # the prices: what follows needs only the symbols and the calendar
+    del weights, spans, panel  # the prices: what follows needs only the symbols and the calendar
     t = _timed(timings, "test", t)
 
     per_fold = np.diff(starts).reshape(n_sym, n_folds)  # out-of-sample rows of each (symbol, fold)

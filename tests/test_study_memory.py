@@ -21,6 +21,7 @@ from hypothesis.extra.numpy import arrays
 from backtest.config import FoldSpec, ParamGrid, StudyConfig
 from backtest.metrics import metrics_table
 from backtest.simulate_nb import METRIC_NAMES, ranges_metrics_nb, series_metrics_nb
+from backtest.strategies import register, sma_crossover, strategy_from_function
 from backtest.study import StudyPlan, date_range, run_chunk, run_study
 from tests.panels import random_panel
 
@@ -123,12 +124,28 @@ def test_oos_sink_receives_the_rows_the_result_would_hold(panel, tmp_path):
         pd.testing.assert_frame_equal(pd.read_parquet(path), pd.read_parquet(kept_files[name]))
 
 
-def test_chunk_working_set_stays_below_one_calendar_array():
-    """Phase 3 once made five symbols x bars arrays (returns, traded, held, benchmark, fold) and the table
-    beside them: 4.6 such arrays above the result at the peak. Now only the rows kept are written."""
+def _sma_in_python(prices, fast=10, slow=50):
+    return sma_crossover(prices, fast=fast, slow=slow)
+
+
+@pytest.fixture(scope="module")
+def python_strategy():
+    name = "sma_in_python_for_memory"
+    register(strategy_from_function(_sma_in_python, name=name, integer_params=("fast", "slow")))
+    return name
+
+
+@pytest.mark.parametrize(("strategy", "budget"), [("sma_crossover", 1.0), ("python", 2.0)])
+def test_chunk_working_set_stays_small(python_strategy, strategy, budget):
+    """Working set of a chunk above its result, in symbols x bars arrays. Phase 3 once made five of them
+    (returns, traded, held, benchmark, fold) and the table beside them, 4.6 arrays at the peak; a strategy
+    written in Python also had its weights stored once per fold (11.6 arrays here with 4 folds, 18 on W).
+    Now only the rows kept are written, and a Python strategy's weights only on the bars phase 3 reads
+    (its own computation of one combination's weights is the rest)."""
     panel = random_panel(n_symbols=60, n_bars=2520, seed=5)
     first, last = date_range(panel)
-    plan = StudyPlan.create(StudyConfig(grid=GRID, folds=FOLDS), first, last)
+    name = python_strategy if strategy == "python" else strategy
+    plan = StudyPlan.create(StudyConfig(name, GRID, FOLDS), first, last)
     run_chunk(panel, plan)  # numba's compiled kernels loaded before measuring
     gc.collect()
     tracemalloc.start()  # sees numpy's buffers and numba's (its allocator is Python's raw allocator)
@@ -138,7 +155,21 @@ def test_chunk_working_set_stays_below_one_calendar_array():
     finally:
         tracemalloc.stop()
     assert result.oos_returns.memory_usage(deep=False).sum() <= kept
-    assert peak - kept <= panel.close.nbytes
+    assert peak - kept <= budget * panel.close.nbytes
+
+
+@pytest.mark.parametrize("execution", ["close", "next_open"])
+def test_python_strategy_weights_kept_on_spans_give_the_kernel_results(python_strategy, execution):
+    panel = random_panel(n_symbols=9, n_bars=1800, seed=4)  # gaps, late listings: ragged spans
+    first, last = date_range(panel)
+    for options in ({"fees_bps": 6}, {"fees_bps": 9, "min_trades": 6, "top_k": 1, "objective": "calmar"}):
+        config = StudyConfig(python_strategy, GRID, FOLDS, execution=execution, **options)
+        python = run_chunk(panel, StudyPlan.create(config, first, last))
+        config = StudyConfig(grid=GRID, folds=FOLDS, execution=execution, **options)
+        kernel = run_chunk(panel, StudyPlan.create(config, first, last))
+        assert (kernel.selections["basis"] == "skipped").any()  # folds sat out: no previous position
+        for table in ("oos_returns", "symbol_metrics", "portfolio_parts"):
+            pd.testing.assert_frame_equal(getattr(python, table), getattr(kernel, table))
 
 
 @settings(max_examples=40, deadline=None)
