@@ -42,14 +42,16 @@ SECONDS_PER_BAR_COMBO = 3.2e-9
 #: (0.32 us: returns, out-of-sample tables, metrics). With the above, W is 5.1 ms of work a symbol, about
 #: 200 M bars x combinations a second on 2 workers.
 SECONDS_PER_BAR = 0.7e-6
-#: the largest efficient chunk, in symbols x bars: beyond it a chunk's work per symbol rises (``run_chunk``,
-#: one thread, best of 3: 2.5 ms a symbol at 125 and 250 symbols x 5,040 bars, 2.85 at 375, 3.16 at 500) and
-#: the flow on W (2 workers, 3 alternating rounds) was slower in every round with bigger chunks: backtest
-#: step median 37.6 s with 250 symbols a chunk, 41.3 s with 334, 53.0 s with 500
+#: the largest chunk, in symbols x bars (250 symbols of 20 years), for memory and no measured gain beyond:
+#: the flow on W with 2 workers peaked at 0.88-1.09 GiB with chunks of 250 symbols and 1.22-1.43 GiB with
+#: 500 (the design's peak target is 1 GB), and was not reliably faster with bigger chunks (backtest step,
+#: alternating rounds on a busy machine: at commit dd15510 250 symbols were fastest in 3 of 3 rounds, median
+#: 37.6 s against 41.3 s with 334 and 53.0 s with 500; after b089fa1 cut run_chunk's working set, 46.2,
+#: 34.2, 13.5 s against 45.5, 26.7, 29.2 s with 500: within the noise)
 MAX_CHUNK_SYMBOL_BARS = 1_300_000
-#: peak memory a chunk in flight adds, per symbol and bar: least squares over those 10 runs of the flow on W
-#: (peaks 0.83-1.16, 1.05-1.20 and 1.37-1.52 GiB with 2 chunks of 250, 334 and 500 symbols in flight)
-CHUNK_BYTES_PER_SYMBOL_BAR = 190
+#: peak memory a chunk in flight adds, per symbol and bar: least squares over those 7 runs after b089fa1
+#: (190 B over the 10 before it)
+CHUNK_BYTES_PER_SYMBOL_BAR = 153
 #: orchestration at most this share of a chunk's work
 MAX_TASK_OVERHEAD_SHARE = 0.10
 #: chunks per worker wanted, for load balance at the end of the run and for progress to move, as long as
@@ -146,7 +148,7 @@ def size_chunks(
 
 
 def size_limit(n_bars: int, workers: int, memory_bytes: int | None = None) -> int:
-    """Most symbols per chunk: the largest efficient chunk (``MAX_CHUNK_SYMBOL_BARS``), and ``workers``
+    """Most symbols per chunk: the chunk limit (``MAX_CHUNK_SYMBOL_BARS``), and ``workers``
     chunks in flight in at most a quarter of the available memory ``memory_bytes`` (default: what psutil
     says; the rest is for the flow, the server and the other programs on the machine)."""
     memory = memory_bytes if memory_bytes is not None else psutil.virtual_memory().available
@@ -212,6 +214,12 @@ def _as_date(value: object) -> dt.date:
     return dt.date.fromisoformat(str(value)[:10])
 
 
+def estimate_bars(first: dt.date, last: dt.date) -> int:
+    """Bars of a daily panel from ``first`` to ``last`` (252 a year): the width of every chunk's arrays, what
+    the chunk size is chosen for, from the catalog's dates alone."""
+    return max(1, int((last - first).days * 252 / 365.25))
+
+
 def chunk_key(plan: StudyPlan, symbols: Sequence[str], data_fingerprint: str, code: str) -> str:
     """The cache key of a chunk's results."""
     digest = hashlib.blake2b(digest_size=20)
@@ -239,7 +247,7 @@ def plan_chunks(
     """Split the universe into chunks with their data fingerprints and cache keys."""
     if chunk_size is not None and chunk_size < 1:
         raise ConfigError(f"--chunk-size must be at least 1, got {chunk_size}")
-    n_bars = max(1, int((universe.last - universe.first).days * 252 / 365.25))
+    n_bars = estimate_bars(universe.first, universe.last)
     size = chunk_size or choose_chunk_size(len(universe.symbols), n_bars, len(plan.combos), workers)
     code = code_fingerprint()
     specs = []

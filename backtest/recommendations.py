@@ -15,6 +15,7 @@ from typing import Any
 from backtest.alerts import startup_chunks
 from backtest.planning import (
     CHUNKS_PER_WORKER,
+    MAX_CHUNK_SYMBOL_BARS,
     MAX_TASK_OVERHEAD_SHARE,
     TASK_OVERHEAD_SECONDS,
     ChunkChoice,
@@ -85,7 +86,7 @@ def chunk_size_off(p: RunProfile, bars_per_symbol: float | None = None) -> Recom
     work's time in orchestration. The work per symbol (the chunk task's time, loading its prices included)
     is measured on the chunks that were not the first of a fresh worker, since those carry the kernels'
     one-time load; without any such chunk there is no advice. Given the study's ``bars_per_symbol``, chunks
-    grow at most to the chooser's ``size_limit`` (the largest efficient chunk, and memory), with the same
+    grow at most to the chooser's ``size_limit`` (the chunk limit, and memory), with the same
     tolerance."""
     steady = _steady(p)
     symbols = sum(c.symbols for c in steady)
@@ -127,7 +128,7 @@ _TARGETS = {
     "balance": f"{CHUNKS_PER_WORKER} chunks per worker",
     "overhead": f"orchestration at most {MAX_TASK_OVERHEAD_SHARE:.0%} of a chunk's work",
     "one-per-worker": "one chunk per worker: the work is too small for more",
-    "size-limit": "the largest efficient chunk, within a quarter of the free memory",
+    "size-limit": "the chunk limit, within a quarter of the free memory",
 }
 
 
@@ -138,6 +139,11 @@ def _chunk_size_advice(
         now = (
             f"Each chunk task costs about {TASK_OVERHEAD_SECONDS:.2f} s of orchestration against "
             f"{p.chunk_size * work:.2f} s of work ({share:.0%}; {work * 1e3:.2f} ms per symbol measured)"
+        )
+    elif choice.reason == "size-limit":
+        now = (
+            f"Chunks of {p.chunk_size} symbols are beyond the chunk limit ({MAX_CHUNK_SYMBOL_BARS / 1e6:.1f} M "
+            "symbol-bars: more memory and no measured gain) or a quarter of the free memory"
         )
     else:
         now = (

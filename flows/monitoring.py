@@ -63,8 +63,12 @@ def emit_alert(alert: Alert, flow_run: Any, logger: Any) -> None:
 
 
 def _bars_per_symbol(counts: Mapping[str, Any]) -> float | None:
-    """The study's bars per symbol from the summary's counts (bars x combinations over both), if there."""
+    """The bars the chunk size was chosen for: the summary's ``bars`` (planning.estimate_bars, the width of
+    the chunks' arrays) if the flow counted it, else the stored bars per symbol (bars x combinations over
+    both; smaller where symbols were listed late or delisted early)."""
     try:
+        if counts.get("bars"):
+            return float(counts["bars"])
         return float(counts["bars_x_combinations"]) / (
             float(counts["combinations"]) * float(counts["symbols"])
         )

@@ -119,8 +119,10 @@ def test_chunks_grow_only_as_far_as_the_choosers_size_limit():
     p = profile(chunks=scheduled(split(4_000, 100), 0.002, 2), chunk_size=100)
     free = chunk_size_off(p)  # bars unknown: no limit but one chunk per worker's overhead rule
     assert free is not None and free.figures["suggested_chunk_size"] == 1_000
-    limited = chunk_size_off(p, bars_per_symbol=5_040.0)  # 20 years: the largest efficient chunk is 257
+    limited = chunk_size_off(p, bars_per_symbol=5_040.0)  # 20 years: the chunk limit is 257
     assert limited is not None and limited.figures["reason"] == "size-limit"
+    big = chunk_size_off(profile(chunks=scheduled(split(4_000, 500), 0.002, 2), chunk_size=500), 5_040.0)
+    assert big is not None and big.figures["suggested_chunk_size"] == 250 and "chunk limit" in big.advice
     assert limited.figures["suggested_chunk_size"] == 250 == choose_chunk_size(4_000, 5_040, 2, 2)
     assert [r.figures for r in recommend(p, 5_040.0) if r.rule == "chunk-size"] == [limited.figures]
 

@@ -40,3 +40,10 @@ def test_a_slow_chunk_after_start_up_alerts_once(watch):
     walls[6] = 4.0
     finish(watch, run_spans(walls, workers=2, start_up=8.0))
     assert watch.emitted == ["chunk-slow:chunk-0006"]
+
+
+def test_the_recommendations_get_the_bars_the_chunk_size_was_chosen_for():
+    counts = {"symbols": 10, "combinations": 4, "bars_x_combinations": 10 * 4 * 4_500}
+    assert monitoring._bars_per_symbol(counts) == 4_500  # stored bars per symbol
+    assert monitoring._bars_per_symbol({**counts, "bars": 5_040}) == 5_040  # the panel's width, if counted
+    assert monitoring._bars_per_symbol({}) is None
