@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import matplotlib.dates as mdates
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
@@ -60,7 +59,7 @@ class ReportFiles:
 @dataclass(frozen=True)
 class Margins:
     """Room around the axes, in inches: fixed per plot instead of ``tight_layout``, which lays out every tick
-    label once more before the real drawing (a third of a plot's cost, measured on W's report). Sized for the
+    label once more before the real drawing (about a quarter of the report's cost, measured on W's). Sized for the
     labels each plot carries; ``hspace``/``wspace`` are matplotlib's fractions of the mean axes size."""
 
     left: float = 0.8
@@ -114,12 +113,12 @@ def save_figure(fig: Figure, path: Path) -> Path:
 def _title(ax: Axes, text: str) -> None:
     """A title at the top of the axes. Placed explicitly: matplotlib otherwise measures every tick label of
     the axes (and its twins) at draw time to see whether the title must move up, which none of these plots
-    need (no tick labels on top) and which cost an eighth of the drawing."""
+    need (no tick labels on top) and which was an eighth of the report's cost (cProfile, W's report)."""
     ax.set_title(text, y=1.0)
 
 
 def _pixel_width(fig: Figure) -> int:
-    """Width in pixels of the figure's subplot area: no line needs more points than two per pixel column."""
+    """Width in pixels of the figure's subplot area: the number of pixel columns a line is thinned to."""
     return max(1, round((fig.subplotpars.right - fig.subplotpars.left) * fig.get_figwidth() * DPI))
 
 
@@ -127,8 +126,9 @@ def m4_indices(values: np.ndarray, buckets: int) -> np.ndarray:
     """Positions of the points of a line to draw on ``buckets`` pixel columns (M4 aggregation): in each of
     ``buckets`` equal runs of points, the first, the last, the lowest and the highest, in their order.
 
-    A line through those points covers the same pixels as the line through all of them, so the plot looks the
-    same while matplotlib's cost, which grows with the points, stops growing with the length of the series.
+    A line through those points covers the same pixels as the line through all of them (exactly so when each
+    run falls within one pixel column, to within a pixel otherwise), so the plot looks the same while
+    matplotlib's cost, which grows with the points, stops growing with the length of the series.
     NaN points are never chosen as extremes (a run of only NaN keeps its first and last, so a gap stays a
     gap). Short series (at most four points per bucket) are returned whole.
     """
@@ -190,19 +190,6 @@ class RunTables:
         return file.read(columns=columns).to_pandas()
 
 
-def _date_axis(ax: Axes) -> None:
-    """Year ticks without matplotlib's automatic date locator, whose calendar rules cost more than the whole
-    line they label; a span of under three years gets month ticks instead."""
-    low, high = (mdates.num2date(v) for v in ax.get_xlim())
-    years = high.year - low.year
-    if years >= 3:
-        ax.xaxis.set_major_locator(mdates.YearLocator(max(1, math.ceil(years / 10))))
-        ax.xaxis.set_major_formatter(mdates.DateFormatter("%Y"))
-    else:
-        ax.xaxis.set_major_locator(mdates.MonthLocator(bymonth=range(1, 13, 3 if years >= 1 else 1)))
-        ax.xaxis.set_major_formatter(mdates.DateFormatter("%Y-%m"))
-
-
 def plot_equity(tables: RunTables) -> Figure | str:
     port = tables["portfolio.parquet"]
     if port is None or port.empty:
@@ -224,7 +211,6 @@ def plot_equity(tables: RunTables) -> Figure | str:
     ax2.set_ylabel("drawdown")
     ax2.yaxis.set_major_formatter(PercentFormatter(1.0))
     ax2.grid(alpha=0.3)
-    _date_axis(ax2)
     return fig
 
 
@@ -319,7 +305,6 @@ def plot_selections(tables: RunTables) -> Figure | str:
         ax.set_ylabel(param.removeprefix("param_"))
         ax.grid(alpha=0.3)
         ax.legend(loc="upper left")
-    _date_axis(axes[-1])
     _title(axes[0], "Selected parameters over time (per test window, across symbols)")
     return fig
 
