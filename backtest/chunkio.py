@@ -7,16 +7,17 @@ Parquet footer's key-value metadata, each as a compressed Arrow IPC stream (base
 values are text), beside the chunk's symbols and timings (JSON). It stays plain Parquet: no pickle, so a cache
 folder received from elsewhere cannot run code when read.
 
-Why this layout (measured on 250-symbol chunks of the reference workload W, see the report of the change that
-introduced format 2): the earlier layout, one row whose columns were the tables as ``list<struct>``, cost
-about 90 ms to encode and 80 ms to decode per chunk, most of it in the nested writer and reader; top-level,
-non-nullable columns with the NaN kept as NaN (no validity bitmaps, no definition levels), no statistics and
-no dictionary attempt for the returns write in about a third of that, and read back several times faster. Every
-chunk is encoded in a worker thread beside the numba kernels: the Parquet and IPC writers run outside the GIL,
-and what holds it (building Arrow arrays from the frames' NumPy columns) is a millisecond or two. The small
-tables in the footer cost nothing to the row data, and a reader that needs only them (the database writer)
-reads only the footer. Padding them into the row data instead (extra row groups or columns of nulls) was
-several times slower than the whole encode.
+Why this layout (measured on 250-symbol chunks of the reference workload W, 734 k out-of-sample rows, old and
+new side by side in one script on a shared 2-core machine): the earlier layout, one row whose columns were the
+tables as ``list<struct>``, cost about 100 ms of CPU to encode and 50 ms to decode per chunk, most of it in
+the nested writer and reader; top-level non-nullable columns with NaN kept as NaN (no validity bitmaps, no
+definition levels), no statistics, a dictionary only for dates and symbols and lz4 take about 25 ms and 20 ms,
+for a file of the same size (4.1 MB). Every chunk is encoded in a worker thread beside the numba kernels:
+Parquet and IPC writers into Arrow's own buffers run outside the GIL, so the encode holds it for about 10 ms
+a chunk (``py-spy --gil``; the old encode, writing into a Python ``BytesIO``, held it for about 35 ms). The
+small tables in the footer cost nothing to the row data, and a reader that needs only them (the database
+writer) reads only the footer; padding them into the row data instead (extra row groups, or columns of nulls)
+was several times slower than the whole encode.
 
 A file of format 1 (the nested layout) still reads back, with the same frames; only format 2 is written.
 """
@@ -177,27 +178,27 @@ def read_tables(
     unknown = set(names) - set(ChunkResult.TABLES)
     if unknown:
         raise ValueError(f"no such chunk result tables: {sorted(unknown)}")
-    file = _open(source)
-    fmt, kv, meta = _meta_of(file)
-    if fmt not in (FORMAT, FORMAT_V1):
-        raise DataError(f"not a chunk result file (format {fmt!r}, expected {FORMAT!r})")
-    try:
-        symbols = tuple(meta["symbols"])
-        timings = {str(k): float(v) for k, v in meta.get("timings", {}).items()}
-        frames: dict[str, pd.DataFrame | pa.Table] = {}
-        if fmt == FORMAT:
-            for name in names:
-                if name != "oos_returns":
-                    frames[name] = _decode_small(kv[(_TABLE_PREFIX + name).encode()])
-            if "oos_returns" in names:
-                rows = file.read().replace_schema_metadata(None)
-                frames["oos_returns"] = rows if oos_as_arrow else rows.to_pandas()
-        else:
-            frames.update(_v1_frames(file, names))
-            if oos_as_arrow and "oos_returns" in frames:
-                frames["oos_returns"] = pa.Table.from_pandas(frames["oos_returns"], preserve_index=False)
-    except (pa.ArrowException, OSError, ValueError, KeyError, TypeError) as exc:
-        raise DataError(f"unreadable chunk result file ({fmt}): {type(exc).__name__}: {exc}") from None
+    with _open(source) as file:
+        fmt, kv, meta = _meta_of(file)
+        if fmt not in (FORMAT, FORMAT_V1):
+            raise DataError(f"not a chunk result file (format {fmt!r}, expected {FORMAT!r})")
+        try:
+            symbols = tuple(meta["symbols"])
+            timings = {str(k): float(v) for k, v in meta.get("timings", {}).items()}
+            frames: dict[str, pd.DataFrame | pa.Table] = {}
+            if fmt == FORMAT:
+                for name in names:
+                    if name != "oos_returns":
+                        frames[name] = _decode_small(kv[(_TABLE_PREFIX + name).encode()])
+                if "oos_returns" in names:
+                    rows = file.read().replace_schema_metadata(None)
+                    frames["oos_returns"] = rows if oos_as_arrow else rows.to_pandas()
+            else:
+                frames.update(_v1_frames(file, names))
+                if oos_as_arrow and "oos_returns" in frames:
+                    frames["oos_returns"] = pa.Table.from_pandas(frames["oos_returns"], preserve_index=False)
+        except (pa.ArrowException, OSError, ValueError, KeyError, TypeError) as exc:
+            raise DataError(f"unreadable chunk result file ({fmt}): {type(exc).__name__}: {exc}") from None
     oos = frames.get("oos_returns")
     if isinstance(oos, pd.DataFrame):
         _symbol_categories(oos, symbols)
