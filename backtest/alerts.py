@@ -124,10 +124,11 @@ def startup_chunks(spans: Mapping[str, tuple[float, float]]) -> frozenset[str]:
     one-time start-up of a fresh worker: numba loading its kernels from the on-disk cache, or compiling them,
     at the first call in the process (about 8 s on a fresh machine against a median chunk of 0.2 s). Threads
     share one process's kernels, so every chunk in flight while they load waits for them; each process of a
-    process pool or Dask cluster loads its own, on its first chunk. After the first chunk has finished the
-    kernels are ready wherever a worker can already have finished a chunk, and chunks started later are judged
-    like any other. The rule needs no worker count (a Dask cluster may have more workers than asked for) and
-    no figure beyond when each chunk ran.
+    process pool or Dask cluster loads its own, on its first chunk. Chunks started after the first end are
+    judged like any other: with threads the kernels are loaded by then; a worker process that starts its first
+    chunk only after another has finished one would be missed (its start-up shows as a slow chunk), which
+    the pools' start of all workers at once makes rare. The rule needs no worker count (a Dask cluster may
+    have more workers than asked for) and no figure beyond when each chunk ran.
     """
     if not spans:
         return frozenset()
