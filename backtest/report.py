@@ -59,8 +59,8 @@ class ReportFiles:
 @dataclass(frozen=True)
 class Margins:
     """Room around the axes, in inches: fixed per plot instead of ``tight_layout``, which lays out every tick
-    label once more before the real drawing (about a quarter of the report's cost, measured on W's). Sized for the
-    labels each plot carries; ``hspace``/``wspace`` are matplotlib's fractions of the mean axes size."""
+    label once more before the real drawing (about a quarter of the report's cost, measured on W's). Sized
+    for the labels each plot carries; ``hspace``/``wspace`` are matplotlib's fractions of the axes size."""
 
     left: float = 0.8
     right: float = 0.2

@@ -172,16 +172,25 @@ def test_preload_imports_the_report_builder_on_a_background_thread():
         "import sys, time\n"
         "from backtest.preload import preload\n"
         "assert 'matplotlib' not in sys.modules\n"
-        "t0 = time.perf_counter(); thread = preload('backtest.report'); started = time.perf_counter() - t0\n"
+        "t0 = time.perf_counter()\n"
+        "thread = preload('backtest.report')\n"
+        "started = time.perf_counter() - t0\n"
         "assert preload('backtest.report') is thread and not thread.daemon\n"
         "thread.join(60)\n"
-        "assert not thread.is_alive() and 'backtest.report' in sys.modules and 'matplotlib' in sys.modules\n"
-        "missing = preload('backtest.no_such_module'); missing.join(10)\n"  # the error is left to a real import
-        "print(started)\n"
+        "loaded = time.perf_counter() - t0\n"
+        "assert 'backtest.report' in sys.modules and 'matplotlib' in sys.modules\n"
+        # a module that cannot be imported: nothing raised on the thread, the real import raises
+        "missing = preload('backtest.no_such_module')\n"
+        "missing.join(10)\n"
+        "try:\n"
+        "    import backtest.no_such_module\n"
+        "except ModuleNotFoundError:\n"
+        "    print(started, loaded)\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert float(proc.stdout.strip()) < 0.05  # the caller does not wait for the import
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    started, loaded = map(float, proc.stdout.split())
+    assert started < 0.5 * loaded  # the caller went on while the import ran
 
 
 def test_the_task_module_preloads_the_report_builder():
