@@ -97,7 +97,7 @@ def _encode_small(frame: pd.DataFrame) -> str:
 
 def _decode_small(text: bytes) -> pd.DataFrame:
     with ipc.open_stream(base64.b64decode(text, validate=True)) as reader:
-        return reader.read_all().to_pandas()
+        return reader.read_all().to_pandas(split_blocks=True)
 
 
 def _dictionary_columns(schema: pa.Schema) -> list[str]:
@@ -192,7 +192,7 @@ def read_tables(
                         frames[name] = _decode_small(kv[(_TABLE_PREFIX + name).encode()])
                 if "oos_returns" in names:
                     rows = file.read().replace_schema_metadata(None)
-                    frames["oos_returns"] = rows if oos_as_arrow else rows.to_pandas()
+                    frames["oos_returns"] = rows if oos_as_arrow else rows.to_pandas(split_blocks=True)
             else:
                 frames.update(_v1_frames(file, names))
                 if oos_as_arrow and "oos_returns" in frames:
