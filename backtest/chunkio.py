@@ -11,7 +11,7 @@ Why this layout (measured on 250-symbol chunks of the reference workload W, 734 
 new side by side in one script on a shared 2-core machine): the earlier layout, one row whose columns were the
 tables as ``list<struct>``, cost about 100 ms of CPU to encode and 50 ms to decode per chunk, most of it in
 the nested writer and reader; top-level non-nullable columns with NaN kept as NaN (no validity bitmaps, no
-definition levels), no statistics, a dictionary only for dates and symbols and lz4 take about 25 ms and 20 ms,
+definition levels), no statistics, a dictionary only for dates and symbols and lz4 take about 25 ms and 13 ms,
 for a file of the same size (4.1 MB). Every chunk is encoded in a worker thread beside the numba kernels:
 Parquet and IPC writers into Arrow's own buffers run outside the GIL, so the encode holds it for about 10 ms
 a chunk (``py-spy --gil``; the old encode, writing into a Python ``BytesIO``, held it for about 35 ms). The
