@@ -65,6 +65,7 @@ def _column_array(column: pd.Series) -> pa.Array:
         return pa.DictionaryArray.from_arrays(
             pa.array(codes, mask=missing if missing.any() else None),
             pa.array(np.asarray(dtype.categories, dtype=object), pa.string()),
+            ordered=bool(dtype.ordered),
         )
     if isinstance(dtype, np.dtype) and dtype.kind == "M":
         # the integers as they are (zero-copy), NaT as null

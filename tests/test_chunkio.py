@@ -98,6 +98,16 @@ def test_nan_nat_missing_symbols_and_empty_tables_round_trip(results) -> None:
     assert list(back.oos_returns["symbol"].cat.categories) == list(r.symbols)
     assert back.oos_returns["ret"].isna().sum() == 5 and np.isinf(back.oos_returns["traded"]).sum() == 2
 
+    # categoricals elsewhere keep their categories and order flag
+    metrics = r.symbol_metrics.copy()
+    metrics["symbol"] = pd.Categorical(
+        metrics["symbol"], categories=sorted(metrics["symbol"])[::-1], ordered=True
+    )
+    ordered = dataclasses.replace(r, symbol_metrics=metrics)
+    back = chunk_from_bytes(chunk_to_bytes(ordered))
+    assert_same(back, ordered)
+    assert back.symbol_metrics["symbol"].cat.ordered
+
     empty = dataclasses.replace(r, **{name: getattr(r, name).iloc[0:0] for name in ChunkResult.TABLES})
     back = chunk_from_bytes(chunk_to_bytes(empty))
     assert_same(back, empty)
