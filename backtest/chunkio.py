@@ -64,7 +64,7 @@ def _column_array(column: pd.Series) -> pa.Array:
         missing = codes < 0
         return pa.DictionaryArray.from_arrays(
             pa.array(codes, mask=missing if missing.any() else None),
-            pa.array(np.asarray(dtype.categories, dtype=object), pa.string()),
+            pa.array(np.asarray(dtype.categories, dtype=object)),  # symbols: Arrow strings
             ordered=bool(dtype.ordered),
         )
     if isinstance(dtype, np.dtype) and dtype.kind == "M":
