@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import contextvars
 import json
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from backtest.preload import preload
-from backtest.profiling import PROFILE_FILE
+from backtest.profiling import PROFILE_FILE, REPORT_FILE
 
 
 def preload_report() -> threading.Thread:
@@ -25,17 +27,29 @@ def publish_report(out: str, results_cache: str | None = None) -> str:
     table artifact of per-chunk figures on the flow run. Returns the report's path.
 
     ``results_cache`` is the cache entry of the run's merged tables: the plots drawn from those tables alone
-    are kept there and reused by every run with the same results (a warm re-run draws only two plots).
+    are kept there and reused by every run with the same results (a warm re-run draws only two plots). The
+    artifacts need only the saved summary: they are posted on a second thread while the plots are drawn
+    (their API round trips were an eighth of a warm run's report).
     """
-    from backtest.report import build_report, plot_cache_dir, report_markdown  # matplotlib: only here
+    from backtest.report import build_report, plot_cache_dir  # matplotlib: only here (or preloaded)
 
+    folder = Path(out)
     plot_cache = plot_cache_dir(Path(results_cache)) if results_cache else None
-    files = build_report(Path(out), plot_cache)
-    summary = json.loads((Path(out) / "summary.json").read_text())
-    doc_path = Path(out) / PROFILE_FILE
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="report-artifacts") as pool:
+        posted = pool.submit(contextvars.copy_context().run, _post_artifacts, folder)  # in this task run
+        files = build_report(folder, plot_cache)
+        posted.result()
+    return str(files.html)
+
+
+def _post_artifacts(folder: Path) -> None:
+    from backtest.report import report_markdown
+
+    summary = json.loads((folder / "summary.json").read_text())
+    doc_path = folder / PROFILE_FILE
     doc = json.loads(doc_path.read_text()) if doc_path.exists() else None
     create_markdown_artifact(
-        markdown=report_markdown(summary, doc, files.html),
+        markdown=report_markdown(summary, doc, folder / REPORT_FILE),
         key="study-report",
         description="Run report: summary, bottlenecks, recommendations",
     )
@@ -43,4 +57,3 @@ def publish_report(out: str, results_cache: str | None = None) -> str:
         create_table_artifact(
             table=doc["chunks"], key="study-chunk-profile", description="Per-chunk time, CPU, memory"
         )
-    return str(files.html)
