@@ -56,11 +56,13 @@ CPU_KEY = "cpu"  # CPU seconds of the whole task body
 CPU_LOAD_KEY = "cpu_load"  # CPU seconds of its load phase
 CPU_WAIT_KEY = "cpu_wait"  # seconds queued for a core (run delay) during the task body
 ATTEMPTS_KEY = "attempts"  # the task run's attempt number that produced the result
-NON_WALL_KEYS = frozenset({CPU_KEY, CPU_LOAD_KEY, CPU_WAIT_KEY, ATTEMPTS_KEY})
+FETCH_KEY = "fetch"  # wall seconds making the chunk's price file from the source (near 0 when it existed)
+FETCHED_KEY = "fetched"  # 1.0 when the task read its prices from the source, 0.0 when from the price cache
+NON_WALL_KEYS = frozenset({CPU_KEY, CPU_LOAD_KEY, CPU_WAIT_KEY, ATTEMPTS_KEY, FETCHED_KEY})
 
 #: the study's phases and the chunk timings that make them up
 PHASES: dict[str, tuple[str, ...]] = {
-    "load": ("load",),
+    "load": (FETCH_KEY, "load"),  # fetching from the source (when the price file is missing), then reading it
     "simulate": ("optimise", "test"),
     "select": ("select",),
     "persist": ("collect",),
@@ -149,12 +151,15 @@ def classify(
     return WAITING
 
 
-def add_task_figures(timings: dict[str, float], load: Measured, total: Measured, attempt: int) -> None:
-    """Record a chunk task's CPU time and attempt number beside its phase wall times."""
+def add_task_figures(
+    timings: dict[str, float], load: Measured, total: Measured, attempt: int, fetched: bool
+) -> None:
+    """Record a chunk task's CPU time, attempt number and price source beside its phase wall times."""
     timings[CPU_KEY] = total.cpu
     timings[CPU_LOAD_KEY] = load.cpu
     timings[CPU_WAIT_KEY] = total.cpu_wait
     timings[ATTEMPTS_KEY] = float(attempt)
+    timings[FETCHED_KEY] = 1.0 if fetched else 0.0
 
 
 def wall_timings(timings: Mapping[str, float]) -> dict[str, float]:
@@ -190,9 +195,8 @@ class ChunkFigures:
     end: float | None = None  # epoch seconds when the task finished
     peak_rss: int | None = None  # peak RSS of the process tree while the chunk ran (sampled)
     original_wall: float | None = None
-    #: seconds its load task ran (fetching prices from the store into the chunk's price file), if known
+    #: seconds spent fetching its prices from the source into the chunk's price file (None: read from cache)
     fetch: float | None = None
-    fetch_span: tuple[float, float] | None = None  # epoch start and end of its load task
 
     @property
     def io_wait(self) -> float:
@@ -263,6 +267,7 @@ def chunk_figures(
         attempts=int(timings.get(ATTEMPTS_KEY, 1)),
         end=end,
         peak_rss=peak,
+        fetch=float(timings.get(FETCH_KEY, 0.0)) if timings.get(FETCHED_KEY) else None,
     )
 
 
@@ -447,10 +452,6 @@ def analyse(
             cpu = rest_cpu * share
             phase_blocks.append(BlockFigures(p, w, cpu, par, bt_peak, cpu_estimated=True, cpu_wait=wait))
 
-    fetched = [c.fetch for c in chunks if c.fetch is not None]
-    if fetched:  # the load tasks: their running time only (the server records no CPU time)
-        phase_blocks.insert(0, BlockFigures("fetch", sum(fetched) / par, None, par, bt_peak))
-
     task_cpu = sum(c.cpu for c in computed)
     efficiency = task_cpu / (bt_wall * workers) if computed and bt_wall > 0 and workers > 0 else None
     walls = [c.wall for c in computed]
@@ -458,7 +459,6 @@ def analyse(
     imbalance = max(walls) / median if walls and median > 0 else None
 
     chunk_intervals = [(c.start, c.end) for c in computed if c.start is not None and c.end is not None]
-    chunk_intervals += [c.fetch_span for c in chunks if c.fetch_span is not None]
     other_steps = sum(e - s for name, (s, e) in intervals.items() if name != backtest_step)
     busy = other_steps + _union_length(chunk_intervals)
     overhead = max(wall - busy, 0.0)

@@ -92,7 +92,7 @@ def chunk_size_off(p: RunProfile, bars_per_symbol: float | None = None) -> Recom
     symbols = sum(c.symbols for c in steady)
     if not steady or symbols <= 0 or p.chunk_size <= 0:
         return None
-    work = sum(c.wall + (c.fetch or 0.0) for c in steady) / symbols  # its load task's time too
+    work = sum(c.wall for c in steady) / symbols  # the chunk task's wall includes fetching its prices
     if work <= 0:
         return None
     max_size = size_limit(max(round(bars_per_symbol), 1), p.workers) if bars_per_symbol else None
@@ -208,8 +208,8 @@ def loading_dominates(p: RunProfile) -> Recommendation | None:
     """Loading prices takes a large share of the chunks' time: the store is slow or cold."""
     phases = {b.name: b for b in p.phases}
     total = sum(b.wall for b in p.phases)
-    load, fetch = phases.get("load"), phases.get("fetch")
-    loading = (load.wall if load else 0.0) + (fetch.wall if fetch else 0.0)
+    load = phases.get("load")
+    loading = load.wall if load else 0.0
     if not p.computed or total <= 0 or loading / total <= LOAD_DOMINATES_SHARE:
         return None  # (a warm run computes nothing: its quick cache lookups are not "loading")
     share = loading / total
@@ -218,7 +218,7 @@ def loading_dominates(p: RunProfile) -> Recommendation | None:
     return Recommendation(
         "loading-dominates",
         f"Loading prices is {share:.0%} of the chunks' time ({seconds:.1f} s over all chunks: fetching from "
-        f"the store in the load tasks and reading the chunk price files, {kind}). Keep the store on local "
+        f"the store into the chunk price files and reading those, {kind}). Keep the store on local "
         "disk (not a network share) and warm the price cache: a second run of the same study reads the "
         "cached chunk price files.",
         {"load_share": share, "load_seconds": seconds, "classification": kind},

@@ -35,6 +35,7 @@ import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pacsv
+import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from backtest.errors import ConfigError, DataError
@@ -300,6 +302,51 @@ def _read_bars(path: Path, start: np.int64 | None, end: np.int64 | None) -> _Bar
     return days[lo:hi], fields
 
 
+def _scan_bars(paths: list[Path], lo: np.int64 | None, hi: np.int64 | None) -> list[_Bars]:
+    """Many symbols' files in one Arrow scan: decoding runs on Arrow's own threads without the GIL.
+
+    Reading the files one by one from Python costs about 0.5 ms of interpreter time each (open, footer,
+    casts, conversions), which two loading workers then queue for on the GIL; one scan over all of a
+    chunk's files costs a handful of conversions in all. Each batch names its file, so the rows are given
+    back to their symbols by file, not by trusting row counts.
+    """
+    names = [str(p) for p in paths]
+    index = {name: i for i, name in enumerate(names)}
+    dataset = pads.dataset(names, format="parquet", schema=STORED_SCHEMA)
+    owners: list[int] = []
+    batches: list[pa.RecordBatch] = []
+    for tagged in dataset.scanner(use_threads=True).scan_batches():
+        batch = tagged.record_batch
+        if batch.num_rows:
+            owners.append(index[tagged.fragment.path])
+            batches.append(batch)
+    table = pa.Table.from_batches(batches, schema=STORED_SCHEMA)
+    days_all = table["date"].cast(pa.int32()).to_numpy().astype(np.int64)
+    columns = {name: table[name].to_numpy() for name in PRICE_FIELDS}
+    bounds = np.concatenate([[0], np.cumsum([b.num_rows for b in batches])])
+    spans: list[list[tuple[int, int]]] = [[] for _ in paths]
+    for owner, begin, stop in zip(owners, bounds[:-1], bounds[1:], strict=True):
+        spans[owner].append((int(begin), int(stop)))
+    out: list[_Bars] = []
+    for parts in spans:
+        if not parts:
+            out.append((days_all[:0], {name: values[:0] for name, values in columns.items()}))
+            continue
+        begin, stop = parts[0][0], parts[-1][1]
+        if len(parts) > 1 and any(a[1] != b[0] for a, b in pairwise(parts)):
+            rows = np.concatenate([np.arange(a, b) for a, b in parts])  # batches of one file, interleaved
+            days, fields = days_all[rows], {name: values[rows] for name, values in columns.items()}
+            if np.any(np.diff(days) <= 0):
+                raise pa.ArrowInvalid("a file's batches came out of order")  # read file by file instead
+        else:
+            days = days_all[begin:stop]
+            fields = {name: values[begin:stop] for name, values in columns.items()}
+        first = 0 if lo is None else int(np.searchsorted(days, lo, side="left"))
+        last = len(days) if hi is None else int(np.searchsorted(days, hi, side="right"))
+        out.append((days[first:last], {name: values[first:last] for name, values in fields.items()}))
+    return out
+
+
 class Store:
     """A price store rooted at a folder; reading needs no lock, writing goes through ``writer()``."""
 
@@ -411,7 +458,7 @@ class Store:
     def load(self, symbols: Sequence[str], start: DateLike = None, end: DateLike = None) -> PricePanel:
         """The stored bars of ``symbols`` between ``start`` and ``end`` (inclusive) as one panel.
 
-        Reads only these symbols' files, a few at a time in threads (Parquet decoding releases the GIL).
+        Reads only these symbols' files, in one Arrow scan (see ``_scan_bars``).
         """
         symbols = [symbols] if isinstance(symbols, str) else list(symbols)
         if len(set(symbols)) != len(symbols):
@@ -438,8 +485,13 @@ class Store:
     def _read_all(paths: list[Path], lo: np.int64 | None, hi: np.int64 | None) -> list[_Bars]:
         if len(paths) <= 2:
             return [_read_bars(p, lo, hi) for p in paths]
-        with ThreadPoolExecutor(max_workers=min(_LOAD_THREADS, len(paths))) as pool:
-            return list(pool.map(lambda p: _read_bars(p, lo, hi), paths))
+        try:
+            return _scan_bars(paths, lo, hi)
+        except (OSError, pa.ArrowException):
+            # A file gone between the catalog read and the scan, or one the scanner cannot take: the file-by-file
+            # path says which file and why (and ``load`` retries a vanished file with the newer catalog).
+            with ThreadPoolExecutor(max_workers=min(_LOAD_THREADS, len(paths))) as pool:
+                return list(pool.map(lambda p: _read_bars(p, lo, hi), paths))
 
     # -- writing -----------------------------------------------------------------------------------------
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,7 @@ from backtest.profiling import (
     CACHED,
     COMPUTED,
     FAILED,
+    FETCHED_KEY,
     PROFILE_FILE,
     RESOURCES_FILE,
     RunProfile,
@@ -98,8 +98,6 @@ class RunWatch:
         self._out: Path | None = None
         self._summary: dict[str, Any] | None = None
         self._finished_at = 0.0
-        self._load_runs: dict[str, Any] = {}  # chunk -> its load task's future
-        self._load_spans_read: dict[str, tuple[float, float]] | None = None
 
     def plan(self, specs: Sequence[ChunkSpec], results_dir: Path) -> None:
         """The chunks of the run; warm means the cache already held a result of one of them (a stat each)."""
@@ -172,33 +170,12 @@ class RunWatch:
             self.logger.warning("resource alert check failed: %s", exc)
 
     # -- chunks ------------------------------------------------------------------------------------------------------
-    def load_submitted(self, chunk: str, future: Any) -> None:
-        """Remember a chunk's load task: its result carries when it ran (read once, at the end)."""
-        self._load_runs[chunk] = future
-
-    def loads_submitted(self) -> list[str]:
-        """The chunks whose prices a load task fetched in this run (the others had a cache record)."""
-        return list(self._load_runs)
-
-    def read_loads(self) -> None:
-        """When each load-chunk task ran (epoch start, end), from the tasks' own results, read while the task
-        runner is still up (a Dask future needs its client); a load that failed has no figure (missing, never
-        made up)."""
-        self._load_spans_read = self._load_spans()
-
-    def _load_spans(self) -> dict[str, tuple[float, float]]:
-        from tasks.chunks import LoadedPrices
-
-        out: dict[str, tuple[float, float]] = {}
-        for chunk, future in self._load_runs.items():
-            try:
-                loaded = future.result(raise_on_failure=False) if future.state.is_completed() else None
-            except Exception as exc:  # the figures are extra: a failed read must not fail the run
-                self.logger.warning("could not read the time of %s's load task: %s", chunk, exc)
-                continue
-            if isinstance(loaded, LoadedPrices):
-                out[chunk] = (loaded.started, loaded.ended)
-        return out
+    def prices_fetched(self) -> int:
+        """How many chunks computed in this run read their prices from the source (no price file yet)."""
+        return sum(
+            bool(timings and timings.get(FETCHED_KEY)) for status, timings, _ in self.finished.values()
+            if status == COMPUTED
+        )  # fmt: skip
 
     def chunk_finished(self, name: str, state: Any) -> Progress:
         """Record a finished chunk (its timings from the persisted result's footer), check the chunk rules,
@@ -285,15 +262,10 @@ class RunWatch:
         self.monitor.sample()
         samples = self.monitor.samples
         frame = samples_frame(samples)
-        spans = self._load_spans() if self._load_spans_read is None else self._load_spans_read
         chunks = []
         for name, spec in self.specs.items():
             status, timings, end = self.finished.get(name, (FAILED, None, None))
-            figures = chunk_figures(name, len(spec.symbols), status, timings, end, frame)
-            span = spans.get(name)
-            chunks.append(
-                replace(figures, fetch=None if span is None else span[1] - span[0], fetch_span=span)
-            )
+            chunks.append(chunk_figures(name, len(spec.symbols), status, timings, end, frame))
         profile = analyse(
             chunks=chunks,
             steps=phases,

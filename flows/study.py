@@ -21,7 +21,7 @@ from backtest.store import Store
 from flows.monitoring import RunWatch
 from flows.params import StudyParams
 from tasks import artifacts
-from tasks.chunks import PriceSource, backtest_chunk, chunk_cache_policy, has_cache_record, load_chunk
+from tasks.chunks import PriceSource, backtest_chunk, chunk_cache_policy
 from tasks.db import mark_queries, record_run
 from tasks.report import publish_report
 from tasks.results import collect_results, prune_cache
@@ -111,28 +111,10 @@ def _run_study(params: StudyParams, watch: RunWatch) -> Any:
     watch.start_progress()
     outcomes: dict[str, dict[str, Any]] = {}
     with make_task_runner(params.runner, workers, params.dask_address) as runner:
-        futures = []
-        source = PriceSource(str(store.root), plan.last_date, str(dirs["prices"]), params.db)
-        for spec in specs:
-            if has_cache_record(dirs["records"], spec):
-                # most likely a cache hit: no load task (half the task runs of a warm run); should the chunk
-                # run after all, it loads its prices from ``source`` itself
-                futures.append(
-                    runner.submit(chunk_task, {"spec": spec, "prices": None, "plan": plan, "source": source})
-                )
-                continue
-            loaded = runner.submit(
-                load_chunk,
-                {
-                    "store_root": str(store.root),
-                    "spec": spec,
-                    "last": plan.last_date,
-                    "cache_dir": str(dirs["prices"]),
-                    "db": params.db,
-                },
-            )
-            watch.load_submitted(spec.name, loaded)
-            futures.append(runner.submit(chunk_task, {"spec": spec, "prices": loaded, "plan": plan}))
+        prices = PriceSource(str(store.root), plan.last_date, str(dirs["prices"]), params.db)
+        futures = [
+            runner.submit(chunk_task, {"spec": spec, "plan": plan, "source": prices}) for spec in specs
+        ]
         by_future = dict(zip((f.task_run_id for f in futures), specs, strict=True))
         for future in as_completed(futures):
             spec = by_future[future.task_run_id]
@@ -150,7 +132,6 @@ def _run_study(params: StudyParams, watch: RunWatch) -> Any:
                 logger.info("%s: %s", spec.describe(), "cache hit" if state.name == "Cached" else "computed")
             outcomes[spec.name] = outcome
             watch.chunk_finished(spec.name, state)
-        watch.read_loads()
         del futures, future, state
     phases["backtest"] = time.perf_counter() - t
     watch.backtest_done()
@@ -174,7 +155,7 @@ def _run_study(params: StudyParams, watch: RunWatch) -> Any:
             "hits": hits,
             "misses": len(specs) - hits - len(failed),
             "failed": len(failed),
-            "loads_submitted": len(watch.loads_submitted()),  # chunks without a cache record: loaded first
+            "prices_fetched": watch.prices_fetched(),  # computed chunks whose price file was made in this run
         },
         "failed_chunks": [{"chunk": o["chunk"], "error": o["error"]} for o in failed],
         "out": str(out),

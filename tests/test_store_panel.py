@@ -3,7 +3,10 @@
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
 
+from backtest import store as store_module
 from backtest.panel import PRICE_FIELDS
 from backtest.store import Store
 from backtest.validation import STORED_SCHEMA
@@ -34,3 +37,52 @@ def test_load_aligns_like_a_pivot_of_the_bars(tmp_path) -> None:
         wide = long.pivot(index="symbol", columns="date", values=name).loc[symbols]
         assert np.array_equal(panel.dates, wide.columns.to_numpy().astype("datetime64[D]"))
         np.testing.assert_array_equal(getattr(panel, name), wide.to_numpy())
+
+
+def _bars_equal(a, b) -> bool:
+    return all(
+        np.array_equal(x[0], y[0]) and all(np.array_equal(x[1][k], y[1][k], equal_nan=True) for k in x[1])
+        for x, y in zip(a, b, strict=True)
+    )
+
+
+def test_one_scan_of_many_files_reads_what_reading_them_one_by_one_reads(tmp_path) -> None:
+    """The scan gives each file's rows back to its own symbol, also when a file comes in several batches
+    (row groups) and when a date range leaves a symbol with no bars."""
+    rng = np.random.default_rng(3)
+    paths = []
+    for i in range(9):
+        days = np.datetime64("2021-03-01") + np.unique(rng.integers(0, 300, size=int(rng.integers(0, 60))))
+        table = pa.table(
+            {
+                "date": pa.array(days.astype("datetime64[D]")).cast(pa.date32()),
+                **{f: rng.random(len(days)) for f in PRICE_FIELDS},
+            },
+            schema=STORED_SCHEMA,
+        )
+        path = tmp_path / f"s{i}.parquet"
+        pq.write_table(table, path, row_group_size=int(rng.integers(3, 20)))  # several batches per file
+        paths.append(path)
+    lo = np.int64(np.datetime64("2021-05-01", "D").astype(np.int64))
+    hi = np.int64(np.datetime64("2021-09-30", "D").astype(np.int64))
+    for start, end in ((None, None), (lo, hi), (hi, None), (None, lo)):
+        scanned = store_module._scan_bars(paths, start, end)
+        one_by_one = [store_module._read_bars(p, start, end) for p in paths]
+        assert len(scanned) == len(paths) and _bars_equal(scanned, one_by_one)
+
+
+def test_a_file_gone_before_the_scan_is_named_by_the_file_by_file_read(tmp_path) -> None:
+    store = Store(tmp_path / "store")
+    days = np.datetime64("2020-01-01") + np.arange(10)
+    with store.writer(durable=False) as w:
+        for name in ("A", "B", "C"):
+            prices = {f: np.full(len(days), 2.0) for f in PRICE_FIELDS}
+            table = pa.table(
+                {"date": pa.array(days.astype("datetime64[D]")).cast(pa.date32()), **prices},
+                schema=STORED_SCHEMA,
+            )
+            w.write_symbol(name, table)
+    victim = store.root / store.entries()["B"].file
+    victim.unlink()
+    with pytest.raises(FileNotFoundError, match=victim.name):
+        store.load(["A", "B", "C"])

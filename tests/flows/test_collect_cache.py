@@ -5,12 +5,11 @@ import os
 import pandas as pd
 from prefect import flow
 
-from backtest.panelio import write_panel
 from backtest.planning import make_plan, plan_chunks, resolve_universe
 from backtest.study import ChunkResult, run_chunk
 from flows.runs import read_summary
 from flows.study import three_phase_study
-from tasks.chunks import LoadedPrices, backtest_chunk
+from tasks.chunks import PriceSource, backtest_chunk
 from tasks.serializers import StoredChunk
 from tests.flows.test_study_flow import TABLES, params, tables
 
@@ -54,11 +53,11 @@ def test_chunk_task_returns_its_result_as_parquet_bytes(store, tmp_path):
     plan = make_plan(p.to_config(), universe)
     spec = plan_chunks(plan, universe, store.data_fingerprint, 8, 1)[0]
     panel = store.load(spec.symbols, end=plan.last_date)
-    prices = write_panel(panel, tmp_path / "prices.arrow")
+    source = PriceSource(str(store.root), plan.last_date, str(tmp_path / "prices"))
 
     @flow
     def one_chunk():
-        return backtest_chunk(spec, LoadedPrices(str(prices), 0.0, 0.0), plan)
+        return backtest_chunk(spec, plan, source)
 
     stored = one_chunk()
     assert isinstance(stored, StoredChunk) and isinstance(stored.blob, bytes)

@@ -1,6 +1,6 @@
-"""A warm re-run (unchanged inputs) does only what it must: no load tasks for chunks already cached, a database
-record that points at the identical results of the earlier run instead of rewriting them, and the result plots
-of the report reused; a changed input still recomputes and rewrites everything."""
+"""A warm re-run (unchanged inputs) does only what it must: cached chunks read no prices, a database record
+points at the identical results of the earlier run instead of rewriting them, and the result plots of the
+report are reused; a changed input still recomputes and rewrites everything, from the cached price files."""
 
 from __future__ import annotations
 
@@ -25,9 +25,9 @@ from flows.study import three_phase_study
 from tests.flows.test_study_flow import assert_same_tables, params, tables
 
 
-def _task_names(flow_run_id: str, chunks: int = 3, loads: int = 0) -> list[str]:
-    """The run's task run names, once the server has stored its chunk tasks and at least ``loads`` load tasks
-    (it stores them from events, asynchronously, so a busy server can lag behind the end of the run)."""
+def _task_names(flow_run_id: str, chunks: int = 3) -> list[str]:
+    """The run's task run names, once the server has stored its chunk tasks (it stores them from events,
+    asynchronously, so a busy server can lag behind the end of the run)."""
     deadline = time.monotonic() + 10
     with get_client(sync_client=True) as client:
         while True:
@@ -35,8 +35,7 @@ def _task_names(flow_run_id: str, chunks: int = 3, loads: int = 0) -> list[str]:
                 flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])), limit=200
             )
             names = sorted(r.name for r in runs)
-            stored = sum(n.startswith("backtest-") for n in names) >= chunks
-            if (stored and sum(n.startswith("load-") for n in names) >= loads) or time.monotonic() > deadline:
+            if sum(n.startswith("backtest-") for n in names) >= chunks or time.monotonic() > deadline:
                 return names
             time.sleep(0.2)
 
@@ -56,17 +55,13 @@ def test_warm_run_loads_nothing_points_at_the_results_and_reuses_the_plots(store
     chunks = cold["counts"]["chunks"]
     assert warm["cache"]["hits"] == chunks and warm["collected_key"] == cold["collected_key"]
 
-    # 1. the cold run loaded every chunk; the warm run submitted only the (cached) chunk tasks
-    cold_tasks, warm_tasks = (
-        _task_names(cold["flow_run_id"], chunks, chunks),
-        _task_names(warm["flow_run_id"], chunks),
-    )
-    assert (cold["cache"]["loads_submitted"], warm["cache"]["loads_submitted"]) == (chunks, 0)
-    # the server's records agree (it stores them from events, asynchronously: a busy server lags behind, so
-    # the warm run's are checked once its chunk tasks are there)
-    assert sum(n.startswith("load-") for n in cold_tasks) <= chunks
-    if sum(n.startswith("backtest-") for n in warm_tasks) == chunks:
-        assert [n for n in warm_tasks if n.startswith("load-")] == []
+    # 1. the cold run fetched every chunk's prices from the store; the warm run read none, and both ran
+    # one task per chunk (the server stores task runs from events, asynchronously: checked once they are there)
+    assert (cold["cache"]["prices_fetched"], warm["cache"]["prices_fetched"]) == (chunks, 0)
+    for run in (cold, warm):
+        names = _task_names(run["flow_run_id"], chunks)
+        assert sum(n.startswith("backtest-") for n in names) <= chunks, names
+        assert not [n for n in names if n.startswith("load-")], names
 
     # 2. the warm run is in the database as a pointer to the cold run's rows, and reads back the same
     clear_result_cache()
@@ -97,13 +92,13 @@ def test_warm_run_loads_nothing_points_at_the_results_and_reuses_the_plots(store
         assert not warm_png.exists() or os.stat(warm_png).st_nlink == 1
     assert "equity.png" in (warm_out / "report.html").read_text()
 
-    # 4. a changed input (the fees) recomputes everything, loads again and writes its own rows
+    # 4. a changed input (the fees) recomputes everything from the cached price files and writes its own rows
     changed_out = tmp_path / "changed"
     state = three_phase_study(params(store, changed_out, fees_bps=7), return_state=True)
     assert state.is_completed()
     changed = read_summary(changed_out)
     assert changed["cache"]["hits"] == 0 and changed["collected_key"] != cold["collected_key"]
-    assert changed["cache"]["loads_submitted"] == chunks
+    assert changed["cache"]["prices_fetched"] == 0 and changed["cache"]["misses"] == chunks
     third = read_run(url, changed["flow_run_id"])
     assert third.results_of is None and changed["db"]["persisted"]["results_of"] is None
     assert _rows(url, s.selections, third.id) == len(pd.read_parquet(changed_out / "selections.parquet"))
@@ -112,11 +107,9 @@ def test_warm_run_loads_nothing_points_at_the_results_and_reuses_the_plots(store
         assert not os.path.samefile(png, warm_out / "report" / f"{name}.png")
 
 
-def test_a_chunk_whose_cache_record_vanished_after_the_check_loads_its_own_prices(
-    store, tmp_path, monkeypatch
-):
-    """The flow skips the load task when the chunk's cache record exists; if the record is gone by the time
-    the chunk task runs, the task computes after all and loads its prices itself: same results as cold."""
+def test_a_chunk_whose_results_and_prices_are_gone_fetches_and_computes_only_itself(store, tmp_path):
+    """One chunk's cache record, result and every price file deleted: the re-run computes that chunk alone,
+    fetching its prices from the store again, and the results equal the first run's."""
     p = params(store, tmp_path / "cold", persist=False)
     assert three_phase_study(p, return_state=True).is_completed()
     cache = store.root / "cache"
@@ -125,12 +118,11 @@ def test_a_chunk_whose_cache_record_vanished_after_the_check_loads_its_own_price
     (cache / "results" / victim).unlink()
     for path in (cache / "prices").iterdir():
         path.unlink()  # no prices file either: the chunk must read the store
-    monkeypatch.setattr("flows.study.has_cache_record", lambda records, spec: True)  # the check said "cached"
     state = three_phase_study(p.model_copy(update={"out": str(tmp_path / "again")}), return_state=True)
     assert state.is_completed(), state.message
     again = read_summary(tmp_path / "again")
     assert again["cache"]["misses"] == 1 and again["cache"]["failed"] == 0
-    assert again["cache"]["loads_submitted"] == 0
+    assert again["cache"]["prices_fetched"] == 1
     assert (cache / "records" / victim).is_file() and len(list((cache / "prices").iterdir())) == 1
     assert_same_tables(tables(tmp_path / "cold"), tables(tmp_path / "again"))
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import replace
 
 import pandas as pd
 import pytest
@@ -85,7 +84,7 @@ def test_task_figures_persist_with_the_chunk_and_stay_out_of_wall_time(tmp_path)
         with measure() as load:
             pass
         result = run_chunk(panel, plan)
-    add_task_figures(result.timings, load, total, attempt=2)
+    add_task_figures(result.timings, load, total, attempt=2, fetched=False)
     path = tmp_path / "chunk.parquet"
     path.write_bytes(chunk_to_bytes(result))
     timings = read_chunk_timings(path)
@@ -98,6 +97,12 @@ def test_task_figures_persist_with_the_chunk_and_stay_out_of_wall_time(tmp_path)
     assert fig.phases["simulate"] == pytest.approx(walls["optimise"] + walls["test"])
     cached = chunk_figures("chunk-0000", 6, "cached", timings, end=time.time())
     assert cached.wall == 0.0 and cached.original_wall == pytest.approx(fig.wall)
+    assert fig.fetch is None  # read from the price cache: nothing fetched
+    fetching = {**timings, "fetch": 0.25, "fetched": 1.0}  # prices fetched from the source first
+    fetched = chunk_figures("chunk-0000", 6, "computed", fetching, end=time.time())
+    assert fetched.fetch == pytest.approx(0.25) and fetched.row()["fetch_s"] == pytest.approx(0.25)
+    assert fetched.phases["load"] == pytest.approx(0.25 + walls.get("load", 0.0))
+    assert fetched.wall == pytest.approx(fig.wall + 0.25)
 
 
 def chunk(name: str, wall: float, cpu: float, end: float, status: str = "computed") -> ChunkFigures:
@@ -163,10 +168,6 @@ def test_run_analysis_on_constructed_figures():
     assert phases["simulate"].wall == pytest.approx(0.8 * 13.0 / 2)
     assert p.bottleneck["where"] == "chunks" and p.bottleneck["phase"] == "simulate"
     assert p.bottleneck["classification"] == CPU_BOUND
-    # a load task running from 1.0 to 1.5 s (before the first chunk) is study work too
-    fetched = [*chunks[:3], replace(chunks[3], fetch=0.5, fetch_span=(t0 + 1.0, t0 + 1.5))]
-    q = analyse(**{**kwargs, "chunks": fetched})
-    assert q.busy_seconds == pytest.approx(13.0) and q.orchestration_overhead == pytest.approx(1.0)
-    assert {b.name for b in q.phases} == {"fetch", "load", "simulate", "select", "persist"}
+    assert {b.name for b in p.phases} == {"load", "simulate", "select", "persist"}
     summary = p.summary()
     assert summary["peak_rss_bytes"] == 240 and summary["bottleneck"]["where"] == "chunks"
