@@ -115,18 +115,26 @@ def _oos_writer(path: Path) -> Iterator[Callable[[pd.DataFrame | pa.Table], None
             writer.close()
 
 
-def collect(plan: StudyPlan, chunks: Iterable[ChunkResult], out: Path) -> StudyResult:
-    """Merge chunk results into ``out``: oos_returns streamed, the other tables written after the merge."""
+@contextlib.contextmanager
+def oos_returns_file(out: Path) -> Iterator[Callable[[pd.DataFrame | pa.Table], None]]:
+    """A sink for ``combine`` or ``run_study(oos_sink=...)`` that streams the out-of-sample rows into
+    ``out/oos_returns.parquet``; the file appears (atomically) only when the block ends without an error."""
     out.mkdir(parents=True, exist_ok=True)
     target = out / "oos_returns.parquet"
     tmp = _tmp(target)
     try:
         with _oos_writer(tmp) as sink:
-            result = combine(plan, chunks, oos_sink=sink)
+            yield sink
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     os.replace(tmp, target)
+
+
+def collect(plan: StudyPlan, chunks: Iterable[ChunkResult], out: Path) -> StudyResult:
+    """Merge chunk results into ``out``: oos_returns streamed, the other tables written after the merge."""
+    with oos_returns_file(out) as sink:
+        result = combine(plan, chunks, oos_sink=sink)
     result.save(out)
     return result
 

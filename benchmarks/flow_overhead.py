@@ -6,7 +6,8 @@
 In one process, on the same store, configuration, chunks and workers:
 1. a tiny warm-up flow run (not counted): starts the ephemeral Prefect server when no PREFECT_API_URL is set,
    imports everything and loads numba's compiled kernels, so none of that is timed below;
-2. the bare core: ``run_study`` over the store;
+2. the bare core doing what a flow run delivers: ``run_study`` over the store with its out-of-sample rows
+   streamed into ``oos_returns.parquet``, then its other result tables written;
 3. the flow cold: ``three_phase_study`` after removing ``<store>/cache/``;
 4. the flow warm: the same flow again with unchanged inputs (every chunk should be a cache hit).
 
@@ -160,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     # 2. the bare core, same config, chunks and workers
     core = time_core(store, config, args.workers, chunk_size=chunk_size, save_to=runs_dir / f"{stamp}-core")
     console.print(
-        f"  core:       {core['wall_seconds']:6.2f} s (+ {core['save_seconds']:.2f} s writing its tables)"
+        f"  core:       {core['wall_seconds']:6.2f} s (+ {core['save_seconds']:.2f} s writing its other tables)"
     )
 
     # 3. the flow, cold cache
@@ -184,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     problems = check_runs(core, cold, warm, expect)
 
-    c, fc, fw = core["wall_seconds"], cold["wall_seconds"], warm["wall_seconds"]
+    c, fc, fw = core["wall_seconds"] + core["save_seconds"], cold["wall_seconds"], warm["wall_seconds"]
     overhead, warm_ratio = fc / c, fw / fc
 
     table = Table(
@@ -201,15 +202,15 @@ def main(argv: list[str] | None = None) -> int:
     ):
         table.add_column(column, justify="left" if column == "run" else "right")
     table.add_row(
-        "core (run_study)",
-        f"{c:.2f}",
+        "core (run_study, rows streamed)",
+        f"{core['wall_seconds']:.2f}",
         "",
         "",
         f"{core['start_rss_mb']:,.0f}",
         f"{core['peak_rss_mb']:,.0f}",
         "",
     )
-    table.add_row("  + writing its tables", f"{c + core['save_seconds']:.2f}", "", "", "", "", "")
+    table.add_row("  + writing its other tables", f"{c:.2f}", "", "", "", "", "")
     for run in (cold, warm):
         s = run.get("summary") or {}
         cache = s.get("cache") or {}
@@ -239,11 +240,6 @@ def main(argv: list[str] | None = None) -> int:
         "core thread seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in core["thread_seconds"].items())
     )
 
-    with_save = fc / (c + core["save_seconds"])
-    console.print(
-        f"for reference: flow cold / (core + writing its result tables) = {fc:.2f} / "
-        f"{c + core['save_seconds']:.2f} s = {with_save:.2f}x (the flow also writes its outputs)"
-    )
     goals: dict[str, Any] = {
         "flow_cold_over_core": {
             "target": f"<= {OVERHEAD_GOAL}x",
@@ -257,7 +253,8 @@ def main(argv: list[str] | None = None) -> int:
         },
     }
     console.print(
-        f"goal: flow cold / core <= {OVERHEAD_GOAL}x (server already up): {fc:.2f} / {c:.2f} s = {overhead:.2f}x "
+        f"goal: flow cold / core, same tables written, <= {OVERHEAD_GOAL}x (server already up): {fc:.2f} / "
+        f"{c:.2f} s = {overhead:.2f}x "
         f"-> [bold]{goal(overhead <= OVERHEAD_GOAL)}[/]"
     )
     console.print(
@@ -316,7 +313,6 @@ def main(argv: list[str] | None = None) -> int:
         "ratios": {
             "flow_cold_over_core": overhead,
             "warm_over_cold": warm_ratio,
-            "flow_cold_over_core_plus_save": with_save,
         },
         "goals": goals,
         "problems": problems,

@@ -11,10 +11,9 @@ import typer
 RATIO_TEXT: dict[str, tuple[str, str]] = {
     "flow_warm_over_cold": ("flow warm / flow cold (goal <= 10 %)", "{:.1%}"),
     "flow_cold_over_core": (
-        "flow cold / bare core right before it, study + writing its tables: Prefect overhead (goal <= 1.2x)",
+        "flow cold / bare core right before it writing the same tables: Prefect overhead (goal <= 1.2x)",
         "{:.2f}x",
     ),
-    "flow_cold_over_core_compute": ("flow cold / bare core right before it, study alone", "{:.2f}x"),
     "cache_hit_rate_warm": ("cache hit rate of the warm run", "{:.0%}"),
     "workers_2_over_1": ("core, 2 workers vs 1 (goal >= 1.7x)", "{:.2f}x"),
     "parallel_efficiency": ("parallel efficiency (speed-up / workers)", "{:.0%}"),
