@@ -28,13 +28,14 @@ _NUMERIC_MODULES = ("signals_nb.py", "simulate_nb.py", "study.py", "folds.py", "
 # on this project's 2-core machine with 2 workers, the thread runner and a Prefect server on loopback, while
 # other work ran beside (load average 7 to 13: on a quiet machine the times are smaller, in about the same
 # ratio). Times are worker-seconds: one worker busy that long.
-#: orchestration per chunk: its task runs, the chunk result's persistence and the server's records. Measured
+#: orchestration per chunk: its task run, the chunk result's persistence and the server's records. Measured
 #: as the slope of the flow's backtest step against the chunk count at fixed work (96 symbols x 2
-#: combinations in 2 to 96 chunks, best and median of 3 runs, the flow of commit dd15510 with a load task
-#: and a backtest task per chunk): 0.21 worker-seconds a chunk. A trivial task alone is 4-10 ms
-#: (PREFECT_NOTES.md); the profile's ``per_task_overhead_seconds`` is larger (0.2 s for 16-symbol chunks,
-#: 1.5 s for 250), as it also holds the prices' loading and the result encoding, which grow with the chunk.
-TASK_OVERHEAD_SECONDS = 0.2
+#: combinations in 2 to 96 chunks, 3 alternating rounds) with one task per chunk (commit 0cde525): 0.07 (best)
+#: to 0.10 (median) worker-seconds a chunk at load average 2-3, 0.14-0.15 at 8; the earlier flow with a load
+#: task and a backtest task per chunk cost 0.21 at 7-13. A trivial task alone is 4-10 ms (PREFECT_NOTES.md);
+#: the profile's ``per_task_overhead_seconds`` is larger (0.2 s for 16-symbol chunks, 1.5 s for 250), as it
+#: also holds the prices' loading and the result encoding, which grow with the chunk.
+TASK_OVERHEAD_SECONDS = 0.1
 #: work per bar and grid combination (the numba kernels of the three phases): ``run_chunk`` on 100 symbols
 #: x 5,040 bars, 2 against 100 combinations, best of 3
 SECONDS_PER_BAR_COMBO = 3.2e-9

@@ -48,9 +48,8 @@ def test_enough_work_gives_four_chunks_per_worker_and_little_work_one():
     assert (heavy.size, heavy.chunks, heavy.reason) == (500, 8, "balance")
     light = size_chunks(4_000, work_seconds=1e-4, workers=2)  # 0.2 s of work in all
     assert (light.size, light.chunks, light.reason) == (2_000, 2, "one-per-worker")
-    middle = size_chunks(
-        4_000, work_seconds=3e-3, workers=2
-    )  # 1.5 s for 500 symbols: too little for 8 chunks
+    # 3 ms a symbol against a 0.2 s task: 500-symbol chunks carry 1.5 s, under 10x their task cost
+    middle = size_chunks(4_000, work_seconds=3e-3, workers=2, task_seconds=0.2)
     assert middle.reason == "overhead" and middle.overhead_share <= MAX_TASK_OVERHEAD_SHARE
     assert (middle.size, middle.chunks) == (1_000, 4)  # at least 667 symbols each, in whole rounds of 2
 

@@ -8,7 +8,7 @@ from dataclasses import replace
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from backtest.planning import choose_chunk_size, work_per_symbol
+from backtest.planning import TASK_OVERHEAD_SECONDS, choose_chunk_size, work_per_symbol
 from backtest.profiling import BlockFigures, ChunkFigures, RunProfile
 from backtest.recommendations import (
     CHUNK_SIZE_TOLERANCE,
@@ -91,7 +91,7 @@ def test_the_demo_run_is_advised_the_size_the_chooser_now_picks():
     p = profile(chunks=scheduled(split(500, 51), 0.18 / 51, 2), chunk_size=51)
     r = chunk_size_off(p)
     assert r is not None and r.rule == "chunk-size" and r.figures["suggested_chunk_size"] == 250
-    assert "--chunk-size 250 (now 51)" in r.advice and "0.20 s of orchestration" in r.advice
+    assert "--chunk-size 250 (now 51)" in r.advice and f"{TASK_OVERHEAD_SECONDS:.2f} s of orchestration" in r.advice
     assert r.figures["suggested_chunk_size"] == choose_chunk_size(500, 4_900, 100, 2, memory_bytes=16 * GIB)
     assert [x.rule for x in recommend(p)].count("chunk-size") == 1
     # the start-up chunks' 8 s are not taken for work: without them the same advice
@@ -115,10 +115,10 @@ def test_too_big_chunks_for_balance_and_a_near_miss_or_small_saving_is_no_advice
 
 
 def test_chunks_grow_only_as_far_as_the_choosers_size_limit():
-    # 40 chunks of 100 symbols, 0.2 s of work each: the task cost is as much as the work
+    # 40 chunks of 100 symbols, 0.2 s of work each: the task cost is half the work
     p = profile(chunks=scheduled(split(4_000, 100), 0.002, 2), chunk_size=100)
-    free = chunk_size_off(p)  # bars unknown: no limit but one chunk per worker's overhead rule
-    assert free is not None and free.figures["suggested_chunk_size"] == 1_000
+    free = chunk_size_off(p)  # bars unknown: no limit, 4 chunks per worker of 1 s each
+    assert free is not None and free.figures["suggested_chunk_size"] == 500
     limited = chunk_size_off(p, bars_per_symbol=5_040.0)  # 20 years: the chunk limit is 257
     assert limited is not None and limited.figures["reason"] == "size-limit"
     big = chunk_size_off(profile(chunks=scheduled(split(4_000, 500), 0.002, 2), chunk_size=500), 5_040.0)
