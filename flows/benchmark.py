@@ -190,10 +190,11 @@ def warm_numba(config: Any) -> float:
 
 def flow_chunk_size(universe: Any, n_combos: int, workers: int) -> int:
     """The chunk size the flow would choose (``plan_chunks``' estimate of bars), so both run the same chunks."""
-    from backtest.planning import choose_chunk_size
+    from backtest.planning import choose_chunk_size, estimate_bars
 
-    n_bars = max(1, int((universe.last - universe.first).days * 252 / 365.25))
-    return choose_chunk_size(len(universe.symbols), n_bars, n_combos, workers)
+    return choose_chunk_size(
+        len(universe.symbols), estimate_bars(universe.first, universe.last), n_combos, workers
+    )
 
 
 def time_core(

@@ -15,7 +15,7 @@ from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTa
 from backtest.db.prices import open_price_source
 from backtest.errors import BacktestError
 from backtest.outputs import write_json
-from backtest.planning import make_plan, plan_chunks, resolve_universe
+from backtest.planning import estimate_bars, make_plan, plan_chunks, resolve_universe
 from backtest.profiling import REPORT_FILE, wall_timings
 from backtest.store import Store
 from flows.monitoring import RunWatch
@@ -148,6 +148,7 @@ def _run_study(params: StudyParams, watch: RunWatch) -> Any:
             "chunks": len(specs),
             "folds": len(plan.folds),
             "combinations": len(plan.combos),
+            "bars": estimate_bars(universe.first, universe.last),  # a chunk's width, as the chunk size saw it
             "bars_x_combinations": universe.rows * len(plan.combos),
         },
         "folds": [f.to_dict() for f in plan.folds],
