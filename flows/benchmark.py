@@ -480,10 +480,11 @@ def run_flow(params: Any, label: str) -> dict[str, Any]:
     """One flow run in this process, timed from the call to its return; its summary.json read back."""
     import json
 
+    from flows.runs import local_run_settings
     from flows.study import three_phase_study
 
     release_memory()
-    with RssSampler(children=True) as rss:
+    with RssSampler(children=True) as rss, local_run_settings():  # as `backtest run` runs it
         t0 = time.perf_counter()
         state = three_phase_study(params, return_state=True)
         wall = time.perf_counter() - t0
