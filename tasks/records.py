@@ -16,7 +16,7 @@ from typing import Any
 
 from prefect.filesystems import LocalFileSystem
 
-from tasks.serializers import ChunkResultSerializer
+from tasks.serializers import ERROR_PREFIX, ChunkResultSerializer
 
 __all__ = ["ChunkRecordStorage", "UnsafeRecord", "check_record"]
 
@@ -42,6 +42,26 @@ def check_record(content: bytes, results_dir: Path) -> None:
     if not storage_key.is_file():
         # the result file was removed (by hand, or a crash between two prunes): a miss, never a failed chunk
         raise UnsafeRecord(f"cache record points at a result file that is gone: {str(storage_key)!r}")
+    if not _whole_result_file(storage_key):
+        # Prefect writes a result file in place: one cut short (a full disk, a copy interrupted) would be a hit
+        # that fails the collect on every run; as a miss, the chunk is computed and the file written again
+        raise UnsafeRecord(f"cache record points at a result file that is not whole: {str(storage_key)!r}")
+
+
+_PARQUET_MAGIC = b"PAR1"
+
+
+def _whole_result_file(path: Path) -> bool:
+    """A Parquet file begins and ends with its magic bytes (a failed run's record is small JSON text)."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(len(ERROR_PREFIX))
+            if head.startswith(ERROR_PREFIX):
+                return True
+            handle.seek(-len(_PARQUET_MAGIC), 2)
+            return head.startswith(_PARQUET_MAGIC) and handle.read() == _PARQUET_MAGIC
+    except OSError:
+        return False
 
 
 class ChunkRecordStorage(LocalFileSystem):

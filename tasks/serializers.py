@@ -38,7 +38,7 @@ class ChunkFailure(RuntimeError):
     """A failed chunk's exception as read back from storage: its type and message, never executable data."""
 
 
-_ERROR_PREFIX = b"BACKTEST-ERROR\n"
+ERROR_PREFIX = b"BACKTEST-ERROR\n"
 
 
 class ChunkResultSerializer(Serializer):
@@ -52,11 +52,11 @@ class ChunkResultSerializer(Serializer):
 
     def dumps(self, obj: ChunkResult | StoredChunk | BaseException) -> bytes:
         if isinstance(obj, BaseException):
-            return _ERROR_PREFIX + json.dumps({"type": type(obj).__name__, "message": str(obj)}).encode()
+            return ERROR_PREFIX + json.dumps({"type": type(obj).__name__, "message": str(obj)}).encode()
         return obj.blob if isinstance(obj, StoredChunk) else chunk_to_bytes(obj)
 
     def loads(self, blob: bytes) -> StoredChunk | ChunkFailure:
-        if blob.startswith(_ERROR_PREFIX):
-            record = json.loads(blob[len(_ERROR_PREFIX) :])
+        if blob.startswith(ERROR_PREFIX):
+            record = json.loads(blob[len(ERROR_PREFIX) :])
             return ChunkFailure(f"{record['type']}: {record['message']}")
         return StoredChunk(blob)

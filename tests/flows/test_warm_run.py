@@ -10,6 +10,7 @@ import os
 import time
 
 import pandas as pd
+import pytest
 import sqlalchemy as sa
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
@@ -127,13 +128,19 @@ def test_a_chunk_whose_results_and_prices_are_gone_fetches_and_computes_only_its
     assert_same_tables(tables(tmp_path / "cold"), tables(tmp_path / "again"))
 
 
-def test_a_cached_chunk_whose_result_file_is_gone_is_recomputed(store, tmp_path):
-    """A record whose result file was deleted is a cache miss: the chunk is computed again, not failed."""
-    p = params(store, tmp_path / "cold", persist=False)
+@pytest.mark.parametrize("damage", ["gone", "cut short"])
+def test_a_cached_chunk_whose_result_file_is_gone_or_cut_short_is_recomputed(store, tmp_path, damage):
+    """A record whose result file was deleted, or is not a whole file, is a cache miss: the chunk is computed
+    again (and its file written again), not failed, and not a hit that fails every later collect."""
+    p = params(store, tmp_path / "cold", persist=False, fees_bps=3 if damage == "gone" else 4)
     assert three_phase_study(p, return_state=True).is_completed()
     cache = store.root / "cache"
-    victim = sorted((cache / "results").iterdir())[0]
-    victim.unlink()  # the record stays behind
+    victim = sorted((cache / "results").iterdir(), key=lambda f: f.stat().st_mtime)[-1]
+    if damage == "gone":
+        victim.unlink()  # the record stays behind
+    else:
+        blob = victim.read_bytes()
+        victim.write_bytes(blob[: len(blob) // 2])
     state = three_phase_study(p.model_copy(update={"out": str(tmp_path / "again")}), return_state=True)
     assert state.is_completed(), state.message
     again = read_summary(tmp_path / "again")

@@ -91,7 +91,10 @@ def test_the_demo_run_is_advised_the_size_the_chooser_now_picks():
     p = profile(chunks=scheduled(split(500, 51), 0.18 / 51, 2), chunk_size=51)
     r = chunk_size_off(p)
     assert r is not None and r.rule == "chunk-size" and r.figures["suggested_chunk_size"] == 250
-    assert "--chunk-size 250 (now 51)" in r.advice and f"{TASK_OVERHEAD_SECONDS:.2f} s of orchestration" in r.advice
+    assert (
+        "--chunk-size 250 (now 51)" in r.advice
+        and f"{TASK_OVERHEAD_SECONDS:.2f} s of orchestration" in r.advice
+    )
     assert r.figures["suggested_chunk_size"] == choose_chunk_size(500, 4_900, 100, 2, memory_bytes=16 * GIB)
     assert [x.rule for x in recommend(p)].count("chunk-size") == 1
     # the start-up chunks' 8 s are not taken for work: without them the same advice
