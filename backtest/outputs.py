@@ -368,3 +368,72 @@ def prune_collected(cache: Path, keep: str | None, max_bytes: int, max_age_secon
             total -= size
             removed += 1
     return removed
+
+
+class _Abandoned(Exception):
+    """A chunk of the study failed: the merged tables of this set of chunks will not be needed."""
+
+
+class CollectAhead:
+    """Builds the cache entry of a study's merged tables while its chunks are still being computed.
+
+    The collect step waits for the last chunk, then reads every chunk file and merges; the bare core merges
+    each chunk as it comes off the pool. This does the same for a flow: a background thread reads and merges
+    the chunk files in universe order as soon as each one is ``ready``, so when the last chunk finishes
+    only its own rows are left to write. The collect step then finds a complete cache entry and links it.
+
+    It is only ahead of the collect step, never in place of it: if a chunk fails it is ``abandon``-ed (nothing
+    is published), and if anything else goes wrong the collect step, which always runs, builds the entry
+    itself and reports the error. Chunk results never change under their key, so reading a file as soon as
+    its chunk finished reads what the collect step would read.
+    """
+
+    def __init__(
+        self, plan: StudyPlan, names: Sequence[str], paths: Sequence[Path], cache: Path, key: str
+    ) -> None:
+        self.key = key
+        self._ready = [threading.Event() for _ in names]
+        self._abandoned = False
+        self.error: BaseException | None = None
+        self.built = False
+        self._thread: threading.Thread | None = None
+        if _read_entry(cache / key, key) is None:
+            self._thread = threading.Thread(
+                target=self._run,
+                args=(plan, list(names), list(paths), cache),
+                name="collect-ahead",
+                daemon=True,
+            )
+            self._thread.start()
+
+    def _chunks(self, names: list[str], paths: list[Path]) -> Iterator[tuple[str, ChunkResult]]:
+        for event, name, path in zip(self._ready, names, paths, strict=True):
+            event.wait()
+            if self._abandoned:
+                raise _Abandoned
+            yield name, read_chunk(path, oos_as_arrow=True)
+
+    def _run(self, plan: StudyPlan, names: list[str], paths: list[Path], cache: Path) -> None:
+        try:
+            _build_entry(plan, self._chunks(names, paths), cache, self.key)
+            self.built = True
+        except _Abandoned:
+            pass
+        except BaseException as exc:  # the collect step will meet it again and report it
+            self.error = exc
+
+    def ready(self, index: int) -> None:
+        """Chunk ``index`` (universe order) has its result file."""
+        self._ready[index].set()
+
+    def abandon(self) -> None:
+        """A chunk failed (or the flow stopped): publish nothing; the thread ends at its next chunk."""
+        self._abandoned = True
+        for event in self._ready:
+            event.set()
+
+    def wait(self) -> bool:
+        """Wait for the entry; True when this built it (False: it existed, or a chunk failed, or an error)."""
+        if self._thread is not None:
+            self._thread.join()
+        return self.built

@@ -14,7 +14,7 @@ from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTa
 
 from backtest.db.prices import open_price_source
 from backtest.errors import BacktestError
-from backtest.outputs import write_json
+from backtest.outputs import CollectAhead, collected_key, write_json
 from backtest.planning import estimate_bars, make_plan, plan_chunks, resolve_universe
 from backtest.profiling import REPORT_FILE, wall_timings
 from backtest.store import Store
@@ -111,29 +111,53 @@ def _run_study(params: StudyParams, watch: RunWatch) -> Any:
     )
     watch.start_progress()
     outcomes: dict[str, dict[str, Any]] = {}
-    with make_task_runner(params.runner, workers, params.dask_address) as runner:
-        prices = PriceSource(str(store.root), plan.last_date, str(dirs["prices"]), params.db)
-        futures = [
-            runner.submit(chunk_task, {"spec": spec, "plan": plan, "source": prices}) for spec in specs
-        ]
-        by_future = dict(zip((f.task_run_id for f in futures), specs, strict=True))
-        for future in as_completed(futures):
-            spec = by_future[future.task_run_id]
-            try:
-                future.wait()
-                state = future.state
-            except Exception as exc:
-                # The process computing it died (SIGKILL, out of memory): this chunk failed, the others go on.
-                state = Failed(message=f"its worker process died ({type(exc).__name__}: {exc})")
-            outcome = {"chunk": spec.name, "symbols": len(spec.symbols), "state": state.name, "key": spec.key}
-            if state.is_failed():
-                outcome["error"] = _error_text(state)
-                logger.error("%s failed: %s", spec.describe(), outcome["error"])
-            else:
-                logger.info("%s: %s", spec.describe(), "cache hit" if state.name == "Cached" else "computed")
-            outcomes[spec.name] = outcome
-            watch.chunk_finished(spec.name, state)
-        del futures, future, state
+    keys = [spec.key for spec in specs]
+    # merges each chunk's results as soon as it and the ones before it are there, as the core's merge does
+    ahead = CollectAhead(
+        plan,
+        [s.name for s in specs],
+        [dirs["results"] / k for k in keys],
+        dirs["collected"],
+        collected_key(keys),
+    )
+    position = {spec.name: i for i, spec in enumerate(specs)}
+    try:
+        with make_task_runner(params.runner, workers, params.dask_address) as runner:
+            prices = PriceSource(str(store.root), plan.last_date, str(dirs["prices"]), params.db)
+            futures = [
+                runner.submit(chunk_task, {"spec": spec, "plan": plan, "source": prices}) for spec in specs
+            ]
+            by_future = dict(zip((f.task_run_id for f in futures), specs, strict=True))
+            for future in as_completed(futures):
+                spec = by_future[future.task_run_id]
+                try:
+                    future.wait()
+                    state = future.state
+                except Exception as exc:
+                    # The process computing it died (SIGKILL, out of memory): it failed, the others go on.
+                    state = Failed(message=f"its worker process died ({type(exc).__name__}: {exc})")
+                outcome = {
+                    "chunk": spec.name,
+                    "symbols": len(spec.symbols),
+                    "state": state.name,
+                    "key": spec.key,
+                }
+                if state.is_completed():
+                    ahead.ready(position[spec.name])
+                    logger.info(
+                        "%s: %s", spec.describe(), "cache hit" if state.name == "Cached" else "computed"
+                    )
+                else:
+                    ahead.abandon()
+                    outcome["error"] = _error_text(state)
+                    logger.error("%s failed: %s", spec.describe(), outcome["error"])
+                outcomes[spec.name] = outcome
+                watch.chunk_finished(spec.name, state)
+            del futures, future, state
+    finally:
+        if len(outcomes) < len(specs):
+            ahead.abandon()  # the loop did not finish: nothing more will be ready
+        collected_ahead = ahead.wait()
     phases["backtest"] = time.perf_counter() - t
     watch.backtest_done()
     t = time.perf_counter()
@@ -164,7 +188,8 @@ def _run_study(params: StudyParams, watch: RunWatch) -> Any:
     }
     if not failed:
         collected = collect_results(plan, specs, str(dirs["results"]), str(out), str(dirs["collected"]))
-        summary["cache"]["collect_reused"] = collected["reused"]
+        # a cache entry made by ``ahead`` during this run is this run's collect, not a reused one
+        summary["cache"]["collect_reused"] = collected["reused"] and not collected_ahead
         summary["collected_key"] = collected["key"]
         summary["figures"] = collected["figures"]
         summary["chunk_seconds"] = wall_timings(collected["timings"])

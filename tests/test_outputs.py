@@ -11,6 +11,7 @@ from pandas.api.types import union_categoricals
 from backtest.config import FoldSpec, ParamGrid, StudyConfig
 from backtest.outputs import (
     OUTPUT_TABLES,
+    CollectAhead,
     collect,
     collect_cached,
     collected_key,
@@ -150,3 +151,56 @@ def test_collect_leaves_nothing_behind_when_the_writer_fails(tmp_path, chunks, p
     with pytest.raises(OSError, match="disk full"):
         collect(plan, iter(chunks), tmp_path / "out")
     assert list((tmp_path / "out").iterdir()) == []
+
+
+def _chunk_files(tmp_path, chunks):
+    from backtest.chunkio import chunk_to_bytes
+
+    folder = tmp_path / "results"
+    folder.mkdir()
+    paths = []
+    for i, c in enumerate(chunks):
+        paths.append(folder / f"key-{i}")
+        paths[-1].write_bytes(chunk_to_bytes(c))
+    return paths
+
+
+def test_collect_ahead_builds_the_entry_as_chunks_finish_in_any_order(tmp_path, chunks, plan) -> None:
+    paths = _chunk_files(tmp_path, chunks)
+    names = [f"chunk-{i:04d}" for i in range(len(chunks))]
+    cache, key = tmp_path / "cache", collected_key(["x", "y", "z"])
+    ahead = CollectAhead(plan, names, paths, cache, key)
+    for i in (2, 0, 1):  # finishing out of universe order: merged in universe order all the same
+        assert not (cache / key).exists()
+        ahead.ready(i)
+    assert ahead.wait() and ahead.error is None
+
+    def never():
+        raise AssertionError("the entry is complete: nothing may be read again")
+        yield
+
+    linked = collect_cached(plan, never(), tmp_path / "out", cache, key)
+    reference = tmp_path / "reference"
+    collect(plan, iter(chunks), reference)
+    assert [r["chunk"] for r in linked.chunks] == names
+    for stem in OUTPUT_TABLES:
+        got = pd.read_parquet(tmp_path / "out" / f"{stem}.parquet")
+        pd.testing.assert_frame_equal(got, pd.read_parquet(reference / f"{stem}.parquet"), check_exact=True)
+    # an entry already there: nothing is started, and waiting says this run did not build it
+    assert not CollectAhead(plan, names, paths, cache, key).wait()
+
+
+def test_collect_ahead_publishes_nothing_when_a_chunk_fails_or_a_file_is_bad(tmp_path, chunks, plan) -> None:
+    paths = _chunk_files(tmp_path, chunks)
+    names = [f"chunk-{i:04d}" for i in range(len(chunks))]
+    cache = tmp_path / "cache"
+    failed = CollectAhead(plan, names, paths, cache, collected_key(["failed"]))
+    failed.ready(0)
+    failed.abandon()  # chunk 1 failed
+    assert not failed.wait() and failed.error is None
+    paths[1].write_bytes(b"not a chunk result")
+    broken = CollectAhead(plan, names, paths, cache, collected_key(["broken"]))
+    for i in range(len(chunks)):
+        broken.ready(i)
+    assert not broken.wait() and broken.error is not None  # the collect step meets it again and reports it
+    assert not any(cache.iterdir())  # no entry, no staging folder left behind
