@@ -31,6 +31,7 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
+from sqlalchemy.pool import NullPool
 
 from backtest.errors import BacktestError
 
@@ -243,12 +244,53 @@ def _after_execute(conn: Connection, cursor: Any, statement: str, *args: Any) ->
         _QUERY_LOG.record(statement, time.perf_counter() - starts.pop())
 
 
+_FILE_LOCKS: dict[str, threading.RLock] = {}
+_FILE_LOCKS_GUARD = threading.Lock()
+
+
+def _is_sqlite(engine: Engine) -> bool:
+    return engine.url.drivername.startswith("sqlite")
+
+
+@contextlib.contextmanager
+def one_sqlite_library(database: str | None) -> Iterator[None]:
+    """While one SQLite library in this process uses the database file ``database``, the other waits.
+
+    Arrow's ADBC SQLite driver (the fast price reads, ``sqlio.sqlite_arrow``) bundles its own copy of SQLite
+    beside Python's ``sqlite3``. The two copies' POSIX locks on one file do not see each other (such locks
+    belong to the process), so a connection opened by one copy can take itself for the first and reset the
+    shared-memory WAL index that the other copy has mapped: the process dies of SIGBUS (it happened in
+    ``tests/db/test_concurrency.py``, readers and writers in threads), or one closes the WAL file under the
+    other ("disk I/O error"). So the two never have one file open at once in this process: every transaction
+    and every ADBC read of one SQLite file takes this process's lock for that file, and the engine keeps no
+    idle connection (``NullPool``). Other processes are ordered by SQLite's own locks as ever. Without ADBC
+    there is one copy, and no lock is taken.
+    """
+    from backtest.db.sqlio import use_arrow_sqlite
+
+    if not database or database == ":memory:" or not use_arrow_sqlite():
+        yield
+        return
+    key = os.path.realpath(database)
+    with _FILE_LOCKS_GUARD:
+        lock = _FILE_LOCKS.setdefault(key, threading.RLock())
+    with lock:
+        yield
+
+
 def _create_engine(url: URL) -> Engine:
     if url.drivername.startswith("sqlite"):
         folder = Path(url.database or ".").parent
         if not folder.is_dir():
             raise DatabaseError(f"cannot open {describe_url(url)}: folder {folder} does not exist")
-        engine = sa.create_engine(url, pool_size=8, max_overflow=16, pool_timeout=120)
+        from backtest.db.sqlio import use_arrow_sqlite
+
+        if use_arrow_sqlite():
+            # no idle connection may keep the file open while the other SQLite library opens it (see
+            # one_sqlite_library): each transaction connects and closes (a SQLite connect costs microseconds)
+            engine = sa.create_engine(url, poolclass=NullPool)
+        else:
+            engine = sa.create_engine(url, pool_size=8, max_overflow=16, pool_timeout=120)
         event.listen(engine, "connect", _sqlite_connect)
         event.listen(engine, "begin", _sqlite_begin)
     else:
@@ -324,12 +366,18 @@ def _is_connect_error(exc: DBAPIError) -> bool:
 @contextlib.contextmanager
 def write_txn(engine: Engine) -> Iterator[Connection]:
     """One write transaction (``BEGIN IMMEDIATE`` on SQLite): committed on success, rolled back on error."""
-    with engine.connect().execution_options(backtest_write=True) as conn, conn.begin():
+    database = engine.url.database if _is_sqlite(engine) else None
+    with (
+        one_sqlite_library(database),
+        engine.connect().execution_options(backtest_write=True) as conn,
+        conn.begin(),
+    ):
         yield conn
 
 
 @contextlib.contextmanager
 def read_txn(engine: Engine) -> Iterator[Connection]:
     """One read transaction: every query in it sees the same snapshot (WAL on SQLite, MVCC on PostgreSQL)."""
-    with engine.connect() as conn, conn.begin():
+    database = engine.url.database if _is_sqlite(engine) else None
+    with one_sqlite_library(database), engine.connect() as conn, conn.begin():
         yield conn

@@ -153,21 +153,29 @@ class DbPriceSource:
         if not symbols:
             return _panel((), [])
         engine = self.engine
-        with db_errors(self.url, "read prices from"), read_txn(engine) as conn:
-            known = {
-                row.symbol
-                for row in conn.execute(sa.select(s.symbols.c.symbol).where(s.symbols.c.symbol.in_(symbols)))
-            }
-            self._check_known(symbols, {x: "" for x in known})
-            where = [s.prices.c.symbol.in_(symbols)]
-            if lo is not None:
-                where.append(s.prices.c.date >= dt.date.fromordinal(_EPOCH_ORDINAL + int(lo)))
-            if hi is not None:
-                where.append(s.prices.c.date <= dt.date.fromordinal(_EPOCH_ORDINAL + int(hi)))
-            if is_postgres(conn):
-                by_symbol = _read_pg(conn, where)
-            else:
-                by_symbol = _read_sqlite(conn, where)
+        where = [s.prices.c.symbol.in_(symbols)]
+        if lo is not None:
+            where.append(s.prices.c.date >= dt.date.fromordinal(_EPOCH_ORDINAL + int(lo)))
+        if hi is not None:
+            where.append(s.prices.c.date <= dt.date.fromordinal(_EPOCH_ORDINAL + int(hi)))
+        by_symbol: dict[str, _Bars] | None = None
+        with db_errors(self.url, "read prices from"):
+            with read_txn(engine) as conn:
+                known = {
+                    row.symbol
+                    for row in conn.execute(
+                        sa.select(s.symbols.c.symbol).where(s.symbols.c.symbol.in_(symbols))
+                    )
+                }
+                self._check_known(symbols, {x: "" for x in known})
+                if is_postgres(conn):
+                    by_symbol = _read_pg(conn, where)
+                elif not use_arrow_sqlite():
+                    by_symbol = _read_sqlite_rows(conn, where)
+            if by_symbol is None:
+                # ADBC's own connection, after Python's is closed: the two SQLite libraries never hold the
+                # file at once (engine.one_sqlite_library)
+                by_symbol = _split_by_symbol(sqlite_arrow(engine, price_query(where, with_symbol=True)))
         empty = (np.empty(0, np.int64), {name: np.empty(0) for name in PRICE_FIELDS})
         return _panel(tuple(symbols), [by_symbol.get(x, empty) for x in symbols])
 
@@ -189,9 +197,7 @@ def count_query(where: list[sa.ColumnElement[bool]]) -> sa.Select:
     return sa.select(p.symbol, sa.func.count()).where(*where).group_by(p.symbol).order_by(p.symbol)
 
 
-def _read_sqlite(conn: sa.Connection, where: list[sa.ColumnElement[bool]]) -> dict[str, _Bars]:
-    if use_arrow_sqlite():
-        return _split_by_symbol(sqlite_arrow(conn, price_query(where, with_symbol=True)))
+def _read_sqlite_rows(conn: sa.Connection, where: list[sa.ColumnElement[bool]]) -> dict[str, _Bars]:
     # Without ADBC: two statements in one read transaction (one snapshot), the per-symbol row counts, then
     # the numbers alone in key order, so no symbol string is built per row.
     counts = conn.execute(count_query(where)).all()

@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.expression import ClauseElement, Executable, FunctionElement
 
@@ -193,7 +193,7 @@ def _driver_value(value: Any) -> Any:
     return value.toordinal() - EPOCH_ORDINAL if isinstance(value, dt.date) else value
 
 
-def sqlite_arrow(conn: Connection, statement: sa.Select) -> pa.Table:
+def sqlite_arrow(engine: Engine, statement: sa.Select) -> pa.Table:
     """A SQLite query compiled by SQLAlchemy, run by Arrow's ADBC SQLite driver into an Arrow table.
 
     Python's sqlite3 builds a tuple per row (about half a million rows a second); ADBC decodes the rows in C,
@@ -201,14 +201,15 @@ def sqlite_arrow(conn: Connection, statement: sa.Select) -> pa.Table:
     short-lived connection to the same file (WAL: it reads the last committed state without blocking
     writers), with the same busy timeout.
     """
-    from backtest.db.engine import SQLITE_BUSY_TIMEOUT_MS
+    from backtest.db.engine import SQLITE_BUSY_TIMEOUT_MS, one_sqlite_library
 
     assert _adbc_sqlite is not None
-    compiled = statement.compile(dialect=conn.dialect, compile_kwargs={"render_postcompile": True})
+    compiled = statement.compile(dialect=engine.dialect, compile_kwargs={"render_postcompile": True})
     values = compiled.construct_params()
     params = [_driver_value(values[name]) for name in compiled.positiontup or []]
     sql = str(compiled)
-    with query_log().timed(sql), _adbc_sqlite.connect(str(conn.engine.url.database)) as adbc:
+    database = str(engine.url.database)
+    with one_sqlite_library(database), query_log().timed(sql), _adbc_sqlite.connect(database) as adbc:
         with adbc.cursor() as cursor:
             cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
             cursor.execute(sql, params)
