@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from backtest.config import FoldSpec, ParamGrid, StudyConfig
 from backtest.panel import PricePanel
+
+#: a small study (4 combinations, 2/1/1-year folds) for tests of the merge and the chunk files
+CONFIG = StudyConfig(
+    grid=ParamGrid.from_mapping({"fast": [5, 10], "slow": [40, 60]}),
+    folds=FoldSpec(train_years=2, validate_years=1, test_years=1),
+)
 
 
 def random_panel(n_symbols: int = 12, n_bars: int = 1500, seed: int = 0, gaps: bool = True) -> PricePanel:

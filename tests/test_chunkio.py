@@ -21,19 +21,13 @@ from backtest.chunkio import (
     read_chunk,
     read_tables,
 )
-from backtest.config import FoldSpec, ParamGrid, StudyConfig
 from backtest.db.results import read_chunk_tables
 from backtest.errors import DataError
 from backtest.outputs import collect, read_chunks
 from backtest.profiling import read_chunk_timings
 from backtest.study import ChunkResult, StudyPlan, chunked, date_range, run_chunk
 from tasks.serializers import ChunkResultSerializer, StoredChunk
-from tests.panels import random_panel
-
-CONFIG = StudyConfig(
-    grid=ParamGrid.from_mapping({"fast": [5, 10], "slow": [40, 60]}),
-    folds=FoldSpec(train_years=2, validate_years=1, test_years=1),
-)
+from tests.panels import CONFIG, random_panel
 
 
 def v1_bytes(result: ChunkResult) -> bytes:

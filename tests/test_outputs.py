@@ -8,7 +8,6 @@ import pandas as pd
 import pytest
 from pandas.api.types import union_categoricals
 
-from backtest.config import FoldSpec, ParamGrid, StudyConfig
 from backtest.outputs import (
     OUTPUT_TABLES,
     CollectAhead,
@@ -18,12 +17,7 @@ from backtest.outputs import (
     prune_collected,
 )
 from backtest.study import StudyPlan, chunked, combine, date_range, run_chunk, run_study
-from tests.panels import random_panel
-
-CONFIG = StudyConfig(
-    grid=ParamGrid.from_mapping({"fast": [5, 10], "slow": [40, 60]}),
-    folds=FoldSpec(train_years=2, validate_years=1, test_years=1),
-)
+from tests.panels import CONFIG, random_panel
 
 
 @pytest.fixture(scope="module")
