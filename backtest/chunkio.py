@@ -19,14 +19,15 @@ small tables in the footer cost nothing to the row data, and a reader that needs
 writer) reads only the footer; padding them into the row data instead (extra row groups, or columns of nulls)
 was several times slower than the whole encode.
 
-A file of format 1 (the nested layout) still reads back, with the same frames; only format 2 is written.
+A file of another format (format 1, the nested layout of earlier versions) is refused with a DataError. The
+cache never meets one: a chunk's cache key covers this module's code, so its files are misses and pruned.
 """
 
 from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +41,6 @@ from backtest.errors import DataError
 from backtest.study import ChunkResult
 
 FORMAT = "backtest.chunk-result/2"
-#: the nested layout (one row of ``list<struct>`` columns): read, never written
-FORMAT_V1 = "backtest.chunk-result/1"
 _META = b"backtest"
 _TABLE_PREFIX = "backtest.table."
 #: every table but the out-of-sample returns: small, kept in the footer
@@ -157,16 +156,6 @@ def _symbol_categories(frame: pd.DataFrame, symbols: Sequence[str]) -> None:
     frame["symbol"] = pd.Categorical(column, categories=list(symbols))
 
 
-def _v1_frames(file: pq.ParquetFile, names: Iterable[str]) -> dict[str, pd.DataFrame]:
-    table = file.read(columns=list(names))
-    frames = {}
-    for name in table.column_names:
-        struct = table.column(name).chunk(0).values
-        flat = pa.Table.from_arrays(struct.flatten(), names=[f.name for f in struct.type])
-        frames[name] = flat.to_pandas()
-    return frames
-
-
 def read_tables(
     source: bytes | Path | str, names: Sequence[str], *, oos_as_arrow: bool = False
 ) -> tuple[tuple[str, ...], dict[str, float], dict[str, pd.DataFrame | pa.Table]]:
@@ -181,23 +170,18 @@ def read_tables(
         raise ValueError(f"no such chunk result tables: {sorted(unknown)}")
     with _open(source) as file:
         fmt, kv, meta = _meta_of(file)
-        if fmt not in (FORMAT, FORMAT_V1):
+        if fmt != FORMAT:
             raise DataError(f"not a chunk result file (format {fmt!r}, expected {FORMAT!r})")
         try:
             symbols = tuple(meta["symbols"])
             timings = {str(k): float(v) for k, v in meta.get("timings", {}).items()}
             frames: dict[str, pd.DataFrame | pa.Table] = {}
-            if fmt == FORMAT:
-                for name in names:
-                    if name != "oos_returns":
-                        frames[name] = _decode_small(kv[(_TABLE_PREFIX + name).encode()])
-                if "oos_returns" in names:
-                    rows = file.read().replace_schema_metadata(None)
-                    frames["oos_returns"] = rows if oos_as_arrow else rows.to_pandas(split_blocks=True)
-            else:
-                frames.update(_v1_frames(file, names))
-                if oos_as_arrow and "oos_returns" in frames:
-                    frames["oos_returns"] = pa.Table.from_pandas(frames["oos_returns"], preserve_index=False)
+            for name in names:
+                if name != "oos_returns":
+                    frames[name] = _decode_small(kv[(_TABLE_PREFIX + name).encode()])
+            if "oos_returns" in names:
+                rows = file.read().replace_schema_metadata(None)
+                frames["oos_returns"] = rows if oos_as_arrow else rows.to_pandas(split_blocks=True)
         except (pa.ArrowException, OSError, ValueError, KeyError, TypeError) as exc:
             raise DataError(f"unreadable chunk result file ({fmt}): {type(exc).__name__}: {exc}") from None
     oos = frames.get("oos_returns")

@@ -1,4 +1,4 @@
-"""A chunk result's file (backtest.chunkio): exact round trip of every table, the old format, bad files."""
+"""A chunk result's file (backtest.chunkio): exact round trip of every table; old formats and bad files refused."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ import pytest
 
 from backtest.chunkio import (
     FORMAT,
-    FORMAT_V1,
     SMALL_TABLES,
     chunk_from_bytes,
     chunk_to_bytes,
@@ -40,7 +39,7 @@ def v1_bytes(result: ChunkResult) -> bytes:
             fields=list(table.schema),
         )
         columns[name] = pa.ListArray.from_arrays(pa.array([0, len(struct)], pa.int32()), struct)
-    meta = {"format": FORMAT_V1, "symbols": list(result.symbols), "timings": result.timings}
+    meta = {"format": "backtest.chunk-result/1", "symbols": list(result.symbols), "timings": result.timings}
     sink = io.BytesIO()
     pq.write_table(pa.table(columns).replace_schema_metadata({"backtest": json.dumps(meta)}), sink)
     return sink.getvalue()
@@ -130,29 +129,23 @@ def test_the_file_is_plain_parquet_of_the_returns_with_the_rest_in_its_footer(tm
         read_chunk(bytes(blob))
 
 
-def test_a_file_of_format_1_reads_back_the_same(tmp_path, results, plan) -> None:
-    r = results[1]
-    old = v1_bytes(r)
-    assert_same(chunk_from_bytes(old), r)
-    assert_same(ChunkResultSerializer().loads(old).load(), r)
-    arrow = read_chunk(old, oos_as_arrow=True)
-    assert isinstance(arrow.oos_returns, pa.Table) and arrow.oos_returns.num_rows == len(r.oos_returns)
-    # collect of old files, new files and in-memory results: the same merged tables (NaN written as null)
+def test_a_file_of_format_1_is_refused_and_collect_from_files_equals_collect_in_memory(
+    tmp_path, results, plan
+) -> None:
+    with pytest.raises(DataError, match="chunk-result/1"):
+        chunk_from_bytes(v1_bytes(results[1]))  # an earlier version's layout: never decoded wrongly
+    # collect of files and of in-memory results: the same merged tables (NaN written as null)
     oos = results[0].oos_returns.copy()
     oos.loc[oos.index[:3], "ret"] = np.nan
     results = [dataclasses.replace(results[0], oos_returns=oos), *results[1:]]
     for i, result in enumerate(results):
-        (tmp_path / f"v1-{i}").write_bytes(v1_bytes(result))
-        (tmp_path / f"v2-{i}").write_bytes(chunk_to_bytes(result))
-    n = len(results)
-    collect(plan, read_chunks(tmp_path / f"v1-{i}" for i in range(n)), tmp_path / "from-v1")
-    collect(plan, read_chunks(tmp_path / f"v2-{i}" for i in range(n)), tmp_path / "from-v2")
+        (tmp_path / f"chunk-{i}").write_bytes(chunk_to_bytes(result))
+    collect(plan, read_chunks(tmp_path / f"chunk-{i}" for i in range(len(results))), tmp_path / "from-files")
     collect(plan, iter(results), tmp_path / "in-memory")
     for name in ("oos_returns", "selections", "oos_metrics", "portfolio", "grid_scores"):
         want = pq.read_table(tmp_path / "in-memory" / f"{name}.parquet")
-        for source in ("from-v1", "from-v2"):
-            assert pq.read_table(tmp_path / source / f"{name}.parquet").equals(want), (source, name)
-    assert pq.read_table(tmp_path / "from-v2" / "oos_returns.parquet")["ret"].null_count == 3
+        assert pq.read_table(tmp_path / "from-files" / f"{name}.parquet").equals(want), name
+    assert pq.read_table(tmp_path / "from-files" / "oos_returns.parquet")["ret"].null_count == 3
 
 
 @pytest.mark.parametrize(
