@@ -6,7 +6,15 @@ import threading
 
 from sqlalchemy.engine import Engine
 
-from backtest.db.engine import DatabaseError, db_errors, describe_url, get_engine, parse_url, sqlite_path
+from backtest.db.engine import (
+    DatabaseError,
+    connection,
+    db_errors,
+    describe_url,
+    get_engine,
+    parse_url,
+    sqlite_path,
+)
 from backtest.db.migrations import LATEST, check_version, upgrade
 
 __all__ = ["open_db"]
@@ -34,7 +42,7 @@ def open_db(url: str, *, create: bool = False, migrate: bool = False) -> Engine:
             f"no database at {path}: create it with `backtest db upgrade --db {describe_url(parsed)}` "
             "or fill it with `backtest ingest SOURCE --store DIR --db URL`"
         )
-    with db_errors(parsed, "open"), engine.connect() as conn:
+    with db_errors(parsed, "open"), connection(engine) as conn:
         version = check_version(conn, url, require_latest=False)
     if version < LATEST:
         if not migrate and version > 0:

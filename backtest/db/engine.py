@@ -248,10 +248,6 @@ _FILE_LOCKS: dict[str, threading.RLock] = {}
 _FILE_LOCKS_GUARD = threading.Lock()
 
 
-def _is_sqlite(engine: Engine) -> bool:
-    return engine.url.drivername.startswith("sqlite")
-
-
 @contextlib.contextmanager
 def one_sqlite_library(database: str | None) -> Iterator[None]:
     """While one SQLite library in this process uses the database file ``database``, the other waits.
@@ -261,9 +257,9 @@ def one_sqlite_library(database: str | None) -> Iterator[None]:
     belong to the process), so a connection opened by one copy can take itself for the first and reset the
     shared-memory WAL index that the other copy has mapped: the process dies of SIGBUS (it happened in
     ``tests/db/test_concurrency.py``, readers and writers in threads), or one closes the WAL file under the
-    other ("disk I/O error"). So the two never have one file open at once in this process: every transaction
-    and every ADBC read of one SQLite file takes this process's lock for that file, and the engine keeps no
-    idle connection (``NullPool``). Other processes are ordered by SQLite's own locks as ever. Without ADBC
+    other ("disk I/O error"). So the two never have one file open at once in this process: every connection
+    (``connection``, under every transaction) and every ADBC read of one SQLite file holds this process's lock
+    for that file while it is open, and the engine keeps no idle connection (``NullPool``). Other processes are ordered by SQLite's own locks as ever. Without ADBC
     there is one copy, and no lock is taken.
     """
     from backtest.db.sqlio import use_arrow_sqlite
@@ -364,20 +360,23 @@ def _is_connect_error(exc: DBAPIError) -> bool:
 
 
 @contextlib.contextmanager
+def connection(engine: Engine, **options: Any) -> Iterator[Connection]:
+    """A connection of ``engine`` (with execution ``options``), the only way this package opens one: on a
+    SQLite file it is held under ``one_sqlite_library``'s lock for as long as it is open."""
+    database = engine.url.database if is_sqlite(engine) else None
+    with one_sqlite_library(database), engine.connect() as conn:
+        yield conn.execution_options(**options) if options else conn
+
+
+@contextlib.contextmanager
 def write_txn(engine: Engine) -> Iterator[Connection]:
     """One write transaction (``BEGIN IMMEDIATE`` on SQLite): committed on success, rolled back on error."""
-    database = engine.url.database if _is_sqlite(engine) else None
-    with (
-        one_sqlite_library(database),
-        engine.connect().execution_options(backtest_write=True) as conn,
-        conn.begin(),
-    ):
+    with connection(engine, backtest_write=True) as conn, conn.begin():
         yield conn
 
 
 @contextlib.contextmanager
 def read_txn(engine: Engine) -> Iterator[Connection]:
     """One read transaction: every query in it sees the same snapshot (WAL on SQLite, MVCC on PostgreSQL)."""
-    database = engine.url.database if _is_sqlite(engine) else None
-    with one_sqlite_library(database), engine.connect() as conn, conn.begin():
+    with connection(engine) as conn, conn.begin():
         yield conn

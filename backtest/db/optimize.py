@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import re
@@ -29,7 +30,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from backtest.db import schema as s
-from backtest.db.engine import DatabaseError, is_sqlite, sqlite_path, write_txn
+from backtest.db.engine import DatabaseError, connection, is_sqlite, sqlite_path, write_txn
 from backtest.db.prices import count_query, price_query
 from backtest.db.results import latest_run_query, release_results
 from backtest.db.sqlio import Explain
@@ -244,13 +245,13 @@ def _sqlite_without_statistics(conn: Connection) -> Engine:
 def check_query_plans(engine: Engine, *, raise_on_scan: bool = True) -> list[PlanCheck]:
     """EXPLAIN every system query; raise ``QueryPlanError`` listing those that scan a table."""
     if is_sqlite(engine):
-        with engine.connect() as conn:
+        with connection(engine) as conn:
             scratch = _sqlite_without_statistics(conn)
         with scratch.connect() as conn:
             checks = explain_all(conn)
         scratch.dispose()
     else:
-        with engine.connect() as conn, conn.begin():
+        with connection(engine) as conn, conn.begin():
             checks = explain_all(conn)
             conn.rollback()
     bad = [c for c in checks if not c.uses_index]
@@ -262,8 +263,8 @@ def check_query_plans(engine: Engine, *, raise_on_scan: bool = True) -> list[Pla
     return checks
 
 
-def _autocommit(engine: Engine) -> Connection:
-    return engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+def _autocommit(engine: Engine) -> contextlib.AbstractContextManager[Connection]:
+    return connection(engine, isolation_level="AUTOCOMMIT")
 
 
 def optimize(engine: Engine, *, full: bool = False) -> list[str]:
@@ -288,7 +289,7 @@ def optimize(engine: Engine, *, full: bool = False) -> list[str]:
 
 def sqlite_pages(engine: Engine) -> tuple[int, int, int]:
     """(page size, pages, free pages) of a SQLite file."""
-    with engine.connect() as conn:
+    with connection(engine) as conn:
         size = int(conn.exec_driver_sql("PRAGMA page_size").scalar() or 0)
         pages = int(conn.exec_driver_sql("PRAGMA page_count").scalar() or 0)
         free = int(conn.exec_driver_sql("PRAGMA freelist_count").scalar() or 0)
@@ -317,7 +318,7 @@ def vacuum(engine: Engine, *, min_free_ratio: float = 0.2, force: bool = False) 
 def integrity_check(engine: Engine, *, quick: bool = False) -> list[str]:
     """Problems found (empty: healthy)."""
     problems: list[str] = []
-    with engine.connect() as conn:
+    with connection(engine) as conn:
         if is_sqlite(conn):
             pragma = "PRAGMA quick_check" if quick else "PRAGMA integrity_check"
             lines = [str(r[0]) for r in conn.exec_driver_sql(pragma)]
@@ -345,7 +346,7 @@ def integrity_check(engine: Engine, *, quick: bool = False) -> list[str]:
 def table_stats(engine: Engine, url: str) -> dict[str, Any]:
     """Row counts per table and sizes: the file (SQLite) or each table with its indexes (PostgreSQL)."""
     out: dict[str, Any] = {"backend": engine.dialect.name, "tables": []}
-    with engine.connect() as conn:
+    with connection(engine) as conn:
         for table in s.metadata.sorted_tables:
             rows = conn.execute(sa.select(sa.func.count()).select_from(table)).scalar()
             entry: dict[str, Any] = {"table": table.name, "rows": int(rows or 0)}
@@ -364,7 +365,7 @@ def table_stats(engine: Engine, url: str) -> dict[str, Any]:
             wal_bytes=wal.stat().st_size if wal and wal.exists() else 0,
         )
     else:
-        with engine.connect() as conn:
+        with connection(engine) as conn:
             out["database_bytes"] = int(
                 conn.execute(sa.select(sa.func.pg_database_size(sa.func.current_database()))).scalar() or 0
             )
