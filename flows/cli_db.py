@@ -62,7 +62,7 @@ def upgrade(
 ) -> None:
     """Create the tables, or upgrade an older database in place to the current schema version."""
     from backtest.db.connect import forget_checks
-    from backtest.db.engine import db_errors, get_engine, parse_url, sqlite_path
+    from backtest.db.engine import connection, db_errors, get_engine, parse_url, sqlite_path
     from backtest.db.migrations import LATEST, current_version
     from backtest.db.migrations import upgrade as run_upgrade
 
@@ -74,7 +74,7 @@ def upgrade(
 
             raise DatabaseError(f"cannot create {path}: folder {path.parent} does not exist")
         engine = get_engine(parsed)
-        with db_errors(db, "open"), engine.connect() as conn:
+        with db_errors(db, "open"), connection(engine) as conn:
             before = current_version(conn)
         applied = run_upgrade(engine, db, to or LATEST)
         forget_checks()
