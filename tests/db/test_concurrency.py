@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import multiprocessing
+import sqlite3
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import sqlalchemy as sa
@@ -107,3 +110,35 @@ def test_processes_write_and_read_the_same_file(db_store, tmp_path):
     with ProcessPoolExecutor(max_workers=2, mp_context=context) as pool:
         done = list(pool.map(_write_results, [url] * 3, runs, [6] * 3))
     assert done == [_ROWS] * 3, f"after {time.perf_counter() - t0:.1f} s"
+
+
+def test_connections_creating_one_database_at_once(tmp_path):
+    # Two studies started together on a new store both create its database. Switching a new file to WAL
+    # upgrades a read transaction, for which SQLite never waits: without the retry about 2 % of these
+    # connections failed at once with "database is locked" (threads race as processes do).
+    from backtest.db.engine import _sqlite_connect
+
+    for i in range(100):
+        path = tmp_path / f"new{i}.db"
+        barrier = threading.Barrier(4)
+        outcomes: list[str | None] = []
+
+        def connect(path: Path, barrier: threading.Barrier, outcomes: list[str | None]) -> None:
+            barrier.wait()
+            conn = sqlite3.connect(path, check_same_thread=False)
+            try:
+                _sqlite_connect(conn, None)
+                outcomes.append(None)
+            except Exception as exc:
+                outcomes.append(f"{type(exc).__name__}: {exc}")
+            finally:
+                conn.close()
+
+        threads = [threading.Thread(target=connect, args=(path, barrier, outcomes)) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert outcomes == [None] * 4, f"round {i}: {outcomes}"
+        with contextlib.closing(sqlite3.connect(path)) as conn:
+            assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
