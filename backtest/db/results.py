@@ -15,11 +15,12 @@ repeatedly (a notebook, a dashboard refreshing), and a finished run's results ne
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,7 @@ from sqlalchemy.engine import Connection, Engine
 from backtest.chunkio import read_tables
 from backtest.db import schema as s
 from backtest.db.connect import open_db
-from backtest.db.engine import DatabaseError, db_errors, read_txn, write_txn
+from backtest.db.engine import DatabaseError, connection, db_errors, read_txn, write_txn
 from backtest.db.sqlio import bulk_insert
 from backtest.metrics import METRIC_NAMES
 
@@ -114,12 +115,8 @@ def _selection_columns(run_id: int, frame: pd.DataFrame) -> dict[str, Any]:
     names = [c.removeprefix("param_") for c in param_cols]
     # a combination's parameters are the same on every row that selected it: one JSON text per combination
     _, first, inverse = np.unique(frame["combo"].to_numpy(), return_index=True, return_inverse=True)
-    texts = [
-        json.dumps(
-            {name: _json_value(float(frame[col].iat[i])) for name, col in zip(names, param_cols, strict=True)}
-        )
-        for i in first
-    ]
+    values = frame[param_cols].to_numpy(dtype=np.float64)[first].tolist() if param_cols else [[]] * len(first)
+    texts = [json.dumps({n: _json_value(v) for n, v in zip(names, row, strict=True)}) for row in values]
     params = np.array(texts, dtype=object)[inverse] if n else np.array([], dtype=object)
     columns: dict[str, Any] = {
         "run_id": np.full(n, run_id, dtype=np.int64),
@@ -161,17 +158,31 @@ def _oos_columns(run_id: int, frame: pd.DataFrame) -> dict[str, Any]:
     }
 
 
+@contextlib.contextmanager
+def _writing(target: Engine | Connection) -> Iterator[Connection]:
+    """A write transaction: on a connection of its own for an engine, or as the next transaction of a
+    connection opened with ``backtest_write`` and held for many (``persist_run``: one connect, and on SQLite
+    one close, with its checkpoint, for a whole run instead of one per chunk)."""
+    if isinstance(target, Engine):
+        with write_txn(target) as conn:
+            yield conn
+    else:
+        with target.begin():
+            yield target
+
+
 def start_run(
-    engine: Engine,
+    target: Engine | Connection,
     *,
     flow_run_id: str | None,
     strategy: str,
     config: dict[str, Any],
     price_source: str,
     started_at: dt.datetime,
-) -> int:
-    """The run's id: a new row, or the existing row of the same flow run (persisting again replaces it)."""
-    with write_txn(engine) as conn:
+) -> tuple[int, bool]:
+    """The run's id, and whether its row is new: the existing row of the same flow run is reused (persisting
+    again replaces its rows); a new row holds no rows yet (they cascade with a deleted run's id)."""
+    with _writing(target) as conn:
         if flow_run_id is not None:
             found = conn.execute(sa.select(s.runs.c.id).where(s.runs.c.flow_run_id == flow_run_id)).scalar()
             if found is not None:
@@ -180,8 +191,8 @@ def start_run(
                     .where(s.runs.c.id == found)
                     .values(state="Running", config=config, strategy=strategy, price_source=price_source)
                 )
-                return int(found)
-        return int(
+                return int(found), False
+        run_id = int(
             conn.execute(
                 sa.insert(s.runs)
                 .values(
@@ -195,6 +206,7 @@ def start_run(
                 .returning(s.runs.c.id)
             ).scalar_one()
         )
+        return run_id, True
 
 
 def _delete_chunk(conn: Connection, run_id: int, index: int, symbols: Sequence[str]) -> None:
@@ -205,17 +217,19 @@ def _delete_chunk(conn: Connection, run_id: int, index: int, symbols: Sequence[s
 
 
 def write_chunk(
-    engine: Engine, run_id: int, chunk: ChunkRecord, *, include_oos: bool
+    target: Engine | Connection, run_id: int, chunk: ChunkRecord, *, include_oos: bool, replace: bool = True
 ) -> tuple[int, int, int]:
-    """One chunk's rows in one transaction, replacing what the run held for it: (selections, metrics, oos)."""
+    """One chunk's rows in one transaction, replacing what the run held for it (``replace=False``: the run is
+    new and holds nothing, so nothing is deleted first): (selections, metrics, oos)."""
     frames: dict[str, pd.DataFrame] = {}
     symbols = chunk.symbols
     if chunk.result_path is not None:
         names = ["selections", "symbol_metrics"] + (["oos_returns"] if include_oos else [])
         symbols, frames = read_chunk_tables(chunk.result_path, names)
     counts = [0, 0, 0]
-    with write_txn(engine) as conn:
-        _delete_chunk(conn, run_id, chunk.index, symbols)
+    with _writing(target) as conn:
+        if replace:
+            _delete_chunk(conn, run_id, chunk.index, symbols)
         if "selections" in frames:
             counts[0] = bulk_insert(conn, s.selections, _selection_columns(run_id, frames["selections"]))
             counts[1] = bulk_insert(conn, s.symbol_metrics, _metric_columns(run_id, frames["symbol_metrics"]))
@@ -237,19 +251,19 @@ def write_chunk(
     return counts[0], counts[1], counts[2]
 
 
-def write_portfolio(engine: Engine, run_id: int, frame: pd.DataFrame) -> int:
+def write_portfolio(target: Engine | Connection, run_id: int, frame: pd.DataFrame) -> int:
     columns: dict[str, Any] = {"run_id": np.full(len(frame), run_id, dtype=np.int64)}
     columns["date"] = frame["date"].to_numpy().astype("datetime64[D]")
     for column in s.portfolio.columns:
         if column.name not in columns:
             columns[column.name] = frame[column.name].to_numpy()
-    with write_txn(engine) as conn:
+    with _writing(target) as conn:
         conn.execute(sa.delete(s.portfolio).where(s.portfolio.c.run_id == run_id))
         return bulk_insert(conn, s.portfolio, columns)
 
 
 def finish_run(
-    engine: Engine,
+    target: Engine | Connection,
     run_id: int,
     *,
     state: str,
@@ -258,7 +272,7 @@ def finish_run(
     results_key: str | None = None,
     results_of: int | None = None,
 ) -> None:
-    with write_txn(engine) as conn:
+    with _writing(target) as conn:
         conn.execute(
             sa.update(s.runs)
             .where(s.runs.c.id == run_id)
@@ -281,10 +295,10 @@ def results_key_of(collected_key: str | None, include_oos: bool) -> str | None:
     return collected_key + ("+oos" if include_oos else "")
 
 
-def find_results(engine: Engine, results_key: str, run_id: int) -> int | None:
+def find_results(target: Engine | Connection, results_key: str, run_id: int) -> int | None:
     """The earlier completed run holding the rows of ``results_key`` (not ``run_id`` itself), or None."""
     r = s.runs.c
-    with read_txn(engine) as conn:
+    with read_txn(target) if isinstance(target, Engine) else _writing(target) as conn:
         found = conn.execute(
             sa.select(sa.func.coalesce(r.results_of, r.id))
             .where(r.results_key == results_key, r.state == "Completed", r.id != run_id)
@@ -295,13 +309,13 @@ def find_results(engine: Engine, results_key: str, run_id: int) -> int | None:
 
 
 def point_at_results(
-    engine: Engine, run_id: int, holder: int, chunks: Sequence[ChunkRecord]
+    target: Engine | Connection, run_id: int, holder: int, chunks: Sequence[ChunkRecord]
 ) -> tuple[int, int, int, int]:
     """Record ``run_id`` as a run whose results are ``holder``'s: its own chunk rows (state, counts copied
     from the holder's chunk of the same key), none of its own result rows. Returns the holder's row counts
     (selections, metrics, oos, portfolio), which are this run's results as readers see them."""
     c = s.chunks.c
-    with write_txn(engine) as conn:
+    with _writing(target) as conn:
         for table in (s.selections, s.symbol_metrics, s.oos_returns, s.portfolio, s.chunks):
             conn.execute(sa.delete(table).where(table.c.run_id == run_id))  # a re-persisted run's old rows
         held = {
@@ -398,20 +412,21 @@ def persist_run(
     totals = [0, 0, 0]
     seconds: list[float] = []
     portfolio_rows = 0
-    with db_errors(url, "write results to"):
-        run_id = start_run(
-            engine,
+    # one connection for all of the run's transactions
+    with db_errors(url, "write results to"), connection(engine, backtest_write=True) as conn:
+        run_id, new = start_run(
+            conn,
             flow_run_id=flow_run_id,
             strategy=strategy,
             config=config,
             price_source=price_source,
             started_at=started_at,
         )
-        holder = find_results(engine, key, run_id) if key else None
+        holder = find_results(conn, key, run_id) if key else None
         if holder is not None:
-            sel, met, oos, portfolio_rows = point_at_results(engine, run_id, holder, chunks)
+            sel, met, oos, portfolio_rows = point_at_results(conn, run_id, holder, chunks)
             finish_run(
-                engine,
+                conn,
                 run_id,
                 state=state,
                 wall_seconds=summary.get("wall_seconds"),
@@ -424,13 +439,13 @@ def persist_run(
             )
         for chunk in chunks:
             t = time.perf_counter()
-            for i, n in enumerate(write_chunk(engine, run_id, chunk, include_oos=include_oos)):
+            for i, n in enumerate(write_chunk(conn, run_id, chunk, include_oos=include_oos, replace=not new)):
                 totals[i] += n
             seconds.append(time.perf_counter() - t)
         if portfolio_path is not None and Path(portfolio_path).exists():
-            portfolio_rows = write_portfolio(engine, run_id, pd.read_parquet(portfolio_path))
+            portfolio_rows = write_portfolio(conn, run_id, pd.read_parquet(portfolio_path))
         finish_run(
-            engine,
+            conn,
             run_id,
             state=state,
             wall_seconds=summary.get("wall_seconds"),

@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from backtest.db import results as r
 from backtest.db import schema as s
 from backtest.db.connect import open_db
-from backtest.db.engine import DatabaseError
+from backtest.db.engine import DatabaseError, query_log
 from backtest.db.optimize import maintain, prune_runs, vacuum
 
 
@@ -43,7 +43,10 @@ def _persist(url, chunks, flow_run_id="flow-1", include_oos=True, state="Complet
 
 def test_results_round_trip_and_rewrites_replace(chunk_results, db_url):
     records = [c for c, _ in chunk_results]
+    mark = query_log().snapshot()
     report = _persist(db_url, records)
+    # a new run holds no rows: nothing is deleted before its chunks are written
+    assert not [q.statement for q in query_log().since(mark) if q.statement.startswith("DELETE")]
     engine = open_db(db_url)
     expected_sel = sum(len(res.selections) for _, res in chunk_results)
     expected_oos = sum(len(res.oos_returns) for _, res in chunk_results)
