@@ -135,3 +135,29 @@ def test_bench_refuses_bad_input_with_one_clear_line(tmp_path):
     assert result.output.startswith("error: cannot use") and result.output.count("\n") == 1
     too_small = runner.invoke(app, ["bench", "--symbols", "3", "--no-save"])
     assert too_small.exit_code != 0 and "--symbols" in too_small.output
+
+
+def test_rss_sampler_counts_a_child_started_while_it_runs():
+    # the child list is looked up every children_every seconds, not every sample: a child started after
+    # the sampler is still found, and its memory counted in the tree's peak
+    import subprocess
+    import sys
+    import time
+
+    from flows.bench_measure import RssSampler
+
+    code = "import time; b = bytearray(200 * 2**20); b[::4096] = b'x' * len(b[::4096]); time.sleep(5)"
+    with RssSampler(interval=0.01, children=True, children_every=0.1) as rss:
+        time.sleep(0.05)
+        child = subprocess.Popen([sys.executable, "-c", code])
+        try:
+            deadline = time.monotonic() + 20
+            while rss.peak_tree - rss.peak_self < 190 * 2**20 and time.monotonic() < deadline:
+                time.sleep(0.05)
+        finally:
+            child.kill()
+            child.wait()
+    assert rss.peak_tree - rss.peak_self >= 190 * 2**20
+    with RssSampler(interval=0.01, children=False) as alone:
+        time.sleep(0.03)
+    assert alone.peak_tree == alone.peak_self
