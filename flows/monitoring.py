@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -90,7 +90,7 @@ class RunWatch:
         self.specs: dict[str, ChunkSpec] = {}
         self.results_dir = Path()
         self.tracker = ProgressTracker(0, 0)
-        self.progress_id = None
+        self.poster: artifacts.ArtifactPoster | None = None
         self._progress_sent = float("-inf")
         self.warm = False
         self.finished: dict[str, tuple[str, dict[str, float] | None, float | None]] = {}
@@ -108,9 +108,18 @@ class RunWatch:
 
     # -- lifecycle -----------------------------------------------------------------------------------------------
     def start(self) -> RunWatch:
+        """Start sampling and posting (call it inside the flow run: the artifacts attach to its context)."""
         self.started = time.time()
         self.monitor.start()
+        self.poster = artifacts.ArtifactPoster(self.logger)
         return self
+
+    def post(self, what: str, call: Callable[[], Any]) -> None:
+        """An artifact call on the poster's thread (directly when the watch was never started)."""
+        if self.poster is not None:
+            self.poster.post(what, call)
+        else:
+            call()
 
     def __enter__(self) -> RunWatch:
         return self.start()
@@ -122,6 +131,8 @@ class RunWatch:
         """Stop sampling; if the run was analysed, extend its saved series and peak RSS figures to its end
         (the summary dict the flow returns, summary.json and profile.json)."""
         self.stop()
+        if self.poster is not None:
+            self.poster.close()  # what is queued is posted before the flow run ends
         if self._out is None or self._summary is None:
             return
         peaks = {
@@ -149,7 +160,8 @@ class RunWatch:
 
     def start_progress(self) -> None:
         self.tracker.started = time.perf_counter()
-        self.progress_id = artifacts.start_progress(self.tracker.total_chunks)
+        if self.poster is not None:
+            self.poster.start_progress(self.tracker.total_chunks)
 
     def stop(self) -> None:
         self.monitor.stop()
@@ -196,9 +208,10 @@ class RunWatch:
         progress = self.tracker.finished(name, len(spec.symbols), state.name)
         now = time.perf_counter()
         last = len(self.finished) >= len(self.specs)
-        # one API call per chunk is a tenth of a second on a warm run: at most a few a second, always the last
+        # at most a few updates a second (each is a request the server handles), always the last
         if last or now - self._progress_sent >= PROGRESS_EVERY_SECONDS:
-            artifacts.update_progress(self.progress_id, progress.percent, progress.describe())
+            if self.poster is not None:
+                self.poster.progress(progress.percent, progress.describe())
             self._progress_sent = now
         notify(progress)
         return progress

@@ -193,9 +193,8 @@ def _run_study(params: StudyParams, watch: RunWatch) -> Any:
         summary["collected_key"] = collected["key"]
         summary["figures"] = collected["figures"]
         summary["chunk_seconds"] = wall_timings(collected["timings"])
-        artifacts.chunk_table(
-            [{**row, "state": outcomes[row["chunk"]]["state"]} for row in collected["chunks"]]
-        )
+        rows = [{**row, "state": outcomes[row["chunk"]]["state"]} for row in collected["chunks"]]
+        watch.post("the chunk table", lambda: artifacts.chunk_table(rows))
     phases["collect"] = time.perf_counter() - t
     t = time.perf_counter()
 
@@ -225,7 +224,8 @@ def _run_study(params: StudyParams, watch: RunWatch) -> Any:
     watch.finish(summary, phases, summary["wall_seconds"], out, workers, params.runner)
     summary["report"] = str(out / REPORT_FILE)
     write_json(out / "summary.json", summary)
-    artifacts.summary_markdown(summary)
+    text = artifacts.summary_text(summary)  # now: the summary dict changes after this point
+    watch.post("the summary", lambda: artifacts.summary_markdown(text))
     results_cache = str(dirs["collected"] / summary["collected_key"]) if "collected_key" in summary else None
     report = publish_report(str(out), results_cache, return_state=True)
     if report.is_failed():

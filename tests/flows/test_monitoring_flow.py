@@ -104,7 +104,13 @@ def test_run_leaves_artifacts_report_and_alert_notifications(store, tmp_path):
                 artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[uuid.UUID(run_id)]))
             )
         by_key = {a.key: a for a in artifacts}
-        assert {"study-progress", "study-summary", "study-report", "study-chunk-profile"} <= set(by_key)
+        assert {
+            "study-progress",
+            "study-summary",
+            "study-chunks",
+            "study-report",
+            "study-chunk-profile",
+        } <= set(by_key)
         assert by_key["study-report"].type == "markdown"
         assert "## Recommendations" in by_key["study-report"].data
         assert "memory-high" in by_key["study-report"].data

@@ -69,6 +69,9 @@ def test_warm_run_loads_nothing_points_at_the_results_and_reuses_the_plots(store
     first, second = read_run(url, cold["flow_run_id"]), read_run(url, warm["flow_run_id"])
     assert first.results_of is None and second.results_of == first.id and second.state == "Completed"
     assert warm["db"]["persisted"]["results_of"] == first.id
+    # no table changed, so no maintenance pass: the cold run's left the statistics and plans as they are
+    assert cold["db"]["plans_ok"] and cold["db"]["optimized"]
+    assert warm["db"]["plans_ok"] is None and warm["db"]["maintenance"].startswith("skipped")
     assert warm["db"]["persisted"]["selections"] == cold["db"]["persisted"]["selections"] > 0
     assert _rows(url, s.selections, second.id) == _rows(url, s.symbol_metrics, second.id) == 0
     assert _rows(url, s.chunks, second.id) == chunks  # its own chunk status, counts copied
