@@ -42,8 +42,10 @@ from backtest.recommendations import recommend
 from flows.progress import Progress, ProgressTracker, notify
 from tasks import artifacts
 
-#: the progress artifact is updated at most this often while chunks finish (and always after the last one)
-PROGRESS_EVERY_SECONDS = 0.5
+#: the progress artifact is updated at most this often while chunks finish (and always after the last one):
+#: each update is a request the server handles on the cores the chunks compute on, and the UI shows it
+#: on its next refresh anyway (the terminal's progress bar is updated on every chunk, in process)
+PROGRESS_EVERY_SECONDS = 2.0
 
 
 def flow_run_resource(flow_run: Any) -> dict[str, str]:
