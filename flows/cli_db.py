@@ -91,7 +91,10 @@ def upgrade(
 def optimize(
     db: DbOption,
     full: Annotated[
-        bool, typer.Option("--full", help="Complete ANALYZE instead of PRAGMA optimize.")
+        bool,
+        typer.Option(
+            "--full", help="Complete ANALYZE of every table instead of a sampled one of the result tables."
+        ),
     ] = False,
     vacuum: Annotated[bool, typer.Option("--vacuum", help="VACUUM when worthwhile (free pages).")] = True,
     force_vacuum: Annotated[

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 import pytest
 import sqlalchemy as sa
 
 from backtest.db.connect import open_db
+from backtest.db.engine import dispose_engines, is_sqlite
 from backtest.db.optimize import QueryPlanError, check_query_plans, optimize
 from backtest.db.prices import sync_prices
+from backtest.db.results import persist_run
 
 
 def test_every_system_query_uses_an_index_even_after_analyze(db_store, db_url):
@@ -30,3 +34,35 @@ def test_a_dropped_index_is_named_with_its_plan(db_url):
     assert "1 system query scans a table" in message
     assert ("selections_pkey" in message and "FULL" in message) or "SCAN selections" in message
     assert "metrics of a symbol across runs" not in str(info.value)
+
+
+def test_light_maintenance_refreshes_the_statistics_of_the_result_tables(chunk_results, db_url):
+    # on the fresh connection maintenance opens, SQLite's PRAGMA optimize (before 3.46) looked only at the
+    # tables that connection had queried: none, so the statistics were never made; a sampled ANALYZE is
+    persist_run(
+        db_url,
+        flow_run_id="flow-stats",
+        strategy="sma_crossover",
+        config={},
+        price_source="test",
+        started_at=dt.datetime.now(dt.UTC),
+        chunks=[c for c, _ in chunk_results],
+        state="Completed",
+        summary={},
+    )
+    dispose_engines()  # no connection left that has queried anything
+    engine = open_db(db_url)
+    statements = optimize(engine)
+    assert any("selections" in st for st in statements)
+    with engine.connect() as conn:
+        if is_sqlite(engine):
+            analysed = conn.execute(sa.text("SELECT DISTINCT tbl FROM sqlite_stat1")).scalars().all()
+        else:
+            analysed = (
+                conn.execute(
+                    sa.text("SELECT relname FROM pg_stat_user_tables WHERE last_analyze IS NOT NULL")
+                )
+                .scalars()
+                .all()
+            )
+    assert {"selections", "symbol_metrics", "runs", "chunks"} <= set(analysed)
