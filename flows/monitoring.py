@@ -210,7 +210,7 @@ class RunWatch:
         progress = self.tracker.finished(name, len(spec.symbols), state.name)
         now = time.perf_counter()
         last = len(self.finished) >= len(self.specs)
-        # at most a few updates a second (each is a request the server handles), always the last
+        # one update every PROGRESS_EVERY_SECONDS at most, and always the last
         if last or now - self._progress_sent >= PROGRESS_EVERY_SECONDS:
             if self.poster is not None:
                 self.poster.progress(progress.percent, progress.describe())

@@ -169,12 +169,12 @@ def record_run(
         include_oos,
         collected_key,
     )
+    done = {"url": describe_url(db_url), "persisted": persisted}
     if persisted.get("results_of") is not None:
         # a pointer to an earlier run's rows: no table changed, so its statistics and query plans are what the
         # maintenance after that run left (a warm re-run skips a task run and a pass over every plan)
         return {
-            "url": describe_url(db_url),
-            "persisted": persisted,
+            **done,
             "plans_ok": None,
             "optimized": [],
             "maintenance": f"skipped: no rows written (the results are run {persisted['results_of']}'s)",
@@ -182,8 +182,7 @@ def record_run(
         }
     report = maintain_db(db_url, light=True, slowest=slowest_since(mark))
     return {
-        "url": describe_url(db_url),
-        "persisted": persisted,
+        **done,
         "plans_ok": all(p["uses_index"] for p in report["plans"]),
         "optimized": report["optimized"],
         "slowest_queries": report["slowest_queries"][:5],
