@@ -140,23 +140,10 @@ def test_ingest_into_postgres_through_the_cli(pg_url, db_csv, tmp_path):
 
 
 def test_results_are_read_back_by_run_and_symbol(chunk_results, tmp_path):
-    import datetime as dt
-
-    from backtest.db.results import persist_run
+    from tests.db.persisting import persist
 
     url = f"sqlite:///{tmp_path / 'r.db'}"
-    records = [c for c, _ in chunk_results]
-    persist_run(
-        url,
-        flow_run_id="flow-xyz",
-        strategy="sma_crossover",
-        config={},
-        price_source="store",
-        started_at=dt.datetime.now(dt.UTC),
-        chunks=records,
-        state="Completed",
-        summary={},
-    )
+    persist(url, [c for c, _ in chunk_results], flow_run_id="flow-xyz")
     clear_result_cache()
     latest = runner.invoke(app, ["results", "--db", url, "--json"])
     assert latest.exit_code == 0, latest.output

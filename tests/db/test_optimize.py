@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
-
 import pytest
 import sqlalchemy as sa
 
@@ -11,7 +9,7 @@ from backtest.db.connect import open_db
 from backtest.db.engine import dispose_engines, is_sqlite
 from backtest.db.optimize import QueryPlanError, check_query_plans, optimize
 from backtest.db.prices import sync_prices
-from backtest.db.results import persist_run
+from tests.db.persisting import persist
 
 
 def test_every_system_query_uses_an_index_even_after_analyze(db_store, db_url):
@@ -39,17 +37,7 @@ def test_a_dropped_index_is_named_with_its_plan(db_url):
 def test_light_maintenance_refreshes_the_statistics_of_the_result_tables(chunk_results, db_url):
     # on the fresh connection maintenance opens, SQLite's PRAGMA optimize (before 3.46) looked only at the
     # tables that connection had queried: none, so the statistics were never made; a sampled ANALYZE is
-    persist_run(
-        db_url,
-        flow_run_id="flow-stats",
-        strategy="sma_crossover",
-        config={},
-        price_source="test",
-        started_at=dt.datetime.now(dt.UTC),
-        chunks=[c for c, _ in chunk_results],
-        state="Completed",
-        summary={},
-    )
+    persist(db_url, [c for c, _ in chunk_results], flow_run_id="flow-stats")
     dispose_engines()  # no connection left that has queried anything
     engine = open_db(db_url)
     statements = optimize(engine)

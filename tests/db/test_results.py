@@ -16,6 +16,7 @@ from backtest.db import schema as s
 from backtest.db.connect import open_db
 from backtest.db.engine import DatabaseError, query_log
 from backtest.db.optimize import maintain, prune_runs, vacuum
+from tests.db.persisting import persist
 
 
 def _count(engine, table, **where) -> int:
@@ -26,25 +27,10 @@ def _count(engine, table, **where) -> int:
         return int(conn.execute(query).scalar() or 0)
 
 
-def _persist(url, chunks, flow_run_id="flow-1", include_oos=True, state="Completed"):
-    return r.persist_run(
-        url,
-        flow_run_id=flow_run_id,
-        strategy="sma_crossover",
-        config={"strategy": "sma_crossover", "grid": {"fast": [5, 10]}},
-        price_source="test",
-        started_at=dt.datetime.now(dt.UTC),
-        chunks=chunks,
-        state=state,
-        summary={"state": state, "wall_seconds": 1.5, "nan": float("nan")},
-        include_oos=include_oos,
-    )
-
-
 def test_results_round_trip_and_rewrites_replace(chunk_results, db_url):
     records = [c for c, _ in chunk_results]
     mark = query_log().snapshot()
-    report = _persist(db_url, records)
+    report = persist(db_url, records)
     # a new run holds no rows: nothing is deleted before its chunks are written
     assert not [q.statement for q in query_log().since(mark) if q.statement.startswith("DELETE")]
     engine = open_db(db_url)
@@ -54,7 +40,7 @@ def test_results_round_trip_and_rewrites_replace(chunk_results, db_url):
     assert _count(engine, s.oos_returns) == expected_oos and _count(engine, s.chunks) == 2
 
     # the same flow run persisted again (a retried flow): same run row, rows replaced, not doubled
-    again = _persist(db_url, records)
+    again = persist(db_url, records)
     assert again.run_id == report.run_id
     assert _count(engine, s.selections) == expected_sel and _count(engine, s.oos_returns) == expected_oos
     assert _count(engine, s.runs) == 1
@@ -78,7 +64,7 @@ def test_results_round_trip_and_rewrites_replace(chunk_results, db_url):
 
 def test_a_failing_chunk_leaves_the_others_and_nothing_of_itself(chunk_results, db_url, monkeypatch):
     records = [c for c, _ in chunk_results]
-    _persist(db_url, records[:1])
+    persist(db_url, records[:1])
     engine = open_db(db_url)
     before = {t.name: _count(engine, t) for t in (s.selections, s.symbol_metrics, s.oos_returns, s.chunks)}
     real = r.bulk_insert
@@ -99,7 +85,7 @@ def test_a_failing_chunk_leaves_the_others_and_nothing_of_itself(chunk_results, 
 def test_failed_chunks_are_recorded_with_their_error(chunk_results, db_url):
     ok, _ = chunk_results[0]
     failed = r.ChunkRecord(1, "key-1", chunk_results[1][0].symbols, "Failed", "ValueError: boom", None)
-    report = _persist(db_url, [ok, failed], state="Failed")
+    report = persist(db_url, [ok, failed], state="Failed")
     engine = open_db(db_url)
     with engine.connect() as conn:
         rows = conn.execute(
@@ -110,7 +96,7 @@ def test_failed_chunks_are_recorded_with_their_error(chunk_results, db_url):
 
 
 def test_result_lookups_are_cached_for_a_while(chunk_results, db_url):
-    _persist(db_url, [chunk_results[0][0]], include_oos=False)
+    persist(db_url, [chunk_results[0][0]], include_oos=False)
     first = r.read_metrics(db_url)
     assert r.read_metrics(db_url) is first  # served from the TTL cache
     r.clear_result_cache()
@@ -121,8 +107,8 @@ def test_result_lookups_are_cached_for_a_while(chunk_results, db_url):
 
 def test_prune_removes_old_runs_with_their_results_then_vacuum_reclaims(chunk_results, db_url):
     records = [c for c, _ in chunk_results]
-    _persist(db_url, records, flow_run_id="old")
-    _persist(db_url, records[:1], flow_run_id="new", include_oos=False)
+    persist(db_url, records, flow_run_id="old")
+    persist(db_url, records[:1], flow_run_id="new", include_oos=False)
     engine = open_db(db_url)
     old = r.read_run(db_url, "old").id
     with engine.begin() as conn:
@@ -145,7 +131,7 @@ def test_nothing_is_written_for_an_unreadable_chunk_file(tmp_path, db_url):
     pd.DataFrame({"x": [1]}).to_parquet(bad)
     record = r.ChunkRecord(0, "k", ("A",), "Completed", None, str(bad))
     with pytest.raises(Exception, match=r"not a chunk result|x"):
-        _persist(db_url, [record])
+        persist(db_url, [record])
     assert _count(open_db(db_url), s.selections) == 0
 
 
