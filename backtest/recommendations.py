@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -270,21 +270,26 @@ def orchestration_heavy(p: RunProfile) -> Recommendation | None:
     )
 
 
-def _shares(p: RunProfile) -> tuple[float, float] | None:
-    """Of the computed chunks' wall time: the share queued for a core, and the share blocked (neither
-    computing nor queued: locks, the GIL, I/O)."""
-    wall = sum(c.wall for c in p.computed)
+def _shares(p: RunProfile, chunks: Sequence[ChunkFigures] | None = None) -> tuple[float, float] | None:
+    """Of the wall time of ``chunks`` (default: the computed ones): the share queued for a core, and the share
+    blocked (neither computing nor queued: locks, the GIL, I/O)."""
+    chunks = p.computed if chunks is None else chunks
+    wall = sum(c.wall for c in chunks)
     if wall <= 0:
         return None
-    return sum(c.cpu_wait for c in p.computed) / wall, sum(c.io_wait for c in p.computed) / wall
+    return sum(c.cpu_wait for c in chunks) / wall, sum(c.io_wait for c in chunks) / wall
 
 
 def threads_waiting(p: RunProfile) -> Recommendation | None:
     """Thread workers blocked much of the time, with no storage I/O to show for it, are waiting on each
-    other: Python-level work holding the GIL. Processes avoid it."""
+    other: Python-level work holding the GIL. Processes avoid it.
+
+    Only chunks after the start-up ones are judged: while numba loads or compiles the kernels, once per
+    process, every chunk in flight waits for it (on a fresh machine the README's demo, two chunks, had one
+    blocked 8.7 s of its 10.3 s while the other compiled), and each process of a pool would wait as long."""
     if p.runner != "threads" or p.workers < 2:
         return None
-    shares = _shares(p)
+    shares = _shares(p, _steady(p))
     if shares is None or shares[1] < BLOCKED_SHARE:
         return None
     load = next((b for b in p.phases if b.name == "load"), None)

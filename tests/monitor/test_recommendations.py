@@ -204,6 +204,17 @@ def test_orchestration_threads_and_cache():
     r = threads_waiting(profile(chunks=blocked))
     assert r is not None and abs(r.figures["blocked_share"] - 0.7) < 1e-9 and "--runner processes" in r.advice
     assert threads_waiting(profile(chunks=blocked, runner="processes")) is None
+    # the README's demo on a fresh machine: two chunks started together, one blocked while the other compiled
+    # the kernels (numba, once per process): start-up, which processes would pay each, not the GIL
+    demo = (
+        ChunkFigures(
+            "chunk-0000", 250, "computed", wall=10.3, cpu=1.5, cpu_wait=0.1, end=10.3
+        ),  # 8.7 s blocked
+        ChunkFigures("chunk-0001", 250, "computed", wall=10.3, cpu=9.1, cpu_wait=0.1, end=10.3),
+    )
+    assert threads_waiting(profile(chunks=demo)) is None
+    later = tuple(replace(c, end=c.end + 10.3) for c in blocked[2:])
+    assert threads_waiting(profile(chunks=demo + later)) is not None  # the chunks after them are judged
     # queued for a core is not blocked: a busy machine, not the GIL
     queued = tuple(replace(c, cpu=0.4 * c.wall, cpu_wait=0.55 * c.wall) for c in chunks([2.0] * 40))
     assert threads_waiting(profile(chunks=queued)) is None
