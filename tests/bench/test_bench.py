@@ -139,14 +139,15 @@ def test_bench_refuses_bad_input_with_one_clear_line(tmp_path):
 
 def test_rss_sampler_counts_a_child_started_while_it_runs():
     # the child list is looked up every children_every seconds, not every sample: a child started after
-    # the sampler is still found, and its memory counted in the tree's peak
+    # the sampler is still found, and its memory counted in the tree's peak (a 300 MB child, checked for
+    # 190 MB: room for this process's own RSS to move between samples)
     import subprocess
     import sys
     import time
 
     from flows.bench_measure import RssSampler
 
-    code = "import time; b = bytearray(200 * 2**20); b[::4096] = b'x' * len(b[::4096]); time.sleep(5)"
+    code = "import time; b = bytearray(300 * 2**20); b[::4096] = b'x' * len(b[::4096]); time.sleep(5)"
     with RssSampler(interval=0.01, children=True, children_every=0.1) as rss:
         time.sleep(0.05)
         child = subprocess.Popen([sys.executable, "-c", code])
