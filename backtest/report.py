@@ -105,11 +105,6 @@ def write_png(image: Image.Image, path: Path) -> Path:
     return path
 
 
-def save_figure(fig: Figure, path: Path) -> Path:
-    """Draw and write one figure (``build_report`` does the two on different threads)."""
-    return write_png(render(fig), path)
-
-
 def _title(ax: Axes, text: str) -> None:
     """A title at the top of the axes. Placed explicitly: matplotlib otherwise measures every tick label of
     the axes (and its twins) at draw time to see whether the title must move up, which none of these plots

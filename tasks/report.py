@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import contextvars
 import json
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from backtest.preload import preload
 from backtest.profiling import PROFILE_FILE, REPORT_FILE
+from tasks.artifacts import ArtifactPoster
 
 
 def preload_report() -> threading.Thread:
@@ -28,17 +27,20 @@ def publish_report(out: str, results_cache: str | None = None) -> str:
 
     ``results_cache`` is the cache entry of the run's merged tables: the plots drawn from those tables alone
     are kept there and reused by every run with the same results (a warm re-run draws only two plots). The
-    artifacts need only the saved summary: they are posted on a second thread while the plots are drawn
-    (their API round trips were an eighth of a warm run's report).
+    artifacts need only the saved summary: they are posted by an ``ArtifactPoster`` while the plots are drawn
+    (their API round trips were an eighth of a warm run's report), and a failed post is a warning, as for
+    the flow's other artifacts: the report itself is the file.
     """
     from backtest.report import build_report, plot_cache_dir  # matplotlib: only here (or preloaded)
 
     folder = Path(out)
     plot_cache = plot_cache_dir(Path(results_cache)) if results_cache else None
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="report-artifacts") as pool:
-        posted = pool.submit(contextvars.copy_context().run, _post_artifacts, folder)  # in this task run
+    poster = ArtifactPoster(get_run_logger())  # in this task run's context
+    poster.post("the report's artifacts", lambda: _post_artifacts(folder))
+    try:
         files = build_report(folder, plot_cache)
-        posted.result()
+    finally:
+        poster.close()
     return str(files.html)
 
 

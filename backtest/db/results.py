@@ -15,12 +15,11 @@ repeatedly (a notebook, a dashboard refreshing), and a finished run's results ne
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import json
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,12 +29,12 @@ import pandas as pd
 import sqlalchemy as sa
 from cachetools import TTLCache, cached
 from cachetools.keys import hashkey
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection
 
 from backtest.chunkio import read_tables
 from backtest.db import schema as s
 from backtest.db.connect import open_db
-from backtest.db.engine import DatabaseError, connection, db_errors, read_txn, write_txn
+from backtest.db.engine import DatabaseError, connection, db_errors, read_txn
 from backtest.db.sqlio import bulk_insert
 from backtest.metrics import METRIC_NAMES
 
@@ -158,21 +157,8 @@ def _oos_columns(run_id: int, frame: pd.DataFrame) -> dict[str, Any]:
     }
 
 
-@contextlib.contextmanager
-def _writing(target: Engine | Connection) -> Iterator[Connection]:
-    """A write transaction: on a connection of its own for an engine, or as the next transaction of a
-    connection opened with ``backtest_write`` and held for many (``persist_run``: one connect, and on SQLite
-    one close, with its checkpoint, for a whole run instead of one per chunk)."""
-    if isinstance(target, Engine):
-        with write_txn(target) as conn:
-            yield conn
-    else:
-        with target.begin():
-            yield target
-
-
 def start_run(
-    target: Engine | Connection,
+    conn: Connection,
     *,
     flow_run_id: str | None,
     strategy: str,
@@ -181,8 +167,12 @@ def start_run(
     started_at: dt.datetime,
 ) -> tuple[int, bool]:
     """The run's id, and whether its row is new: the existing row of the same flow run is reused (persisting
-    again replaces its rows); a new row holds no rows yet (they cascade with a deleted run's id)."""
-    with _writing(target) as conn:
+    again replaces its rows); a new row holds no rows yet (they cascade with a deleted run's id).
+
+    This and the other writers below each run one transaction on ``conn``, a connection opened for writing
+    (``engine.connection(engine, backtest_write=True)``) that ``persist_run`` holds for a whole run: one
+    connect, and on SQLite one close with its checkpoint, per run instead of per chunk."""
+    with conn.begin():
         if flow_run_id is not None:
             found = conn.execute(sa.select(s.runs.c.id).where(s.runs.c.flow_run_id == flow_run_id)).scalar()
             if found is not None:
@@ -217,7 +207,7 @@ def _delete_chunk(conn: Connection, run_id: int, index: int, symbols: Sequence[s
 
 
 def write_chunk(
-    target: Engine | Connection, run_id: int, chunk: ChunkRecord, *, include_oos: bool, replace: bool = True
+    conn: Connection, run_id: int, chunk: ChunkRecord, *, include_oos: bool, replace: bool = True
 ) -> tuple[int, int, int]:
     """One chunk's rows in one transaction, replacing what the run held for it (``replace=False``: the run is
     new and holds nothing, so nothing is deleted first): (selections, metrics, oos)."""
@@ -227,7 +217,7 @@ def write_chunk(
         names = ["selections", "symbol_metrics"] + (["oos_returns"] if include_oos else [])
         symbols, frames = read_chunk_tables(chunk.result_path, names)
     counts = [0, 0, 0]
-    with _writing(target) as conn:
+    with conn.begin():
         if replace:
             _delete_chunk(conn, run_id, chunk.index, symbols)
         if "selections" in frames:
@@ -251,19 +241,19 @@ def write_chunk(
     return counts[0], counts[1], counts[2]
 
 
-def write_portfolio(target: Engine | Connection, run_id: int, frame: pd.DataFrame) -> int:
+def write_portfolio(conn: Connection, run_id: int, frame: pd.DataFrame) -> int:
     columns: dict[str, Any] = {"run_id": np.full(len(frame), run_id, dtype=np.int64)}
     columns["date"] = frame["date"].to_numpy().astype("datetime64[D]")
     for column in s.portfolio.columns:
         if column.name not in columns:
             columns[column.name] = frame[column.name].to_numpy()
-    with _writing(target) as conn:
+    with conn.begin():
         conn.execute(sa.delete(s.portfolio).where(s.portfolio.c.run_id == run_id))
         return bulk_insert(conn, s.portfolio, columns)
 
 
 def finish_run(
-    target: Engine | Connection,
+    conn: Connection,
     run_id: int,
     *,
     state: str,
@@ -272,7 +262,7 @@ def finish_run(
     results_key: str | None = None,
     results_of: int | None = None,
 ) -> None:
-    with _writing(target) as conn:
+    with conn.begin():
         conn.execute(
             sa.update(s.runs)
             .where(s.runs.c.id == run_id)
@@ -295,10 +285,10 @@ def results_key_of(collected_key: str | None, include_oos: bool) -> str | None:
     return collected_key + ("+oos" if include_oos else "")
 
 
-def find_results(target: Engine | Connection, results_key: str, run_id: int) -> int | None:
+def find_results(conn: Connection, results_key: str, run_id: int) -> int | None:
     """The earlier completed run holding the rows of ``results_key`` (not ``run_id`` itself), or None."""
     r = s.runs.c
-    with read_txn(target) if isinstance(target, Engine) else _writing(target) as conn:
+    with conn.begin():
         found = conn.execute(
             sa.select(sa.func.coalesce(r.results_of, r.id))
             .where(r.results_key == results_key, r.state == "Completed", r.id != run_id)
@@ -309,13 +299,13 @@ def find_results(target: Engine | Connection, results_key: str, run_id: int) -> 
 
 
 def point_at_results(
-    target: Engine | Connection, run_id: int, holder: int, chunks: Sequence[ChunkRecord]
+    conn: Connection, run_id: int, holder: int, chunks: Sequence[ChunkRecord]
 ) -> tuple[int, int, int, int]:
     """Record ``run_id`` as a run whose results are ``holder``'s: its own chunk rows (state, counts copied
     from the holder's chunk of the same key), none of its own result rows. Returns the holder's row counts
     (selections, metrics, oos, portfolio), which are this run's results as readers see them."""
     c = s.chunks.c
-    with _writing(target) as conn:
+    with conn.begin():
         for table in (s.selections, s.symbol_metrics, s.oos_returns, s.portfolio, s.chunks):
             conn.execute(sa.delete(table).where(table.c.run_id == run_id))  # a re-persisted run's old rows
         held = {

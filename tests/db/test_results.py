@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from backtest.db import results as r
 from backtest.db import schema as s
 from backtest.db.connect import open_db
-from backtest.db.engine import DatabaseError, query_log
+from backtest.db.engine import DatabaseError, connection, query_log
 from backtest.db.optimize import maintain, prune_runs, vacuum
 from tests.db.persisting import persist
 
@@ -76,8 +76,8 @@ def test_a_failing_chunk_leaves_the_others_and_nothing_of_itself(chunk_results, 
 
     monkeypatch.setattr(r, "bulk_insert", crash_on_oos)
     run_id = r.read_run(db_url, "flow-1").id
-    with pytest.raises(OSError):
-        r.write_chunk(engine, run_id, records[1], include_oos=True)
+    with pytest.raises(OSError), connection(engine, backtest_write=True) as conn:
+        r.write_chunk(conn, run_id, records[1], include_oos=True)
     after = {t.name: _count(engine, t) for t in (s.selections, s.symbol_metrics, s.oos_returns, s.chunks)}
     assert after == before  # the whole chunk rolled back, chunk 0 untouched
 

@@ -26,7 +26,8 @@ from backtest.report import (
     build_report,
     m4_indices,
     plot_resources,
-    save_figure,
+    render,
+    write_png,
 )
 from tasks.report import preload_report
 
@@ -120,7 +121,7 @@ def test_long_resource_series_still_plot_every_sample_range(tmp_path):
     assert len(lines) == 5 and all(len(line.get_xdata()) <= 8 * _pixel_width(fig) for line in lines)
     (memory,) = [line for line in lines if line.get_label().startswith("RSS")]
     assert memory.get_ydata().max() == 4000.0  # the peak survives the thinning
-    path = save_figure(fig, tmp_path / "resources.png")
+    path = write_png(render(fig), tmp_path / "resources.png")
     assert path == tmp_path / "resources.png" and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
