@@ -107,9 +107,16 @@ def _dictionary_columns(schema: pa.Schema) -> list[str]:
     return [f.name for f in schema if pa.types.is_dictionary(f.type) or pa.types.is_timestamp(f.type)]
 
 
-def chunk_to_bytes(result: ChunkResult) -> bytes:
+def oos_rows(result: ChunkResult) -> pa.Table:
+    """A chunk's out-of-sample rows as the Arrow table its result file holds (and ``read_chunk`` with
+    ``oos_as_arrow`` gives back): mostly zero-copy views of the result's columns."""
+    return _rows_table(result.oos_returns)
+
+
+def chunk_to_bytes(result: ChunkResult, rows: pa.Table | None = None) -> bytes:
+    """The chunk's result file; ``rows`` is ``oos_rows(result)`` when the caller already has it."""
     meta = {"format": FORMAT, "symbols": list(result.symbols), "timings": result.timings}
-    rows = _rows_table(result.oos_returns).replace_schema_metadata({_META: json.dumps(meta)})
+    rows = (oos_rows(result) if rows is None else rows).replace_schema_metadata({_META: json.dumps(meta)})
     sink = pa.BufferOutputStream()  # Arrow's own buffer: a Python file object would take the GIL per write
     with pq.ParquetWriter(
         sink,
@@ -190,9 +197,23 @@ def read_tables(
     return symbols, timings, frames
 
 
-def read_chunk(source: bytes | Path | str, *, oos_as_arrow: bool = False) -> ChunkResult:
-    """A whole chunk result; with ``oos_as_arrow`` its ``oos_returns`` is an Arrow table (see read_tables)."""
-    symbols, timings, frames = read_tables(source, ChunkResult.TABLES, oos_as_arrow=oos_as_arrow)
+def read_chunk(
+    source: bytes | Path | str, *, oos_as_arrow: bool = False, rows: pa.Table | None = None
+) -> ChunkResult:
+    """A whole chunk result; with ``oos_as_arrow`` its ``oos_returns`` is an Arrow table (see read_tables).
+
+    ``rows``: the file's out-of-sample rows as ``oos_rows`` made them when the file was written (handed over
+    in memory, see backtest.handoff): only the footer is read, and ``oos_returns`` is ``rows``.
+    """
+    if rows is None:
+        symbols, timings, frames = read_tables(source, ChunkResult.TABLES, oos_as_arrow=oos_as_arrow)
+    else:
+        symbols, timings, frames = read_tables(source, SMALL_TABLES)
+        if oos_as_arrow:
+            frames["oos_returns"] = rows
+        else:
+            frames["oos_returns"] = frame = rows.to_pandas(split_blocks=True)
+            _symbol_categories(frame, symbols)
     return ChunkResult(symbols=symbols, timings=timings, **frames)  # type: ignore[arg-type]
 
 

@@ -33,6 +33,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from backtest.chunkio import read_chunk
+from backtest.handoff import RowHandoff
 from backtest.profiling import wall_timings
 from backtest.study import ChunkResult, StudyPlan, StudyResult, combine
 
@@ -386,10 +387,20 @@ class CollectAhead:
     is published), and if anything else goes wrong the collect step, which always runs, builds the entry
     itself and reports the error. Chunk results never change under their key, so reading a file as soon as
     its chunk finished reads what the collect step would read.
+
+    With ``handoff``, a chunk's out-of-sample rows are taken from there when its task (in this process)
+    offered them, instead of decoded from its file again (backtest.handoff). A result file is named by its
+    chunk's cache key, which is the handoff's key.
     """
 
     def __init__(
-        self, plan: StudyPlan, names: Sequence[str], paths: Sequence[Path], cache: Path, key: str
+        self,
+        plan: StudyPlan,
+        names: Sequence[str],
+        paths: Sequence[Path],
+        cache: Path,
+        key: str,
+        handoff: RowHandoff | None = None,
     ) -> None:
         self.key = key
         self._ready = [threading.Event() for _ in names]
@@ -397,7 +408,12 @@ class CollectAhead:
         self.error: BaseException | None = None
         self.built = False
         self._thread: threading.Thread | None = None
+        self._handoff: RowHandoff | None = None
+        self._keys = [Path(p).name for p in paths]
         if _read_entry(cache / key, key) is None:
+            if handoff is not None:
+                self._handoff = handoff
+                handoff.expect(self._keys)
             self._thread = threading.Thread(
                 target=self._run,
                 args=(plan, list(names), list(paths), cache),
@@ -411,7 +427,8 @@ class CollectAhead:
             event.wait()
             if self._abandoned:
                 raise _Abandoned
-            yield name, read_chunk(path, oos_as_arrow=True)
+            rows = self._handoff.take(path.name) if self._handoff is not None else None
+            yield name, read_chunk(path, oos_as_arrow=True, rows=rows)
 
     def _run(self, plan: StudyPlan, names: list[str], paths: list[Path], cache: Path) -> None:
         try:
@@ -436,4 +453,7 @@ class CollectAhead:
         """Wait for the entry; True when this built it (False: it existed, or a chunk failed, or an error)."""
         if self._thread is not None:
             self._thread.join()
+        if self._handoff is not None:
+            self._handoff.forget(self._keys)  # rows never taken (a failed chunk's neighbours) go now
+            self._handoff = None
         return self.built

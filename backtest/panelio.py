@@ -85,16 +85,19 @@ def prices_file(cache_dir: Path, data_fingerprint: str, last: dt.date) -> Path:
     return cache_dir / f"prices-{data_fingerprint}-{last.isoformat()}.arrow"
 
 
-def ensure_prices_file(
+def chunk_prices(
     source: PriceSource, symbols: Sequence[str], data_fingerprint: str, last: dt.date, cache_dir: Path
-) -> tuple[Path, bool]:
-    """The chunk's price file, fetched from ``source`` (the store or a database) only when it is missing.
+) -> tuple[PricePanel, bool]:
+    """A chunk's prices, and whether they were fetched from ``source`` (the store or a database).
 
-    Returns the path and whether this call fetched it. The file outlives the run (until the cache is pruned):
-    a study that changes only its strategy, grid or folds reads its prices from here, not from the source.
+    They come from the chunk's price file when it exists. Otherwise they are fetched, written to the file and
+    returned as fetched: reading the file back would only copy in what is already in memory (about 15-25 ms
+    and 50 MB of page faults per 250 symbols x 20 years). The file outlives the run (until the cache is
+    pruned): a study that changes only its strategy, grid or folds reads its prices from there.
     """
     path = prices_file(cache_dir, data_fingerprint, last)
     if path.exists():
-        return path, False
-    write_panel(source.load(list(symbols), end=last), path)
-    return path, True
+        return read_panel(path), False
+    panel = source.load(list(symbols), end=last)
+    write_panel(panel, path)
+    return panel, True

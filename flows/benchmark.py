@@ -448,11 +448,14 @@ def measure_vectorbt(
 
 def prepare_prefect_environment(data: Path) -> dict[str, str]:
     """Settings Prefect reads at import: must run before the first ``import prefect``."""
+    from flows.runs import prepare_environment
+
     os.environ.setdefault("PREFECT_HOME", str(Path(data).resolve() / "prefect-home"))
     os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
     os.environ["DO_NOT_TRACK"] = "1"
-    # run logs still reach the API; the terminal shows the benchmark's own lines only
-    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
+    # as `backtest run` runs: run logs still reach the API, the terminal shows the benchmark's own lines only,
+    # and the ephemeral server is set up as the command sets it up
+    prepare_environment()
     # a first start in a new PREFECT_HOME migrates a database: on a busy 2-core machine it exceeds the 20 s default
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)

@@ -23,6 +23,8 @@ from typing import Annotated, Any
 
 import typer
 
+from flows.runs import SERVER_ENV
+
 HOST = "127.0.0.1"
 DEFAULT_PORT = 4200
 DEFAULT_POOL = "backtest-process"
@@ -138,6 +140,7 @@ def start_server(project: Path, port: int = DEFAULT_PORT, timeout: float = 90.0)
     log = home / "server.log"
     info = ServerInfo(pid=0, host=HOST, port=port, home=str(home), log=str(log))
     env = {
+        **SERVER_ENV,  # the user's own values of these win
         **os.environ,
         **QUIET,
         "PREFECT_HOME": str(home),

@@ -12,8 +12,11 @@ from prefect.cache_policies import CachePolicy
 from prefect.context import TaskRunContext
 from prefect.tasks import exponential_backoff
 
+from backtest import handoff
+from backtest.chunkio import oos_rows
 from backtest.db.prices import open_price_source
-from backtest.panelio import ensure_prices_file, read_panel
+from backtest.panel import PricePanel
+from backtest.panelio import chunk_prices
 from backtest.planning import ChunkSpec
 from backtest.profiling import add_task_figures, measure, wall_timings
 from backtest.study import StudyPlan, run_chunk
@@ -70,8 +73,9 @@ class PriceSource:
     cache_dir: str
     db: str | None = None
 
-    def ensure(self, spec: ChunkSpec) -> tuple[Path, bool]:
-        return ensure_prices_file(
+    def load(self, spec: ChunkSpec) -> tuple[PricePanel, bool]:
+        """The chunk's prices, and whether they had to be fetched from the source (no price file yet)."""
+        return chunk_prices(
             open_price_source(self.store_root, self.db),
             spec.symbols,
             spec.data_fingerprint,
@@ -95,19 +99,20 @@ def backtest_chunk(spec: ChunkSpec, plan: StudyPlan, source: PriceSource) -> Sto
 
     One task per chunk, not a load task and a backtest task: every task run costs about 55 ms of CPU between
     the engine and the server (measured: 32 separate load tasks made the chunk step of a run of 32 small chunks 1.2-2.4 s longer), and loading is part of the
-    chunk's work, retried with it. The prices come from the chunk's cached price file, fetched from the
-    source first when missing (``fetch`` in the timings, with ``fetched`` 1.0), then read memory-mapped
-    (``load``). The timings also carry the task's CPU time and attempt number (backtest.profiling).
+    chunk's work, retried with it. The prices come from the chunk's cached price file, read memory-mapped
+    (``load`` in the timings), or, when it is missing, from the source, and the file is written for the next
+    run (``fetch``, with ``fetched`` 1.0). The timings also carry the task's CPU time and attempt number
+    (backtest.profiling).
     """
     with measure() as total:
         with measure() as load:
-            with measure() as fetch:
-                path, fetched = source.ensure(spec)
-            panel = [read_panel(path)]
+            prices, fetched = source.load(spec)
+            panel = [prices]  # handed over below, not kept in this frame
+            del prices
         result = run_chunk(panel.pop(), plan)  # no reference kept here: run_chunk frees the prices early
     timings = result.timings
-    timings["fetch"] = fetch.wall
-    timings["load"] = timings.get("load", 0.0) + load.wall - fetch.wall
+    timings["fetch"] = load.wall if fetched else 0.0
+    timings["load"] = timings.get("load", 0.0) + (0.0 if fetched else load.wall)
     add_task_figures(timings, load, total, TaskRunContext.get().task_run.run_count, fetched)
     get_run_logger().info(
         "%s: %d symbols computed in %.2f s, CPU %.2f s (%s)",
@@ -117,4 +122,11 @@ def backtest_chunk(spec: ChunkSpec, plan: StudyPlan, source: PriceSource) -> Sto
         total.cpu,
         ", ".join(f"{k} {v:.2f} s" for k, v in wall_timings(timings).items()),
     )
-    return StoredChunk.encode(result)  # small: Prefect keeps it in the task's state until the flow ends
+    rows = oos_rows(result)
+    stored = StoredChunk.encode(
+        result, rows
+    )  # small: Prefect keeps it in the task's state until the flow ends
+    # for the flow's merge, when it runs in this process (backtest.handoff); through the module: a process pool
+    # pickles this function by value, and the handoff itself (a lock) cannot be pickled
+    handoff.ROWS.offer(spec.key, rows)
+    return stored

@@ -9,6 +9,7 @@ from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.tasks import exponential_backoff
+from prefect.utilities.annotations import quote
 
 from backtest.db.connect import open_db
 from backtest.db.engine import QueryStat, describe_url, query_log
@@ -155,16 +156,18 @@ def record_run(
     portfolio = out / "portfolio.parquet"
     # a password in a URL is never stored: the database keeps the URL with it masked
     config = {**config, "db": describe_url(config["db"]) if config.get("db") else None}
+    # the chunk records (every symbol of the study), the summary and the configuration are quoted: Prefect would
+    # walk them element by element looking for futures, about 50 ms on W
     persisted = persist_results(
         db_url,
         flow_run_id,
         str(config.get("strategy", "")),
-        config,
+        quote(config),
         describe_url(price_source) if "://" in price_source else price_source,
         dt.datetime.now(dt.UTC) - dt.timedelta(seconds=float(summary.get("wall_seconds") or 0.0)),
-        chunk_records(specs, outcomes, results_dir),
+        quote(chunk_records(specs, outcomes, results_dir)),
         str(summary.get("state", "Completed")),
-        summary,
+        quote(summary),
         str(portfolio) if portfolio.exists() else None,
         include_oos,
         collected_key,

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from prefect.serializers import Serializer
 
 from backtest.chunkio import chunk_from_bytes, chunk_to_bytes
 from backtest.study import ChunkResult
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 
 class StoredChunk:
@@ -27,8 +30,9 @@ class StoredChunk:
         self.blob = blob
 
     @classmethod
-    def encode(cls, result: ChunkResult) -> StoredChunk:
-        return cls(chunk_to_bytes(result))
+    def encode(cls, result: ChunkResult, rows: pa.Table | None = None) -> StoredChunk:
+        """``rows``: ``backtest.chunkio.oos_rows(result)``, when the caller already made it."""
+        return cls(chunk_to_bytes(result, rows))
 
     def load(self) -> ChunkResult:
         return chunk_from_bytes(self.blob)

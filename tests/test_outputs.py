@@ -184,6 +184,50 @@ def test_collect_ahead_builds_the_entry_as_chunks_finish_in_any_order(tmp_path, 
     assert not CollectAhead(plan, names, paths, cache, key).wait()
 
 
+def test_collect_ahead_from_handed_over_rows_writes_the_files_a_merge_from_the_chunk_files_writes(
+    tmp_path, chunks, plan
+) -> None:
+    from backtest.chunkio import oos_rows
+    from backtest.handoff import RowHandoff
+
+    paths = _chunk_files(tmp_path, chunks)
+    names = [f"chunk-{i:04d}" for i in range(len(chunks))]
+    handoff = RowHandoff()
+    handed = CollectAhead(plan, names, paths, tmp_path / "handed", collected_key(["h"]), handoff=handoff)
+    for i in (1, 0, 2):  # out of order: the rows of chunk 1 wait in the handoff until chunk 0 is merged
+        assert handoff.offer(paths[i].name, oos_rows(chunks[i]))
+        handed.ready(i)
+    assert handed.wait() and handed.error is None
+    assert len(handoff) == 0 and not handoff.offer(
+        paths[0].name, oos_rows(chunks[0])
+    )  # all taken, none expected
+    from_files = CollectAhead(plan, names, paths, tmp_path / "files", collected_key(["f"]))
+    for i in range(len(chunks)):
+        from_files.ready(i)
+    assert from_files.wait()
+    for stem in OUTPUT_TABLES:
+        a = (tmp_path / "handed" / collected_key(["h"]) / f"{stem}.parquet").read_bytes()
+        b = (tmp_path / "files" / collected_key(["f"]) / f"{stem}.parquet").read_bytes()
+        assert a == b, stem
+
+
+def test_handoff_keeps_only_expected_rows_and_drops_what_is_forgotten(chunks) -> None:
+    from backtest.chunkio import oos_rows
+    from backtest.handoff import RowHandoff
+
+    rows = oos_rows(chunks[0])
+    handoff = RowHandoff()
+    assert not handoff.offer("a", rows) and handoff.take("a") is None  # nobody merges here: nothing kept
+    handoff.expect(["a", "b"])
+    handoff.expect(["b"])  # two consumers of b
+    assert handoff.offer("a", rows) and handoff.offer("b", rows)
+    assert handoff.take("a") is rows and handoff.take("a") is None
+    handoff.forget(["a", "b"])
+    assert len(handoff) == 1  # b is still expected by the second consumer
+    handoff.forget(["b"])
+    assert len(handoff) == 0 and not handoff.offer("b", rows)
+
+
 def test_collect_ahead_publishes_nothing_when_a_chunk_fails_or_a_file_is_bad(tmp_path, chunks, plan) -> None:
     paths = _chunk_files(tmp_path, chunks)
     names = [f"chunk-{i:04d}" for i in range(len(chunks))]
