@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 from pathlib import Path
@@ -12,6 +13,7 @@ from typer.testing import CliRunner
 
 from flows import cli_server
 from flows.cli import app
+from flows.runs import SERVER_ENV
 from tests.deploy.conftest import REPO_ROOT
 
 
@@ -66,6 +68,15 @@ def test_server_up_twice_reuses_the_running_server(server):
     result = run("server", "up", "--project", str(project))
     assert result.exit_code == 0, result.output
     assert "already running" in result.output and f"export PREFECT_API_URL={server.api_url}" in result.output
+
+
+def test_server_up_starts_the_server_with_batched_task_run_writes(server):
+    # flows.runs.SERVER_ENV: without it the recorder commits each task-run event on its own, and a flow run
+    # created meanwhile can fail once with "database is locked" and wait 2 s for the client's retry
+    environ = Path(f"/proc/{server.pid}/environ").read_bytes().split(b"\0")
+    settings = dict(item.decode().split("=", 1) for item in environ if b"=" in item)
+    for key, value in SERVER_ENV.items():
+        assert settings.get(key) == os.environ.get(key, value), key
 
 
 def test_deploy_and_trigger_without_a_running_server(tmp_path, closed_port):

@@ -1,10 +1,13 @@
-"""Flow runs started in this process (the CLI, the benchmark) skip the heartbeat thread unless configured."""
+"""Flow runs started in this process (the CLI, the benchmark) skip the heartbeat thread unless configured; the
+ephemeral server they start batches its task-run writes unless the user configured otherwise."""
 
 from __future__ import annotations
 
+import os
+
 from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, get_current_settings, temporary_settings
 
-from flows.runs import local_run_settings
+from flows.runs import SERVER_ENV, local_run_settings, prepare_environment
 
 
 def test_heartbeats_are_off_for_local_runs_by_default():
@@ -17,3 +20,12 @@ def test_heartbeats_are_off_for_local_runs_by_default():
 def test_a_configured_heartbeat_frequency_is_kept():
     with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: 60}), local_run_settings():
         assert get_current_settings().flows.heartbeat_frequency == 60
+
+
+def test_the_ephemeral_server_batches_task_run_writes_unless_the_user_says_otherwise(monkeypatch):
+    batch = "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE"
+    flush = "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_FLUSH_INTERVAL"
+    monkeypatch.delenv(flush, raising=False)
+    monkeypatch.setenv(batch, "7")  # the user's own value
+    prepare_environment()
+    assert os.environ[batch] == "7" and os.environ[flush] == SERVER_ENV[flush]
