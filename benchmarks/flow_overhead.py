@@ -6,15 +6,19 @@
 In one process, on the same store, configuration, chunks and workers:
 1. a tiny warm-up flow run (not counted): starts the ephemeral Prefect server when no PREFECT_API_URL is set,
    imports everything and loads numba's compiled kernels, so none of that is timed below;
-2. the bare core doing what a flow run delivers: ``run_study`` over the store with its out-of-sample rows
-   streamed into ``oos_returns.parquet``, then its other result tables written;
-3. the flow cold: ``three_phase_study`` after removing ``<store>/cache/``;
+2. Prefect's overhead on the same work, twice, interleaved: the bare core (``run_study`` over the store with
+   its out-of-sample rows streamed into ``oos_returns.parquet``, then its other result tables written), then
+   the flow with a cold cache doing the same (``report=False, persist=False``: no plots, nothing written into
+   the database; its cache of price files and chunk results is written, as a first run writes it);
+3. the flow cold as a user runs it (report drawn, results into the database), after removing
+   ``<store>/cache/``;
 4. the flow warm: the same flow again with unchanged inputs (every chunk should be a cache hit).
 
-Prints the three wall times, flow-cold / core (goal <= 1.2x, server already up), warm / cold (goal <= 10 %),
-the cache hits and misses of each flow run, its per-phase seconds from summary.json and the peak RSS of this
-process and of this process plus its children (the ephemeral server is one). Checks that both flow runs
-Completed with the expected counts, and that the flow's portfolio figures equal the core's.
+Prints the wall times, flow / core on the same work (best of each side; goal <= 1.2x, server already up),
+warm / cold (goal <= 10 %), the cache hits and misses of each flow run, its per-phase seconds from
+summary.json and the peak RSS of this process and of this process plus its children (the ephemeral server is
+one). Checks that the flow runs Completed with the expected counts, and that the flow's portfolio figures
+equal the core's.
 """
 
 from __future__ import annotations
@@ -42,10 +46,10 @@ from _data import (
 
 from flows.benchmark import (
     check_flow_run,
+    measure_overhead,
     prepare_prefect_environment,
     run_flow,
     server_mode,
-    time_core,
     warm_numba,
 )
 
@@ -73,13 +77,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def check_runs(
-    core: dict[str, Any], cold: dict[str, Any], warm: dict[str, Any], expect: dict[str, int]
+    core: dict[str, Any], runs: list[dict[str, Any]], warm: dict[str, Any], expect: dict[str, int]
 ) -> list[str]:
-    """What misbehaved: states, counts, cache hits, and agreement with the core's numbers."""
-    problems = check_flow_run(cold, 0, expect["chunks"], core) + check_flow_run(
-        warm, expect["chunks"], 0, core
-    )
-    for run in (cold, warm):
+    """What misbehaved: states, counts, cache hits, and agreement with the core's numbers (``runs``: the
+    cold ones)."""
+    problems = [line for run in runs for line in check_flow_run(run, 0, expect["chunks"], core)]
+    problems += check_flow_run(warm, expect["chunks"], 0, core)
+    for run in (*runs, warm):
         chunks = ((run.get("summary") or {}).get("counts") or {}).get("chunks")
         if run.get("summary") and chunks != expect["chunks"]:
             problems.append(f"{run['label']}: counts.chunks = {chunks}, expected {expect['chunks']}")
@@ -158,13 +162,18 @@ def main(argv: list[str] | None = None) -> int:
     if warm_up["state"] != "Completed":
         console.print(f"[red]the warm-up flow run did not complete: {warm_up.get('error')}[/]")
 
-    # 2. the bare core, same config, chunks and workers
-    core = time_core(store, config, args.workers, chunk_size=chunk_size, save_to=runs_dir / f"{stamp}-core")
-    console.print(
-        f"  core:       {core['wall_seconds']:6.2f} s (+ {core['save_seconds']:.2f} s writing its other tables)"
+    # 2. Prefect's overhead: the bare core and the flow on the same work, interleaved
+    overhead_runs = measure_overhead(
+        store, params, args.workers, runs_dir / f"{stamp}-overhead", console.print, chunk_size=chunk_size
     )
+    core, same = overhead_runs["core"], overhead_runs["flow"]
+    console.print(
+        f"  core:       {core['wall_seconds']:6.2f} s (+ {core['save_seconds']:.2f} s writing its other tables; "
+        f"best of {core['runs_seconds']})"
+    )
+    console.print(f"  flow cold, same work: {same['wall_seconds']:6.2f} s (best of {same['runs_seconds']})")
 
-    # 3. the flow, cold cache
+    # 3. the flow as a user runs it, cold cache
     shutil.rmtree(store.root / "cache", ignore_errors=True)
     cold = run_flow(params.model_copy(update={"out": str(runs_dir / f"{stamp}-cold")}), "flow cold")
     console.print(f"  flow cold:  {cold['wall_seconds']:6.2f} s ({cold['state']})")
@@ -174,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     console.print(f"  flow warm:  {warm['wall_seconds']:6.2f} s ({warm['state']})")
 
     if not args.keep_out:
-        for suffix in ("warmup", "core", "cold", "warm"):
+        for suffix in ("warmup", "overhead", "cold", "warm"):
             shutil.rmtree(runs_dir / f"{stamp}-{suffix}", ignore_errors=True)
 
     expect = {
@@ -183,10 +192,11 @@ def main(argv: list[str] | None = None) -> int:
         "combinations": n_combos,
         "folds": len(plan.folds),
     }
-    problems = check_runs(core, cold, warm, expect)
+    problems = check_runs(core, [same, cold], warm, expect)
 
-    c, fc, fw = core["wall_seconds"] + core["save_seconds"], cold["wall_seconds"], warm["wall_seconds"]
-    overhead, warm_ratio = fc / c, fw / fc
+    c, fs = core["wall_seconds"] + core["save_seconds"], same["wall_seconds"]
+    fc, fw = cold["wall_seconds"], warm["wall_seconds"]
+    overhead, full_over_core, warm_ratio = fs / c, fc / c, fw / fc
 
     table = Table(
         title=f"{workload['symbols']:,} x {args.years:g} years, {n_chunks} chunks, {args.workers} threads"
@@ -211,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
     )
     table.add_row("  + writing its other tables", f"{c:.2f}", "", "", "", "", "")
-    for run in (cold, warm):
+    for run in (same, cold, warm):
         s = run.get("summary") or {}
         cache = s.get("cache") or {}
         table.add_row(
@@ -227,12 +237,12 @@ def main(argv: list[str] | None = None) -> int:
 
     phases = Table(title="Flow phases (summary.json phase_seconds)")
     phase_names = sorted(
-        {k for r in (cold, warm) for k in ((r.get("summary") or {}).get("phase_seconds") or {})}
+        {k for r in (same, cold, warm) for k in ((r.get("summary") or {}).get("phase_seconds") or {})}
     )
     phases.add_column("run")
     for name in phase_names:
         phases.add_column(name, justify="right")
-    for run in (cold, warm):
+    for run in (same, cold, warm):
         ps = (run.get("summary") or {}).get("phase_seconds") or {}
         phases.add_row(run["label"], *(f"{ps[n]:.2f}" if n in ps else "-" for n in phase_names))
     console.print(phases)
@@ -241,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     goals: dict[str, Any] = {
-        "flow_cold_over_core": {
+        "flow_same_work_over_core": {
             "target": f"<= {OVERHEAD_GOAL}x",
             "value": overhead,
             "met": overhead <= OVERHEAD_GOAL,
@@ -253,9 +263,13 @@ def main(argv: list[str] | None = None) -> int:
         },
     }
     console.print(
-        f"goal: flow cold / core, same tables written, <= {OVERHEAD_GOAL}x (server already up): {fc:.2f} / "
-        f"{c:.2f} s = {overhead:.2f}x "
+        f"goal: Prefect overhead, flow cold / core on the same work (the study and its tables), <= "
+        f"{OVERHEAD_GOAL}x (server already up): {fs:.2f} / {c:.2f} s = {overhead:.2f}x "
         f"-> [bold]{goal(overhead <= OVERHEAD_GOAL)}[/]"
+    )
+    console.print(
+        f"      the flow as a user runs it (report drawn, results into the database): {fc:.2f} / {c:.2f} s = "
+        f"{full_over_core:.2f}x"
     )
     console.print(
         f"goal: flow warm / flow cold <= {WARM_GOAL:.0%}: {fw:.2f} / {fc:.2f} s = {warm_ratio:.1%} "
@@ -295,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
             console.print(f"  [red]- {line}[/]")
     else:
         console.print(
-            "checks: both flow runs Completed, counts as planned, cold all misses, warm all hits, "
+            "checks: every flow run Completed, counts as planned, cold all misses, warm all hits, "
             "portfolio figures equal to the core's"
         )
 
@@ -308,10 +322,12 @@ def main(argv: list[str] | None = None) -> int:
         "warmup_seconds": warmup_seconds,
         "warmup_flow": {k: warm_up.get(k) for k in ("state", "wall_seconds", "error")},
         "core": core,
+        "flow_same_work": same,
         "flow_cold": cold,
         "flow_warm": warm,
         "ratios": {
-            "flow_cold_over_core": overhead,
+            "flow_same_work_over_core": overhead,
+            "flow_cold_over_core": full_over_core,
             "warm_over_cold": warm_ratio,
         },
         "goals": goals,

@@ -19,7 +19,8 @@ PLOT_NAME = "scaling.png"
 #: (column title, ratio key, format) of the results table
 RATIO_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("warm / cold", "flow_warm_over_cold", "{:.1%}"),
-    ("flow / core", "flow_cold_over_core", "{:.2f}x"),
+    ("Prefect overhead (flow / core, same work)", "flow_same_work_over_core", "{:.2f}x"),
+    ("flow with report and DB / core", "flow_cold_over_core", "{:.2f}x"),
     ("2 vs 1 worker", "workers_2_over_1", "{:.2f}x"),
     ("t(N) / t(N/4)", "symbols_4x_time_ratio", "{:.2f}"),
     ("grid 256 / 16", "grid_256_over_16", "{:.1f}"),

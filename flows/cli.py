@@ -253,9 +253,19 @@ def run(
             "--db", help="Read prices from and write results to this database URL (default: the store)."
         ),
     ] = None,
+    persist: Annotated[
+        bool, typer.Option("--persist/--no-persist", help="Write the run's results into the database.")
+    ] = True,
     persist_oos: Annotated[
         bool, typer.Option("--persist-oos", help="Also write every out-of-sample return into the database.")
     ] = False,
+    report: Annotated[
+        bool,
+        typer.Option(
+            "--report/--no-report",
+            help="Draw the plots and write report.html at the end (`backtest report OUT` builds it later).",
+        ),
+    ] = True,
 ) -> None:
     """Run the three-phase walk-forward study as a Prefect flow and write its results to --out."""
     from flows.runs import prepare_environment
@@ -300,13 +310,14 @@ def run(
         start=start,
         end=end,
         db=db,
+        persist=persist,
         persist_oos=persist_oos,
+        report=report,
     )
     from flows import cli_db
 
-    cli_db.check_writable(
-        params.results_db()
-    )  # one clear line, before any work, when the database is unusable
+    if params.persist:  # one clear line, before any work, when the database is unusable
+        cli_db.check_writable(params.results_db())
     raise typer.Exit(run_study_cli(params, Console()))
 
 

@@ -70,6 +70,11 @@ class StudyParams(BaseModel):
         "from it and write the results into it. Default: prices from the store, results to <store>/backtest.db.",
     )
     persist: bool = Field(True, description="Write the run's results into the database.")
+    report: bool = Field(
+        True,
+        description="Draw the plots and write report.html at the end (summary.json, profile.json and the "
+        "artifacts are written either way; `backtest report OUT` builds the report later).",
+    )
     persist_oos: bool = Field(
         False, description="Also write every out-of-sample daily return into the database (large: slow)."
     )

@@ -23,7 +23,7 @@ from backtest.store import Store
 from flows.monitoring import RunWatch
 from flows.params import StudyParams
 from tasks import artifacts
-from tasks.chunks import PriceSource, backtest_chunk, chunk_cache_policy
+from tasks.chunks import ChunkJob, PriceSource, backtest_chunk, chunk_cache_policy
 from tasks.db import mark_queries, record_run
 from tasks.report import preload_report, publish_report
 from tasks.results import collect_results, prune_cache
@@ -66,7 +66,8 @@ def cache_dirs(store: Store) -> dict[str, Path]:
 @flow(name="three-phase-study", log_prints=False, persist_result=False)
 def three_phase_study(params: StudyParams = StudyParams()) -> Any:  # noqa: B008 - pydantic default
     """Plan the chunks, load and backtest each (cached by its inputs), collect, publish, prune, report."""
-    preload_report()  # matplotlib's import (about 0.3 s) overlaps the run instead of delaying the report
+    if params.report:
+        preload_report()  # matplotlib's import (about 0.3 s) overlaps the run instead of delaying the report
     watch = RunWatch(get_run_context().flow_run, params.alerts, params.monitor_interval)
     with watch:  # the resource monitor samples the run's process tree until the flow returns or fails
         return _run_study(params, watch)
@@ -127,9 +128,7 @@ def _run_study(params: StudyParams, watch: RunWatch) -> Any:
     try:
         with make_task_runner(params.runner, workers, params.dask_address) as runner:
             prices = PriceSource(str(store.root), plan.last_date, str(dirs["prices"]), params.db)
-            futures = [
-                runner.submit(chunk_task, {"spec": spec, "plan": plan, "source": prices}) for spec in specs
-            ]
+            futures = [runner.submit(chunk_task, {"job": ChunkJob(spec, plan, prices)}) for spec in specs]
             by_future = dict(zip((f.task_run_id for f in futures), specs, strict=True))
             for future in as_completed(futures):
                 spec = by_future[future.task_run_id]
@@ -228,14 +227,17 @@ def _run_study(params: StudyParams, watch: RunWatch) -> Any:
     summary["phase_seconds"] = phases
     summary["wall_seconds"] = time.perf_counter() - t_start
     watch.finish(summary, phases, summary["wall_seconds"], out, workers, params.runner)
-    summary["report"] = str(out / REPORT_FILE)
+    summary["report"] = str(out / REPORT_FILE) if params.report else None
     write_json(out / "summary.json", summary)
     text = artifacts.summary_text(summary)  # now: the summary dict changes after this point
     watch.post("the summary", lambda: artifacts.summary_markdown(text))
-    results_cache = str(dirs["collected"] / summary["collected_key"]) if "collected_key" in summary else None
-    report = publish_report(str(out), results_cache, return_state=True)
-    if report.is_failed():
-        logger.error("the report could not be built: %s", _error_text(report))
+    if params.report:
+        results_cache = (
+            str(dirs["collected"] / summary["collected_key"]) if "collected_key" in summary else None
+        )
+        report = publish_report(str(out), results_cache, return_state=True)
+        if report.is_failed():
+            logger.error("the report could not be built: %s", _error_text(report))
 
     if failed:
         names = ", ".join(o["chunk"] for o in failed)

@@ -74,3 +74,19 @@ def test_demo_runs_and_reuses_what_exists(tmp_path):
     assert "reusing" in second.output and "12 unchanged" in second.output
     summary = json.loads((tmp_path / "demo" / "results" / "summary.json").read_text())
     assert summary["cache"]["misses"] == 0
+
+
+def test_run_without_report_or_database_then_the_report_later(store, tmp_path):
+    out = tmp_path / "out"
+    args = ["run", "--store", str(store.root), "--out", str(out), "--param", "fast=5,20", "--param", "slow=60"]
+    args += ["--train-years", "3", "--chunk-size", "8", "--no-report", "--no-persist"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["state"] == "Completed" and summary["report"] is None and "db" not in summary
+    assert (out / "profile.json").exists() and (out / "selections.parquet").exists()
+    assert not (out / "report.html").exists() and not (out / "report").exists()
+    assert not (store.root / "backtest.db").exists()  # nothing written into the default database
+    later = runner.invoke(app, ["report", str(out)])
+    assert later.exit_code == 0, later.output
+    assert (out / "report.html").exists() and any((out / "report").glob("*.png"))

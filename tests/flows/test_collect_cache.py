@@ -9,7 +9,7 @@ from backtest.planning import make_plan, plan_chunks, resolve_universe
 from backtest.study import ChunkResult, run_chunk
 from flows.runs import read_summary
 from flows.study import three_phase_study
-from tasks.chunks import PriceSource, backtest_chunk
+from tasks.chunks import ChunkJob, PriceSource, backtest_chunk
 from tasks.serializers import StoredChunk
 from tests.flows.test_study_flow import TABLES, params, tables
 
@@ -57,7 +57,7 @@ def test_chunk_task_returns_its_result_as_parquet_bytes(store, tmp_path):
 
     @flow
     def one_chunk():
-        return backtest_chunk(spec, plan, source)
+        return backtest_chunk(ChunkJob(spec, plan, source))
 
     stored = one_chunk()
     assert isinstance(stored, StoredChunk) and isinstance(stored.blob, bytes)
