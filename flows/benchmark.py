@@ -81,7 +81,7 @@ WARMUP_SYMBOLS = 4  # the warm-up flow run, on the same store
 #: a timed setting is repeated (best kept) while its runs add up to less than this, at most 3 times
 REPEAT_BUDGET_SECONDS = 2.0
 #: interleaved (bare core, flow) pairs behind the Prefect-overhead ratio, the best of each kept
-OVERHEAD_PAIRS = 2
+OVERHEAD_PAIRS = 3
 
 #: every ratio a run reports (``payload["ratios"]``); the test checks that each is there
 RATIO_KEYS: tuple[str, ...] = (

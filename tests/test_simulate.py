@@ -371,8 +371,15 @@ def test_window_scores_after_a_wipe_out(objective):
 
 def test_sharpe_of_identical_returns_is_nan():
     """Buy and hold on 1, 1.01, 1.01^2, 1.01^3: three identical returns (bit for bit), so std = 0 and the
-    window's Sharpe is NaN, not the ratio to a rounding residue of the running sums."""
-    c = (1.01 ** np.arange(4.0))[None, :]
+    window's Sharpe is NaN, not the ratio to a rounding residue of the running sums.
+
+    The closes are built by repeated multiplication (correctly rounded everywhere): numpy's vectorised power
+    differs between CPUs in the last bit (on an AMD EPYC here ``1.01 ** 3.0`` is 1.030301, one ulp below
+    Python's), which made the three returns differ and this test fail on such machines."""
+    closes = [1.0]
+    for _ in range(3):
+        closes.append(closes[-1] * 1.01)
+    c = np.array(closes)[None, :]
     r = ref.calendar_returns(np.ones_like(c), c, c, 0.0, "close")[0, 1:]
     assert r[0] == r[1] == r[2] != 0.0
     seg_bounds = np.array([1, 4], np.int64)
