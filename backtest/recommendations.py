@@ -218,9 +218,9 @@ def loading_dominates(p: RunProfile) -> Recommendation | None:
     return Recommendation(
         "loading-dominates",
         f"Loading prices is {share:.0%} of the chunks' time ({seconds:.1f} s over all chunks: fetching from "
-        f"the store into the chunk price files and reading those, {kind}). Keep the store on local "
-        "disk (not a network share) and warm the price cache: a second run of the same study reads the "
-        "cached chunk price files.",
+        f"the store and writing the chunk price files, or reading them where they exist, {kind}). Keep the "
+        "store on local disk (not a network share) and warm the price cache: a later run on the same data "
+        "(another grid, strategy or folds) reads the cached chunk price files instead of the store.",
         {"load_share": share, "load_seconds": seconds, "classification": kind},
     )
 
