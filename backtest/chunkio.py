@@ -202,18 +202,17 @@ def read_chunk(
 ) -> ChunkResult:
     """A whole chunk result; with ``oos_as_arrow`` its ``oos_returns`` is an Arrow table (see read_tables).
 
-    ``rows``: the file's out-of-sample rows as ``oos_rows`` made them when the file was written (handed over
-    in memory, see backtest.handoff): only the footer is read, and ``oos_returns`` is ``rows``.
+    ``rows`` (with ``oos_as_arrow``): the file's out-of-sample rows as ``oos_rows`` made them when the file was
+    written (handed over in memory, see backtest.handoff): only the footer is read, and ``oos_returns`` is
+    ``rows``.
     """
     if rows is None:
         symbols, timings, frames = read_tables(source, ChunkResult.TABLES, oos_as_arrow=oos_as_arrow)
+    elif not oos_as_arrow:
+        raise ValueError("handed-over rows are an Arrow table: read them with oos_as_arrow=True")
     else:
         symbols, timings, frames = read_tables(source, SMALL_TABLES)
-        if oos_as_arrow:
-            frames["oos_returns"] = rows
-        else:
-            frames["oos_returns"] = frame = rows.to_pandas(split_blocks=True)
-            _symbol_categories(frame, symbols)
+        frames["oos_returns"] = rows
     return ChunkResult(symbols=symbols, timings=timings, **frames)  # type: ignore[arg-type]
 
 

@@ -11,6 +11,10 @@ consumer expects them, so nothing piles up in a process where nobody merges (pro
 run on its own). The consumer ``take``s each chunk's rows (None: read the file) and ``forget``s the rest when
 it is done. The rows offered are the Arrow table that was encoded into the result file, so a merge from here
 writes what a merge from the file writes.
+
+The merge takes chunks in universe order, so the rows of chunks that finish ahead of a slow one wait here; at
+most ``max_bytes`` of them (W's chunks hold about 26 MB each): beyond that an offer is refused and that chunk
+is read from its file, so a chunk retried after a long backoff cannot make the whole study's rows pile up.
 """
 
 from __future__ import annotations
@@ -28,7 +32,8 @@ class RowHandoff:
     """Out-of-sample rows of chunk results by cache key, kept only while a consumer in this process expects
     them. Thread-safe: tasks offer from the runner's threads while the consumer takes on its own."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_bytes: int = 128 * 2**20) -> None:
+        self.max_bytes = max_bytes
         self._lock = threading.Lock()
         self._expected: Counter[str] = Counter()
         self._rows: dict[str, pa.Table] = {}
@@ -38,9 +43,14 @@ class RowHandoff:
             self._expected.update(keys)
 
     def offer(self, key: str, rows: pa.Table) -> bool:
-        """Keep ``rows`` for ``key`` if a consumer expects them (a retried task's later rows replace them)."""
+        """Keep ``rows`` for ``key`` if a consumer expects them and they fit (a retried task's later rows replace
+        them); False: the consumer will read the file."""
         with self._lock:
             if self._expected[key] <= 0:
+                return False
+            held = sum(t.nbytes for k, t in self._rows.items() if k != key)
+            if held + rows.nbytes > self.max_bytes:
+                self._rows.pop(key, None)
                 return False
             self._rows[key] = rows
             return True

@@ -160,9 +160,8 @@ def backtest_chunk(job: ChunkJob) -> StoredChunk:
         ", ".join(f"{k} {v:.2f} s" for k, v in wall_timings(timings).items()),
     )
     rows = oos_rows(result)
-    stored = StoredChunk.encode(
-        result, rows
-    )  # small: Prefect keeps it in the task's state until the flow ends
+    # small: Prefect keeps it in the task's state until the flow ends
+    stored = StoredChunk.encode(result, rows)
     # for the flow's merge, when it runs in this process (backtest.handoff); through the module: a process pool
     # pickles this function by value, and the handoff itself (a lock) cannot be pickled
     handoff.ROWS.offer(spec.key, rows)

@@ -227,6 +227,14 @@ def test_handoff_keeps_only_expected_rows_and_drops_what_is_forgotten(chunks) ->
     handoff.forget(["b"])
     assert len(handoff) == 0 and not handoff.offer("b", rows)
 
+    # bounded: rows waiting for a slow chunk ahead of them never exceed max_bytes; the rest is read from files
+    small = RowHandoff(max_bytes=2 * rows.nbytes)
+    small.expect(["x", "y", "z"])
+    assert small.offer("x", rows) and small.offer("y", rows) and not small.offer("z", rows)
+    assert small.offer("x", rows)  # a retried chunk's rows replace its own, they do not count twice
+    assert small.take("z") is None and small.take("x") is rows
+    assert small.offer("z", rows)  # room again once the merge took one
+
 
 def test_collect_ahead_publishes_nothing_when_a_chunk_fails_or_a_file_is_bad(tmp_path, chunks, plan) -> None:
     paths = _chunk_files(tmp_path, chunks)
