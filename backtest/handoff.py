@@ -13,7 +13,7 @@ it is done. The rows offered are the Arrow table that was encoded into the resul
 writes what a merge from the file writes.
 
 The merge takes chunks in universe order, so the rows of chunks that finish ahead of a slow one wait here; at
-most ``max_bytes`` of them (W's chunks hold about 26 MB each): beyond that an offer is refused and that chunk
+most ``max_bytes`` of them (W's chunks hold 24-25 MiB each, measured): beyond that an offer is refused and that chunk
 is read from its file, so a chunk retried after a long backoff cannot make the whole study's rows pile up.
 """
 

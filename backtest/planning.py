@@ -223,7 +223,7 @@ def estimate_bars(first: dt.date, last: dt.date) -> int:
 
 def plan_identity(plan: StudyPlan, code: str) -> bytes:
     """What every chunk key of a study shares: configuration, strategy and its source, combinations, folds, and
-    the core's code. Made once per study (the folds' dates alone took most of the 20 ms of 16 keys)."""
+    the core's code. Made once per study: making it for each chunk, W's 16 keys took 20 ms; now 1 ms."""
     parts = (
         plan.config.digest(),
         plan.strategy.name,

@@ -23,7 +23,7 @@ from typing import Annotated, Any
 
 import typer
 
-from flows.runs import SERVER_ENV
+from flows.server_settings import SERVER_ENV
 
 HOST = "127.0.0.1"
 DEFAULT_PORT = 4200

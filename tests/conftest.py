@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from flows.runs import SERVER_ENV
+from flows.server_settings import SERVER_ENV
 
 # Prefect reads its settings at import: give the test run its own home (never the user's), no telemetry.
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="backtest-tests-prefect-")
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ["DO_NOT_TRACK"] = "1"
-# the test server is set up as the project's servers are (flows.runs.SERVER_ENV)
+# the test server is set up as the project's servers are (flows.server_settings.SERVER_ENV)
 os.environ.update({k: os.environ.get(k, v) for k, v in SERVER_ENV.items()})
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

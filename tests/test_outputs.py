@@ -198,9 +198,8 @@ def test_collect_ahead_from_handed_over_rows_writes_the_files_a_merge_from_the_c
         assert handoff.offer(paths[i].name, oos_rows(chunks[i]))
         handed.ready(i)
     assert handed.wait() and handed.error is None
-    assert len(handoff) == 0 and not handoff.offer(
-        paths[0].name, oos_rows(chunks[0])
-    )  # all taken, none expected
+    # all taken, and none expected any more
+    assert len(handoff) == 0 and not handoff.offer(paths[0].name, oos_rows(chunks[0]))
     from_files = CollectAhead(plan, names, paths, tmp_path / "files", collected_key(["f"]))
     for i in range(len(chunks)):
         from_files.ready(i)
