@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from concurrent.futures import Future
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -73,8 +74,9 @@ class PriceSource:
     cache_dir: str
     db: str | None = None
 
-    def load(self, spec: ChunkSpec) -> tuple[PricePanel, bool]:
-        """The chunk's prices, and whether they had to be fetched from the source (no price file yet)."""
+    def load(self, spec: ChunkSpec) -> tuple[PricePanel, Future[Path] | None]:
+        """The chunk's prices, and when they had to be fetched from the source (no price file yet), the write
+        of their file, going on while the chunk computes."""
         return chunk_prices(
             open_price_source(self.store_root, self.db),
             spec.symbols,
@@ -143,12 +145,17 @@ def backtest_chunk(job: ChunkJob) -> StoredChunk:
     spec, plan = job.spec, job.plan
     with measure() as total:
         with measure() as load:
-            prices, fetched = job.source.load(spec)
+            prices, price_file = job.source.load(spec)
             panel = [prices]  # handed over below, not kept in this frame
             del prices
         result = run_chunk(panel.pop(), plan)  # no reference kept here: run_chunk frees the prices early
+        fetched, waited = price_file is not None, 0.0
+        if price_file is not None:
+            with measure() as written:
+                price_file.result()  # on disk before the chunk counts as done; raises what the write raised
+            waited = written.wall
     timings = result.timings
-    timings["fetch"] = load.wall if fetched else 0.0
+    timings["fetch"] = load.wall + waited if fetched else 0.0
     timings["load"] = timings.get("load", 0.0) + (0.0 if fetched else load.wall)
     add_task_figures(timings, load, total, TaskRunContext.get().task_run.run_count, fetched)
     get_run_logger().info(
@@ -164,5 +171,5 @@ def backtest_chunk(job: ChunkJob) -> StoredChunk:
     stored = StoredChunk.encode(result, rows)
     # for the flow's merge, when it runs in this process (backtest.handoff); through the module: a process pool
     # pickles this function by value, and the handoff itself (a lock) cannot be pickled
-    handoff.ROWS.offer(spec.key, rows)
+    handoff.RESULTS.offer(spec.key, replace(result, oos_returns=rows))
     return stored

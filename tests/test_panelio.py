@@ -1,5 +1,6 @@
 """The chunk price file: a memory-mapped Arrow IPC hand-over between the load and backtest tasks."""
 
+import datetime as dt
 import json
 
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 
 from backtest.errors import DataError
 from backtest.panel import PRICE_FIELDS
-from backtest.panelio import FORMAT, read_panel, write_panel
+from backtest.panelio import FORMAT, chunk_prices, prices_file, read_panel, write_panel
 from tests.panels import random_panel
 
 
@@ -52,3 +53,38 @@ def test_other_files_are_refused(tmp_path) -> None:
             writer.write_table(table)
     with pytest.raises(DataError, match="not a chunk price file"):
         read_panel(tmp_path / "other.arrow")
+
+
+class _Source:
+    """A price source that counts its loads."""
+
+    def __init__(self, panel) -> None:
+        self.panel, self.loads = panel, 0
+
+    def load(self, symbols, end=None):
+        self.loads += 1
+        return self.panel.select(list(symbols))
+
+
+def test_a_fetched_chunk_is_returned_at_once_and_its_file_written_beside(tmp_path) -> None:
+    panel = random_panel(n_symbols=4, n_bars=250, seed=6)
+    source = _Source(panel)
+    last = dt.date(2020, 1, 1)
+    got, written = chunk_prices(source, panel.symbols, "fp", last, tmp_path)
+    assert got.symbols == panel.symbols and written is not None
+    path = written.result()  # the caller waits before its chunk counts as done
+    assert path == prices_file(tmp_path, "fp", last) and not list(tmp_path.glob(".*.tmp"))
+    assert_same_panel(read_panel(path), panel)
+    again, none = chunk_prices(source, panel.symbols, "fp", last, tmp_path)  # from the file: nothing to write
+    assert none is None and source.loads == 1
+    assert_same_panel(again, panel)
+
+
+def test_a_failed_price_file_write_is_raised_by_its_future(tmp_path) -> None:
+    panel = random_panel(n_symbols=2, n_bars=300, seed=7)
+    blocked = tmp_path / "cache"
+    blocked.write_text("a file where the cache folder should be")
+    got, written = chunk_prices(_Source(panel), panel.symbols, "fp", dt.date(2020, 1, 1), blocked)
+    assert got.symbols == panel.symbols
+    with pytest.raises(OSError):
+        written.result()
