@@ -197,22 +197,9 @@ def read_tables(
     return symbols, timings, frames
 
 
-def read_chunk(
-    source: bytes | Path | str, *, oos_as_arrow: bool = False, rows: pa.Table | None = None
-) -> ChunkResult:
-    """A whole chunk result; with ``oos_as_arrow`` its ``oos_returns`` is an Arrow table (see read_tables).
-
-    ``rows`` (with ``oos_as_arrow``): the file's out-of-sample rows as ``oos_rows`` made them when the file was
-    written (handed over in memory, see backtest.handoff): only the footer is read, and ``oos_returns`` is
-    ``rows``.
-    """
-    if rows is None:
-        symbols, timings, frames = read_tables(source, ChunkResult.TABLES, oos_as_arrow=oos_as_arrow)
-    elif not oos_as_arrow:
-        raise ValueError("handed-over rows are an Arrow table: read them with oos_as_arrow=True")
-    else:
-        symbols, timings, frames = read_tables(source, SMALL_TABLES)
-        frames["oos_returns"] = rows
+def read_chunk(source: bytes | Path | str, *, oos_as_arrow: bool = False) -> ChunkResult:
+    """A whole chunk result; with ``oos_as_arrow`` its ``oos_returns`` is an Arrow table (see read_tables)."""
+    symbols, timings, frames = read_tables(source, ChunkResult.TABLES, oos_as_arrow=oos_as_arrow)
     return ChunkResult(symbols=symbols, timings=timings, **frames)  # type: ignore[arg-type]
 
 

@@ -33,7 +33,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from backtest.chunkio import read_chunk
-from backtest.handoff import RowHandoff
+from backtest.handoff import ResultHandoff
 from backtest.profiling import wall_timings
 from backtest.study import ChunkResult, StudyPlan, StudyResult, combine
 
@@ -388,8 +388,8 @@ class CollectAhead:
     itself and reports the error. Chunk results never change under their key, so reading a file as soon as
     its chunk finished reads what the collect step would read.
 
-    With ``handoff``, a chunk's out-of-sample rows are taken from there when its task (in this process)
-    offered them, instead of decoded from its file again (backtest.handoff). A result file is named by its
+    With ``handoff``, a chunk's result is taken from there when its task (in this process) offered it,
+    instead of decoded from its file again (backtest.handoff). A result file is named by its
     chunk's cache key, which is the handoff's key.
     """
 
@@ -400,7 +400,7 @@ class CollectAhead:
         paths: Sequence[Path],
         cache: Path,
         key: str,
-        handoff: RowHandoff | None = None,
+        handoff: ResultHandoff | None = None,
     ) -> None:
         self.key = key
         self._ready = [threading.Event() for _ in names]
@@ -408,7 +408,7 @@ class CollectAhead:
         self.error: BaseException | None = None
         self.built = False
         self._thread: threading.Thread | None = None
-        self._handoff: RowHandoff | None = None
+        self._handoff: ResultHandoff | None = None
         self._keys = [Path(p).name for p in paths]
         if _read_entry(cache / key, key) is None:
             if handoff is not None:
@@ -427,8 +427,8 @@ class CollectAhead:
             event.wait()
             if self._abandoned:
                 raise _Abandoned
-            rows = self._handoff.take(path.name) if self._handoff is not None else None
-            yield name, read_chunk(path, oos_as_arrow=True, rows=rows)
+            handed = self._handoff.take(path.name) if self._handoff is not None else None
+            yield name, handed if handed is not None else read_chunk(path, oos_as_arrow=True)
 
     def _run(self, plan: StudyPlan, names: list[str], paths: list[Path], cache: Path) -> None:
         try:
@@ -454,6 +454,6 @@ class CollectAhead:
         if self._thread is not None:
             self._thread.join()
         if self._handoff is not None:
-            self._handoff.forget(self._keys)  # rows never taken (a failed chunk's neighbours) go now
+            self._handoff.forget(self._keys)  # results never taken (a failed chunk's neighbours) go now
             self._handoff = None
         return self.built

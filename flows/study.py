@@ -15,7 +15,7 @@ from prefect.utilities.annotations import quote
 
 from backtest.db.prices import open_price_source
 from backtest.errors import BacktestError
-from backtest.handoff import ROWS
+from backtest.handoff import RESULTS
 from backtest.outputs import CollectAhead, collected_key, write_json
 from backtest.planning import estimate_bars, make_plan, plan_chunks, resolve_universe
 from backtest.profiling import REPORT_FILE, wall_timings
@@ -122,7 +122,7 @@ def _run_study(params: StudyParams, watch: RunWatch) -> Any:
         [dirs["results"] / k for k in keys],
         dirs["collected"],
         collected_key(keys),
-        handoff=ROWS,  # the rows of chunks computed on this process's threads, without decoding them again
+        handoff=RESULTS,  # the results of chunks computed on this process's threads, without decoding them again
     )
     position = {spec.name: i for i, spec in enumerate(specs)}
     try:

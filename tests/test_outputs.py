@@ -184,22 +184,30 @@ def test_collect_ahead_builds_the_entry_as_chunks_finish_in_any_order(tmp_path, 
     assert not CollectAhead(plan, names, paths, cache, key).wait()
 
 
-def test_collect_ahead_from_handed_over_rows_writes_the_files_a_merge_from_the_chunk_files_writes(
+def handed(chunk):
+    """A chunk result as its task hands it over: its rows as the Arrow table its file holds."""
+    from dataclasses import replace
+
+    from backtest.chunkio import oos_rows
+
+    return replace(chunk, oos_returns=oos_rows(chunk))
+
+
+def test_collect_ahead_from_handed_over_results_writes_the_files_a_merge_from_the_chunk_files_writes(
     tmp_path, chunks, plan
 ) -> None:
-    from backtest.chunkio import oos_rows
-    from backtest.handoff import RowHandoff
+    from backtest.handoff import ResultHandoff
 
     paths = _chunk_files(tmp_path, chunks)
     names = [f"chunk-{i:04d}" for i in range(len(chunks))]
-    handoff = RowHandoff()
-    handed = CollectAhead(plan, names, paths, tmp_path / "handed", collected_key(["h"]), handoff=handoff)
-    for i in (1, 0, 2):  # out of order: the rows of chunk 1 wait in the handoff until chunk 0 is merged
-        assert handoff.offer(paths[i].name, oos_rows(chunks[i]))
-        handed.ready(i)
-    assert handed.wait() and handed.error is None
+    handoff = ResultHandoff()
+    ahead = CollectAhead(plan, names, paths, tmp_path / "handed", collected_key(["h"]), handoff=handoff)
+    for i in (1, 0, 2):  # out of order: chunk 1 waits in the handoff until chunk 0 is merged
+        assert handoff.offer(paths[i].name, handed(chunks[i]))
+        ahead.ready(i)
+    assert ahead.wait() and ahead.error is None
     # all taken, and none expected any more
-    assert len(handoff) == 0 and not handoff.offer(paths[0].name, oos_rows(chunks[0]))
+    assert len(handoff) == 0 and not handoff.offer(paths[0].name, handed(chunks[0]))
     from_files = CollectAhead(plan, names, paths, tmp_path / "files", collected_key(["f"]))
     for i in range(len(chunks)):
         from_files.ready(i)
@@ -210,29 +218,33 @@ def test_collect_ahead_from_handed_over_rows_writes_the_files_a_merge_from_the_c
         assert a == b, stem
 
 
-def test_handoff_keeps_only_expected_rows_and_drops_what_is_forgotten(chunks) -> None:
-    from backtest.chunkio import oos_rows
-    from backtest.handoff import RowHandoff
+def test_handoff_keeps_only_expected_results_and_drops_what_is_forgotten(chunks) -> None:
+    from backtest.handoff import ResultHandoff
 
-    rows = oos_rows(chunks[0])
-    handoff = RowHandoff()
-    assert not handoff.offer("a", rows) and handoff.take("a") is None  # nobody merges here: nothing kept
+    result = handed(chunks[0])
+    rows = result.oos_returns.nbytes
+    handoff = ResultHandoff()
+    assert not handoff.offer("a", result) and handoff.take("a") is None  # nobody merges here: nothing kept
     handoff.expect(["a", "b"])
     handoff.expect(["b"])  # two consumers of b
-    assert handoff.offer("a", rows) and handoff.offer("b", rows)
-    assert handoff.take("a") is rows and handoff.take("a") is None
+    assert handoff.offer("a", result) and handoff.offer("b", result)
+    assert handoff.take("a") is result and handoff.take("a") is None
     handoff.forget(["a", "b"])
     assert len(handoff) == 1  # b is still expected by the second consumer
     handoff.forget(["b"])
-    assert len(handoff) == 0 and not handoff.offer("b", rows)
+    assert len(handoff) == 0 and not handoff.offer("b", result)
 
     # bounded: rows waiting for a slow chunk ahead of them never exceed max_bytes; the rest is read from files
-    small = RowHandoff(max_bytes=2 * rows.nbytes)
+    small = ResultHandoff(max_bytes=2 * rows)
     small.expect(["x", "y", "z"])
-    assert small.offer("x", rows) and small.offer("y", rows) and not small.offer("z", rows)
-    assert small.offer("x", rows)  # a retried chunk's rows replace its own, they do not count twice
-    assert small.take("z") is None and small.take("x") is rows
-    assert small.offer("z", rows)  # room again once the merge took one
+    assert small.offer("x", result) and small.offer("y", result) and not small.offer("z", result)
+    assert small.offer("x", result)  # a retried chunk's result replaces its own, it does not count twice
+    assert small.take("z") is None and small.take("x") is result
+    assert small.offer("z", result)  # room again once the merge took one
+
+    # only what the file holds: rows as a DataFrame would merge differently from the file's Arrow rows
+    with pytest.raises(TypeError, match="oos_rows"):
+        handoff.offer("c", chunks[0])
 
 
 def test_collect_ahead_publishes_nothing_when_a_chunk_fails_or_a_file_is_bad(tmp_path, chunks, plan) -> None:

@@ -6,7 +6,7 @@ import pandas as pd
 from prefect import flow
 
 from backtest import handoff
-from backtest.chunkio import read_chunk
+from backtest.chunkio import SMALL_TABLES, read_chunk
 from backtest.planning import make_plan, plan_chunks, resolve_universe
 from backtest.study import ChunkResult, run_chunk
 from flows.runs import read_summary
@@ -61,15 +61,19 @@ def test_chunk_task_returns_its_result_as_parquet_bytes(store, tmp_path):
     def one_chunk():
         return backtest_chunk(ChunkJob(spec, plan, source))
 
-    handoff.ROWS.expect([spec.key])  # as the flow's ahead-collector does before the chunks run
+    handoff.RESULTS.expect([spec.key])  # as the flow's ahead-collector does before the chunks run
     try:
         stored = one_chunk()
-        rows = handoff.ROWS.take(spec.key)  # the task, on this process's thread, handed its rows over
+        handed = handoff.RESULTS.take(spec.key)  # the task, on this process's thread, handed its result over
     finally:
-        handoff.ROWS.forget([spec.key])
+        handoff.RESULTS.forget([spec.key])
     assert isinstance(stored, StoredChunk) and isinstance(stored.blob, bytes)
     got, want = stored.load(), run_chunk(panel, plan)
     for name in ChunkResult.TABLES:
         pd.testing.assert_frame_equal(getattr(got, name), getattr(want, name), check_exact=True)
-    assert rows is not None and rows.equals(read_chunk(stored.blob, oos_as_arrow=True).oos_returns)
-    assert len(handoff.ROWS) == 0
+    from_file = read_chunk(stored.blob, oos_as_arrow=True)
+    assert handed is not None and handed.oos_returns.equals(from_file.oos_returns)
+    for name in SMALL_TABLES:
+        pd.testing.assert_frame_equal(getattr(handed, name), getattr(want, name), check_exact=True)
+    assert handed.symbols == from_file.symbols and handed.timings == from_file.timings
+    assert len(handoff.RESULTS) == 0
