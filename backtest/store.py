@@ -35,7 +35,6 @@ import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -286,6 +285,8 @@ class _Snapshot:
 
 
 _Bars = tuple[np.ndarray, dict[str, np.ndarray]]
+#: all symbols' bars back to back: days, fields, and where each symbol's rows start (one more, the end)
+_Columns = tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]
 
 
 def _read_bars(path: Path, start: np.int64 | None, end: np.int64 | None) -> _Bars:
@@ -301,51 +302,54 @@ def _read_bars(path: Path, start: np.int64 | None, end: np.int64 | None) -> _Bar
     return days[lo:hi], fields
 
 
-def _scan_bars(paths: list[Path], lo: np.int64 | None, hi: np.int64 | None) -> list[_Bars]:
+def _scan_columns(paths: list[Path]) -> _Columns:
     """Many symbols' files in one Arrow scan: decoding runs on Arrow's own threads without the GIL.
 
     Reading the files one by one from Python costs about 0.7 ms of CPU each (W's 4,000 files: 2.8 s on one
-    thread; open, footer, casts, conversions), which two loading workers then queue for on the GIL; one scan over all of a
-    chunk's files costs a handful of conversions in all. Each batch names its file, so the rows are given
-    back to their symbols by file, not by trusting row counts.
+    thread; open, footer, casts, conversions), which two loading workers then queue for on the GIL. The scan is
+    one call, holding the GIL only to start and to hand the table over (iterating its batches from Python took
+    it back once per file), and each file is a fragment whose expression numbers its rows by their owner, so
+    the rows go back to their symbols by file, not by trusting row counts or order. With the alignment in one
+    kernel (backtest.align_nb), loading 250 symbols of W beside a thread that spins in Python took 0.68 s
+    instead of 6.3-7.2 s (0.32 s with no other thread, before and after).
     """
+    import pyarrow.compute as pc
     import pyarrow.dataset as pads  # here, not at the top: importing it costs about 0.3 s
+    import pyarrow.fs as pafs
 
-    names = [str(p) for p in paths]
-    index = {name: i for i, name in enumerate(names)}
-    dataset = pads.dataset(names, format="parquet", schema=STORED_SCHEMA)
-    owners: list[int] = []
-    batches: list[pa.RecordBatch] = []
-    for tagged in dataset.scanner(use_threads=True).scan_batches():
-        batch = tagged.record_batch
-        if batch.num_rows:
-            owners.append(index[tagged.fragment.path])
-            batches.append(batch)
-    table = pa.Table.from_batches(batches, schema=STORED_SCHEMA)
-    days_all = table["date"].cast(pa.int32()).to_numpy().astype(np.int64)
-    columns = {name: table[name].to_numpy() for name in PRICE_FIELDS}
-    bounds = np.concatenate([[0], np.cumsum([b.num_rows for b in batches])])
-    spans: list[list[tuple[int, int]]] = [[] for _ in paths]
-    for owner, begin, stop in zip(owners, bounds[:-1], bounds[1:], strict=True):
-        spans[owner].append((int(begin), int(stop)))
-    out: list[_Bars] = []
-    for parts in spans:
-        if not parts:
-            out.append((days_all[:0], {name: values[:0] for name, values in columns.items()}))
-            continue
-        begin, stop = parts[0][0], parts[-1][1]
-        if len(parts) > 1 and any(a[1] != b[0] for a, b in pairwise(parts)):
-            rows = np.concatenate([np.arange(a, b) for a, b in parts])  # batches of one file, interleaved
-            days, fields = days_all[rows], {name: values[rows] for name, values in columns.items()}
-            if np.any(np.diff(days) <= 0):
-                raise pa.ArrowInvalid("a file's batches came out of order")  # read file by file instead
-        else:
-            days = days_all[begin:stop]
-            fields = {name: values[begin:stop] for name, values in columns.items()}
-        first = 0 if lo is None else int(np.searchsorted(days, lo, side="left"))
-        last = len(days) if hi is None else int(np.searchsorted(days, hi, side="right"))
-        out.append((days[first:last], {name: values[first:last] for name, values in fields.items()}))
-    return out
+    dataset = pads.FileSystemDataset.from_paths(
+        [os.path.abspath(p) for p in paths],
+        schema=_SCAN_SCHEMA,
+        format=pads.ParquetFileFormat(),
+        filesystem=pafs.LocalFileSystem(),
+        partitions=[pc.field(_OWNER) == i for i in range(len(paths))],
+    )
+    table = dataset.to_table(use_threads=True)
+    owners = table[_OWNER].to_numpy()
+    if len(owners) and np.any(owners[1:] < owners[:-1]):  # files' rows interleaved: group them, stably
+        table = table.take(np.argsort(owners, kind="stable"))
+        owners = table[_OWNER].to_numpy()
+    starts = np.concatenate([[0], np.cumsum(np.bincount(owners, minlength=len(paths)))]).astype(np.int64)
+    days = table["date"].cast(pa.int32()).to_numpy().astype(np.int64)
+    step = np.diff(days) <= 0
+    first_rows = starts[1:-1][(starts[1:-1] > 0) & (starts[1:-1] < len(days))]
+    step[first_rows - 1] = False  # the next file's first day may come before this one's last
+    if step.any():
+        raise pa.ArrowInvalid("a file's rows came out of order")  # read file by file instead
+    return days, {name: table[name].to_numpy() for name in PRICE_FIELDS}, starts
+
+
+def _columns(bars: Sequence[_Bars]) -> _Columns:
+    """Per-symbol bars (read file by file, or from a database) back to back."""
+    if not bars:
+        return np.empty(0, np.int64), {name: np.empty(0) for name in PRICE_FIELDS}, np.zeros(1, np.int64)
+    starts = np.concatenate([[0], np.cumsum([len(days) for days, _ in bars])]).astype(np.int64)
+    days = np.concatenate([days for days, _ in bars]).astype(np.int64, copy=False)
+    return days, {name: np.concatenate([f[name] for _, f in bars]) for name in PRICE_FIELDS}, starts
+
+
+_OWNER = "__owner"  # the file a scanned row came from (its position in the paths)
+_SCAN_SCHEMA = STORED_SCHEMA.append(pa.field(_OWNER, pa.int32()))
 
 
 class Store:
@@ -459,7 +463,7 @@ class Store:
     def load(self, symbols: Sequence[str], start: DateLike = None, end: DateLike = None) -> PricePanel:
         """The stored bars of ``symbols`` between ``start`` and ``end`` (inclusive) as one panel.
 
-        Reads only these symbols' files, in one Arrow scan (see ``_scan_bars``).
+        Reads only these symbols' files, in one Arrow scan (see ``_scan_columns``).
         """
         symbols = [symbols] if isinstance(symbols, str) else list(symbols)
         if len(set(symbols)) != len(symbols):
@@ -473,26 +477,26 @@ class Store:
             self._check_known(symbols, snapshot)
             paths = [self._price_path(s, snapshot.files[snapshot.row[s]]) for s in symbols]
             try:
-                bars = self._read_all(paths, lo, hi)
+                columns = self._read_all(paths, lo, hi)
                 break
             except FileNotFoundError:
                 # A writer committed a new catalog and removed the file we were about to read: the next
                 # snapshot names the current file.
                 if attempt == 1:
                     raise
-        return _panel(tuple(symbols), bars)
+        return _panel_of_columns(tuple(symbols), columns, lo, hi)
 
     @staticmethod
-    def _read_all(paths: list[Path], lo: np.int64 | None, hi: np.int64 | None) -> list[_Bars]:
+    def _read_all(paths: list[Path], lo: np.int64 | None, hi: np.int64 | None) -> _Columns:
         if len(paths) <= 2:
-            return [_read_bars(p, lo, hi) for p in paths]
+            return _columns([_read_bars(p, lo, hi) for p in paths])
         try:
-            return _scan_bars(paths, lo, hi)
+            return _scan_columns(paths)
         except (OSError, pa.ArrowException):
             # A file gone between the catalog read and the scan, or one the scanner cannot take: the file-by-file
             # path says which file and why (and ``load`` retries a vanished file with the newer catalog).
             with ThreadPoolExecutor(max_workers=min(_LOAD_THREADS, len(paths))) as pool:
-                return list(pool.map(lambda p: _read_bars(p, lo, hi), paths))
+                return _columns(list(pool.map(lambda p: _read_bars(p, lo, hi), paths)))
 
     # -- writing -----------------------------------------------------------------------------------------
 
@@ -501,43 +505,30 @@ class Store:
         return StoreWriter(self, timeout=timeout, durable=durable)
 
 
-def _panel(symbols: tuple[str, ...], bars: list[_Bars]) -> PricePanel:
-    """Align the symbols' bars on the union of their days.
+def _panel(symbols: tuple[str, ...], bars: Sequence[_Bars]) -> PricePanel:
+    """Align per-symbol bars (each symbol's days sorted and unique) on the union of their days."""
+    return _panel_of_columns(symbols, _columns(bars), None, None)
 
-    Each symbol's days are sorted and unique (the store refuses anything else), so the union is marked on a
-    flag per calendar day and a symbol's positions are read from a running count: no sort of the million
-    days of a chunk, no binary search. A symbol trading on every day of its own span (the usual case)
-    is copied as one slice; only symbols with gaps are scattered.
-    """
-    day_arrays = [days for days, _ in bars if len(days)]
-    lo = min((int(d[0]) for d in day_arrays), default=0)
-    hi = max((int(d[-1]) for d in day_arrays), default=-1)
-    present = np.zeros(hi - lo + 1, dtype=bool)
-    for own_days in day_arrays:
-        present[own_days - lo] = True
-    days = np.flatnonzero(present).astype(np.int64) + lo
-    position = np.cumsum(present) - 1
-    # Every element is written once: a symbol's own span gets its bars and only the days outside it get NaN
-    # (filling the whole panel with NaN first wrote most elements twice: W's 16 chunks took 0.50 s, now 0.33 s).
-    arrays = {name: np.empty((len(symbols), len(days))) for name in PRICE_FIELDS}
-    for i, (own_days, fields) in enumerate(bars):
-        if not len(own_days):
-            for name in PRICE_FIELDS:
-                arrays[name][i] = np.nan
-            continue
-        pos = position[own_days - lo]
-        first, last = int(pos[0]), int(pos[-1]) + 1
-        contiguous = last - first == len(pos)
-        for name in PRICE_FIELDS:
-            row = arrays[name][i]
-            row[:first] = np.nan
-            row[last:] = np.nan
-            if contiguous:
-                row[first:last] = fields[name]
-            else:  # gaps inside its span: NaN there, then its bars on their days
-                row[first:last] = np.nan
-                row[pos] = fields[name]
-    return PricePanel(symbols=symbols, dates=days.astype("datetime64[D]"), **arrays)
+
+def _panel_of_columns(
+    symbols: tuple[str, ...], columns: _Columns, lo: np.int64 | None, hi: np.int64 | None
+) -> PricePanel:
+    """Align the symbols' bars between ``lo`` and ``hi`` on the union of their days (backtest.align_nb)."""
+    from backtest.align_nb import align_bars_nb  # here: numba's import would slow every `backtest` command
+
+    days, fields, starts = columns
+    calendar, *arrays = align_bars_nb(
+        np.ascontiguousarray(days, dtype=np.int64),
+        starts,
+        np.int64(np.iinfo(np.int64).min if lo is None else lo),
+        np.int64(np.iinfo(np.int64).max if hi is None else hi),
+        *(np.ascontiguousarray(fields[name], dtype=np.float64) for name in PRICE_FIELDS),
+    )
+    return PricePanel(
+        symbols=symbols,
+        dates=calendar.astype("datetime64[D]"),
+        **dict(zip(PRICE_FIELDS, arrays, strict=True)),
+    )
 
 
 class StoreWriter:

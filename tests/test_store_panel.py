@@ -5,6 +5,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from backtest import store as store_module
 from backtest.panel import PRICE_FIELDS
@@ -39,13 +41,6 @@ def test_load_aligns_like_a_pivot_of_the_bars(tmp_path) -> None:
         np.testing.assert_array_equal(getattr(panel, name), wide.to_numpy())
 
 
-def _bars_equal(a, b) -> bool:
-    return all(
-        np.array_equal(x[0], y[0]) and all(np.array_equal(x[1][k], y[1][k], equal_nan=True) for k in x[1])
-        for x, y in zip(a, b, strict=True)
-    )
-
-
 def test_one_scan_of_many_files_reads_what_reading_them_one_by_one_reads(tmp_path) -> None:
     """The scan gives each file's rows back to its own symbol, also when a file comes in several batches
     (row groups) and when a date range leaves a symbol with no bars."""
@@ -65,10 +60,13 @@ def test_one_scan_of_many_files_reads_what_reading_them_one_by_one_reads(tmp_pat
         paths.append(path)
     lo = np.int64(np.datetime64("2021-05-01", "D").astype(np.int64))
     hi = np.int64(np.datetime64("2021-09-30", "D").astype(np.int64))
+    symbols = tuple(f"S{i}" for i in range(len(paths)))
     for start, end in ((None, None), (lo, hi), (hi, None), (None, lo)):
-        scanned = store_module._scan_bars(paths, start, end)
-        one_by_one = [store_module._read_bars(p, start, end) for p in paths]
-        assert len(scanned) == len(paths) and _bars_equal(scanned, one_by_one)
+        scanned = store_module._panel_of_columns(symbols, store_module._scan_columns(paths), start, end)
+        one_by_one = store_module._panel(symbols, [store_module._read_bars(p, start, end) for p in paths])
+        assert scanned.dates.tolist() == one_by_one.dates.tolist()
+        for name in PRICE_FIELDS:
+            np.testing.assert_array_equal(getattr(scanned, name), getattr(one_by_one, name))
 
 
 def test_a_file_gone_before_the_scan_is_named_by_the_file_by_file_read(tmp_path) -> None:
@@ -86,3 +84,32 @@ def test_a_file_gone_before_the_scan_is_named_by_the_file_by_file_read(tmp_path)
     victim.unlink()
     with pytest.raises(FileNotFoundError, match=victim.name):
         store.load(["A", "B", "C"])
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    spans=st.lists(st.lists(st.integers(0, 60), max_size=30, unique=True), max_size=8),
+    lo=st.one_of(st.none(), st.integers(-5, 65)),
+    hi=st.one_of(st.none(), st.integers(-5, 65)),
+)
+def test_the_alignment_kernel_matches_a_pivot_of_the_bars(spans, lo, hi) -> None:
+    """align_bars_nb against the obvious: keep each symbol's bars in [lo, hi], pivot on the days, NaN elsewhere."""
+    from backtest.align_nb import align_bars_nb
+
+    rng = np.random.default_rng(len(spans))
+    bars = [(np.array(sorted(days), dtype=np.int64), rng.random(len(days))) for days in spans]
+    starts = np.concatenate([[0], np.cumsum([len(d) for d, _ in bars])]).astype(np.int64)
+    days = np.concatenate([d for d, _ in bars] + [np.empty(0, np.int64)])
+    values = np.concatenate([v for _, v in bars] + [np.empty(0)])
+    low, high = np.iinfo(np.int64).min if lo is None else lo, np.iinfo(np.int64).max if hi is None else hi
+    calendar, *fields = align_bars_nb(
+        days, starts, np.int64(low), np.int64(high), *(values + k for k in range(5))
+    )
+    kept = [(d[(d >= low) & (d <= high)], v[(d >= low) & (d <= high)]) for d, v in bars]
+    want_days = np.unique(np.concatenate([d for d, _ in kept] + [np.empty(0, np.int64)]))
+    assert calendar.tolist() == want_days.tolist()
+    for k, got in enumerate(fields):
+        want = np.full((len(bars), len(want_days)), np.nan)
+        for i, (d, v) in enumerate(kept):
+            want[i, np.searchsorted(want_days, d)] = v + k
+        np.testing.assert_array_equal(got, want)
