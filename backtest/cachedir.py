@@ -3,6 +3,12 @@
 Prefect writes a chunk's result file and, in a separate folder, its cache record (same name). Pruning removes
 the oldest pairs until the folder is under its size limit, and every pair older than the expiry; the record
 goes first, so a half-pruned pair is a cache miss, never a record pointing at a missing file.
+
+Files are written as hidden temporaries (``.<name>.<pid>.<token>.tmp``) and renamed when complete; a writer
+killed part-way (a worker process SIGKILLed, out of memory) leaves its temporary behind. Pruning removes a
+temporary once its writer is gone: its process is not running on this machine and the file has not changed for
+``TEMP_GRACE_SECONDS``, or it has not changed for ``STALE_TEMP_SECONDS`` (a writer on another machine sharing
+the folder, or a process id since reused).
 """
 
 from __future__ import annotations
@@ -11,6 +17,12 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+#: a temporary whose writer process is gone, untouched this long, is abandoned (a live writer renames it
+#: within a second or so of its last write)
+TEMP_GRACE_SECONDS = 5.0
+#: a temporary untouched this long is abandoned whoever wrote it
+STALE_TEMP_SECONDS = 3600.0
 
 
 @dataclass(frozen=True)
@@ -55,6 +67,8 @@ def prune(
                 if f.is_file() and not f.name.startswith("."):
                     st = f.stat()
                     entries.append((max(st.st_mtime, st.st_atime), st.st_size, [f], f.name))
+    for folder in (results, records, *extra):
+        _remove_abandoned_temporaries(folder, now)
     # records whose result file is gone are dead weight: drop them
     if records.is_dir():
         for r in records.iterdir():
@@ -74,3 +88,33 @@ def prune(
             total -= size
             removed += 1
     return PruneReport(kept=len(entries) - removed, removed=removed, bytes_before=before, bytes_after=total)
+
+
+def _remove_abandoned_temporaries(folder: Path, now: float) -> None:
+    if not folder.is_dir():
+        return
+    for f in folder.glob(".*.tmp"):
+        try:
+            idle = now - f.stat().st_mtime
+        except FileNotFoundError:
+            continue  # renamed or removed meanwhile
+        if idle > STALE_TEMP_SECONDS or (idle > TEMP_GRACE_SECONDS and not _writer_alive(f.name)):
+            f.unlink(missing_ok=True)
+
+
+def _writer_alive(name: str) -> bool:
+    """Whether the process named in a temporary's name (``.<name>.<pid>.<token>.tmp``) runs on this machine."""
+    parts = name.split(".")
+    try:
+        pid = int(parts[-3])
+    except (IndexError, ValueError):
+        return True  # not one of ours: leave it to the age rule
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
