@@ -79,19 +79,25 @@ def test_series_helpers_and_round_trip(tmp_path):
 
 
 def test_sampling_costs_under_one_percent_at_the_default_interval():
-    # a tree like a run's: this process and a few children
-    children = [subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"]) for _ in range(3)]
+    # a tree like a run's: a process and a few children. A tree of its own, not this process's: in the whole
+    # test session this process has other children (servers, workers) that a sample would read too.
+    spawn = "import subprocess, sys, time; kids = [subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(30)']) for _ in range(3)]; time.sleep(30)"
+    parent = subprocess.Popen([sys.executable, "-c", spawn])
     try:
-        monitor = ResourceMonitor(interval=1.0)
+        deadline = time.monotonic() + 30
+        while len(psutil.Process(parent.pid).children()) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        monitor = ResourceMonitor(interval=1.0, pid=parent.pid)
         monitor.sample()
         n = 30
         for _ in range(n):
             monitor.sample()
         per_sample = monitor.self_cpu_seconds / (n + 1)
     finally:
-        for child in children:
+        for child in psutil.Process(parent.pid).children(recursive=True):
             child.kill()
-            child.wait()
+        parent.kill()
+        parent.wait()
     # CPU per second of run at one sample a second
     assert per_sample / monitor.interval < 0.01, f"{per_sample * 1000:.1f} ms per sample"
 
