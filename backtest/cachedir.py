@@ -4,25 +4,32 @@ Prefect writes a chunk's result file and, in a separate folder, its cache record
 the oldest pairs until the folder is under its size limit, and every pair older than the expiry; the record
 goes first, so a half-pruned pair is a cache miss, never a record pointing at a missing file.
 
-Files are written as hidden temporaries (``.<name>.<pid>.<token>.tmp``) and renamed when complete; a writer
-killed part-way (a worker process SIGKILLed, out of memory) leaves its temporary behind. Pruning removes a
-temporary once its writer is gone: its process is not running on this machine and the file has not changed for
-``TEMP_GRACE_SECONDS``, or it has not changed for ``STALE_TEMP_SECONDS`` (a writer on another machine sharing
-the folder, or a process id since reused).
+Files are written as hidden temporaries (``temporary_for``) and renamed when complete; a writer killed
+part-way (a worker process SIGKILLed, out of memory) leaves its temporary behind. Pruning removes a temporary
+once its writer is gone: it names a process of this machine that no longer runs, or it has not changed for
+``STALE_TEMP_SECONDS`` (a writer on another machine sharing the folder).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import socket
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-#: a temporary whose writer process is gone, untouched this long, is abandoned (a live writer renames it
-#: within a second or so of its last write)
-TEMP_GRACE_SECONDS = 5.0
 #: a temporary untouched this long is abandoned whoever wrote it
 STALE_TEMP_SECONDS = 3600.0
+#: this machine, in temporaries' names: a process id means something only on the machine that wrote it
+_HOST = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
+
+
+def temporary_for(path: Path) -> Path:
+    """Where to write ``path`` before renaming it: hidden, and named after this machine, process and thread
+    (a retried chunk may write the same file while its first try still does)."""
+    return path.with_name(f".{path.name}.{_HOST}.{os.getpid()}.{threading.get_ident()}.tmp")
 
 
 @dataclass(frozen=True)
@@ -98,23 +105,19 @@ def _remove_abandoned_temporaries(folder: Path, now: float) -> None:
             idle = now - f.stat().st_mtime
         except FileNotFoundError:
             continue  # renamed or removed meanwhile
-        if idle > STALE_TEMP_SECONDS or (idle > TEMP_GRACE_SECONDS and not _writer_alive(f.name)):
+        if idle > STALE_TEMP_SECONDS or _writer_gone(f.name):
             f.unlink(missing_ok=True)
 
 
-def _writer_alive(name: str) -> bool:
-    """Whether the process named in a temporary's name (``.<name>.<pid>.<token>.tmp``) runs on this machine."""
+def _writer_gone(name: str) -> bool:
+    """Whether a temporary names (``temporary_for``) a process of this machine that no longer runs."""
     parts = name.split(".")
+    if len(parts) < 6 or parts[-4] != _HOST or not parts[-3].isdigit():
+        return False  # another machine's, or not one of ours: only the age rule applies
     try:
-        pid = int(parts[-3])
-    except (IndexError, ValueError):
-        return True  # not one of ours: leave it to the age rule
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
+        os.kill(int(parts[-3]), 0)
     except ProcessLookupError:
-        return False
+        return True
     except PermissionError:
-        return True  # someone else's process
-    return True
+        return False  # someone else's process
+    return False

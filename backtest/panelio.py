@@ -24,6 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from backtest.cachedir import temporary_for
 from backtest.directio import write_uncached
 from backtest.errors import DataError
 from backtest.panel import PRICE_FIELDS, PricePanel
@@ -49,8 +50,7 @@ def write_panel(panel: PricePanel, path: Path) -> Path:
     meta = {"format": FORMAT, "dates": panel.dates.astype(np.int64).tolist()}
     table = pa.table(columns).replace_schema_metadata({"backtest": json.dumps(meta)})
     path.parent.mkdir(parents=True, exist_ok=True)
-    # a name of its own per writing thread: a retried chunk may write the file while its first try still does
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    tmp = temporary_for(path)
     try:
         write_uncached(tmp, lambda sink: _write_ipc(table, sink))
         os.replace(tmp, path)

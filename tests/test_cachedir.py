@@ -27,12 +27,12 @@ def test_prune_enforces_expiry_then_size_oldest_first_and_keeps_current(tmp_path
 
 
 def test_prune_removes_the_temporaries_of_writers_that_are_gone(tmp_path):
-    """A writer killed part-way leaves a hidden temporary: removed once its process is gone (after a short
-    grace) or once it is stale, whoever wrote it; a live writer's temporary stays."""
+    """A writer killed part-way leaves a hidden temporary: removed once its process (on this machine) is gone,
+    or once it is stale, whoever wrote it; a live writer's temporary, or another machine's, stays."""
     import subprocess
     import sys
 
-    from backtest.cachedir import STALE_TEMP_SECONDS, TEMP_GRACE_SECONDS
+    from backtest.cachedir import STALE_TEMP_SECONDS, temporary_for
 
     results, records, prices = tmp_path / "results", tmp_path / "records", tmp_path / "prices"
     for d in (results, records, prices):
@@ -40,22 +40,20 @@ def test_prune_removes_the_temporaries_of_writers_that_are_gone(tmp_path):
     gone = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
     )
-    dead = int(gone.stdout)
+    dead, host = int(gone.stdout), temporary_for(prices / "x").name.split(".")[-4]
     now = time.time()
     files = {
-        "dead_idle": (prices / f".prices-a.arrow.{dead}.1.tmp", now - TEMP_GRACE_SECONDS - 5),
-        "dead_fresh": (prices / f".prices-b.arrow.{dead}.1.tmp", now),
-        "mine_idle": (results / f".key.{os.getpid()}.1.tmp", now - TEMP_GRACE_SECONDS - 5),
-        "live_idle": (
-            prices / ".prices-c.arrow.1.ab12.tmp",
-            now - TEMP_GRACE_SECONDS - 5,
-        ),  # pid 1 always runs
-        "live_stale": (prices / ".prices-d.arrow.1.ab12.tmp", now - STALE_TEMP_SECONDS - 5),
-        "foreign": (prices / ".notes.tmp", now - TEMP_GRACE_SECONDS - 5),
+        "dead": (prices / f".prices-a.arrow.{host}.{dead}.1.tmp", now),
+        "mine": (temporary_for(results / "key"), now),
+        "live": (prices / f".prices-c.arrow.{host}.1.1.tmp", now),  # pid 1 always runs
+        "live_stale": (prices / f".prices-d.arrow.{host}.1.1.tmp", now - STALE_TEMP_SECONDS - 5),
+        "elsewhere": (prices / f".prices-e.arrow.0123abcd.{dead}.1.tmp", now),
+        "elsewhere_stale": (prices / f".prices-f.arrow.0123abcd.{dead}.1.tmp", now - STALE_TEMP_SECONDS - 5),
+        "foreign": (prices / ".notes.tmp", now),
     }
     for path, mtime in files.values():
         path.write_bytes(b"")
         os.utime(path, (mtime, mtime))
     prune(results, records, max_bytes=10**9, max_age_seconds=10**6, extra=(prices,))
     left = {name for name, (path, _) in files.items() if path.exists()}
-    assert left == {"dead_fresh", "mine_idle", "live_idle", "foreign"}
+    assert left == {"mine", "live", "elsewhere", "foreign"}
