@@ -4,32 +4,19 @@ Prefect writes a chunk's result file and, in a separate folder, its cache record
 the oldest pairs until the folder is under its size limit, and every pair older than the expiry; the record
 goes first, so a half-pruned pair is a cache miss, never a record pointing at a missing file.
 
-Files are written as hidden temporaries (``temporary_for``) and renamed when complete; a writer killed
-part-way (a worker process SIGKILLed, out of memory) leaves its temporary behind. Pruning removes a temporary
-once its writer is gone: it names a process of this machine that no longer runs, or it has not changed for
-``STALE_TEMP_SECONDS`` (a writer on another machine sharing the folder).
+A writer killed part-way leaves its hidden temporary (backtest.atomic) behind; pruning removes those whose
+writer is gone as it lists the folders.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
-import socket
-import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-#: a temporary untouched this long is abandoned whoever wrote it
-STALE_TEMP_SECONDS = 3600.0
-#: this machine, in temporaries' names: a process id means something only on the machine that wrote it
-_HOST = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
-
-
-def temporary_for(path: Path) -> Path:
-    """Where to write ``path`` before renaming it: hidden, and named after this machine, process and thread
-    (a retried chunk may write the same file while its first try still does)."""
-    return path.with_name(f".{path.name}.{_HOST}.{os.getpid()}.{threading.get_ident()}.tmp")
+from backtest.atomic import abandoned
 
 
 @dataclass(frozen=True)
@@ -63,19 +50,13 @@ def prune(
     """
     now = time.time()
     entries: list[tuple[float, int, list[Path], str]] = []
-    if results.is_dir():
-        for f in results.iterdir():
-            if f.is_file() and not f.name.startswith("."):
-                st = f.stat()
-                entries.append((max(st.st_mtime, st.st_atime), st.st_size, [records / f.name, f], f.name))
+    for f in _cache_files(results, now):
+        st = f.stat()
+        entries.append((max(st.st_mtime, st.st_atime), st.st_size, [records / f.name, f], f.name))
     for folder in extra:
-        if folder.is_dir():
-            for f in folder.iterdir():
-                if f.is_file() and not f.name.startswith("."):
-                    st = f.stat()
-                    entries.append((max(st.st_mtime, st.st_atime), st.st_size, [f], f.name))
-    for folder in (results, records, *extra):
-        _remove_abandoned_temporaries(folder, now)
+        for f in _cache_files(folder, now):
+            st = f.stat()
+            entries.append((max(st.st_mtime, st.st_atime), st.st_size, [f], f.name))
     # records whose result file is gone are dead weight: drop them
     if records.is_dir():
         for r in records.iterdir():
@@ -97,27 +78,13 @@ def prune(
     return PruneReport(kept=len(entries) - removed, removed=removed, bytes_before=before, bytes_after=total)
 
 
-def _remove_abandoned_temporaries(folder: Path, now: float) -> None:
+def _cache_files(folder: Path, now: float) -> Iterator[Path]:
+    """The folder's cache files; on the way, the temporaries of writers that are gone are removed."""
     if not folder.is_dir():
         return
-    for f in folder.glob(".*.tmp"):
-        try:
-            idle = now - f.stat().st_mtime
-        except FileNotFoundError:
-            continue  # renamed or removed meanwhile
-        if idle > STALE_TEMP_SECONDS or _writer_gone(f.name):
+    for f in folder.iterdir():
+        if not f.name.startswith("."):
+            if f.is_file():
+                yield f
+        elif abandoned(f, now):
             f.unlink(missing_ok=True)
-
-
-def _writer_gone(name: str) -> bool:
-    """Whether a temporary names (``temporary_for``) a process of this machine that no longer runs."""
-    parts = name.split(".")
-    if len(parts) < 6 or parts[-4] != _HOST or not parts[-3].isdigit():
-        return False  # another machine's, or not one of ours: only the age rule applies
-    try:
-        os.kill(int(parts[-3]), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False  # someone else's process
-    return False

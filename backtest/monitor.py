@@ -15,14 +15,15 @@ import contextlib
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import psutil
+
+from backtest.atomic import atomic_path
 
 #: per-core CPU columns are stored as cpu_core_0, cpu_core_1, ...
 CORE_PREFIX = "cpu_core_"
@@ -306,20 +307,6 @@ def write_samples(samples: Sequence[Sample], path: Path) -> Path:
     with atomic_path(path) as tmp:
         samples_frame(samples).to_parquet(tmp, index=False)
     return path
-
-
-@contextmanager
-def atomic_path(path: Path, suffix: str = ".tmp") -> Iterator[Path]:
-    """A temporary sibling of ``path`` to write: renamed over ``path`` when the block succeeds, removed when
-    it fails (a full disk leaves neither half a file nor a stray temporary)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}{suffix}")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def read_samples(path: Path) -> pd.DataFrame:

@@ -32,6 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from backtest.atomic import abandoned, temporary_for
 from backtest.chunkio import read_chunk
 from backtest.handoff import ResultHandoff
 from backtest.profiling import wall_timings
@@ -47,10 +48,6 @@ OOS_SCHEMA = pa.schema(
         ("held", pa.float64()),
     ]
 )
-
-
-def _tmp(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
 
 def read_chunks(paths: Iterable[Path]) -> Iterator[ChunkResult]:
@@ -122,7 +119,7 @@ def oos_returns_file(out: Path) -> Iterator[Callable[[pd.DataFrame | pa.Table], 
     ``out/oos_returns.parquet``; the file appears (atomically) only when the block ends without an error."""
     out.mkdir(parents=True, exist_ok=True)
     target = out / "oos_returns.parquet"
-    tmp = _tmp(target)
+    tmp = temporary_for(target)
     try:
         with _oos_writer(tmp) as sink:
             yield sink
@@ -155,7 +152,7 @@ def _clean(value: Any) -> Any:
 
 def write_json(path: Path, data: dict[str, Any]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp(path)
+    tmp = temporary_for(path)
     tmp.write_text(json.dumps(_clean(data), indent=2, sort_keys=False, default=str) + "\n")
     os.replace(tmp, path)
     return path
@@ -253,9 +250,9 @@ def _read_entry(entry: Path, key: str) -> dict[str, Any] | None:
 def link_into(src: Path, dst: Path) -> None:
     """``dst`` becomes ``src`` (a hard link; a copy across file systems), replacing any older ``dst``.
 
-    The temporary name is per process and thread, so concurrent links into one folder never collide.
+    The temporary is per process and thread (backtest.atomic), so concurrent links into one folder never collide.
     """
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    tmp = temporary_for(dst)
     tmp.unlink(missing_ok=True)
     try:
         try:
@@ -305,7 +302,7 @@ def _build_entry(
 ) -> dict[str, Any]:
     entry = cache / key
     cache.mkdir(parents=True, exist_ok=True)
-    staging = cache / f".{key}.{os.getpid()}.{time.monotonic_ns()}.tmp"
+    staging = temporary_for(cache / key)
     rows: list[dict[str, Any]] = []
 
     def results() -> Iterator[ChunkResult]:
@@ -348,7 +345,7 @@ def prune_collected(cache: Path, keep: str | None, max_bytes: int, max_age_secon
     entries = []
     for entry in cache.iterdir():
         if entry.name.startswith("."):
-            if entry.name.endswith(".tmp") and now - entry.stat().st_mtime > 3600:
+            if abandoned(entry, now):
                 shutil.rmtree(entry, ignore_errors=True)  # left by a killed run
             continue
         if not entry.is_dir():

@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from backtest.cachedir import temporary_for
+from backtest.atomic import atomic_path
 from backtest.directio import write_uncached
 from backtest.errors import DataError
 from backtest.panel import PRICE_FIELDS, PricePanel
@@ -49,14 +49,8 @@ def write_panel(panel: PricePanel, path: Path) -> Path:
         columns[name] = pa.FixedSizeListArray.from_arrays(values, n)
     meta = {"format": FORMAT, "dates": panel.dates.astype(np.int64).tolist()}
     table = pa.table(columns).replace_schema_metadata({"backtest": json.dumps(meta)})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_for(path)
-    try:
+    with atomic_path(path) as tmp:
         write_uncached(tmp, lambda sink: _write_ipc(table, sink))
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return path
 
 

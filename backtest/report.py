@@ -33,7 +33,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import PercentFormatter
 from PIL import Image
 
-from backtest.monitor import CORE_PREFIX, atomic_path
+from backtest.atomic import atomic_path
+from backtest.monitor import CORE_PREFIX
 from backtest.outputs import link_into
 from backtest.profiling import (
     PHASES,

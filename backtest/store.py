@@ -311,7 +311,7 @@ def _scan_columns(paths: list[Path]) -> _Columns:
     it back once per file), and each file is a fragment whose expression numbers its rows by their owner, so
     the rows go back to their symbols by file, not by trusting row counts or order. With the alignment in one
     kernel (backtest.align_nb), loading 250 symbols of W beside a thread that spins in Python took 0.68 s
-    instead of 6.3-7.2 s (0.32 s with no other thread, before and after).
+    instead of 6.25 s (median of 10 chunks; 0.32 s with no other thread, before and after).
     """
     import pyarrow.compute as pc
     import pyarrow.dataset as pads  # here, not at the top: importing it costs about 0.3 s

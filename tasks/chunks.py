@@ -149,13 +149,12 @@ def backtest_chunk(job: ChunkJob) -> StoredChunk:
             panel = [prices]  # handed over below, not kept in this frame
             del prices
         result = run_chunk(panel.pop(), plan)  # no reference kept here: run_chunk frees the prices early
-        fetched, waited = price_file is not None, 0.0
-        if price_file is not None:
-            with measure() as written:
+        with measure() as written:
+            if price_file is not None:
                 price_file.result()  # on disk before the chunk counts as done; raises what the write raised
-            waited = written.wall
+    fetched = price_file is not None
     timings = result.timings
-    timings["fetch"] = load.wall + waited if fetched else 0.0
+    timings["fetch"] = load.wall + written.wall if fetched else 0.0
     timings["load"] = timings.get("load", 0.0) + (0.0 if fetched else load.wall)
     add_task_figures(timings, load, total, TaskRunContext.get().task_run.run_count, fetched)
     get_run_logger().info(

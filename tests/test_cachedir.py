@@ -32,7 +32,7 @@ def test_prune_removes_the_temporaries_of_writers_that_are_gone(tmp_path):
     import subprocess
     import sys
 
-    from backtest.cachedir import STALE_TEMP_SECONDS, temporary_for
+    from backtest.atomic import STALE_TEMP_SECONDS, temporary_for
 
     results, records, prices = tmp_path / "results", tmp_path / "records", tmp_path / "prices"
     for d in (results, records, prices):

@@ -119,6 +119,23 @@ def test_prune_collected_keeps_the_current_entry(tmp_path, chunks, plan) -> None
     assert [p.name for p in cache.iterdir()] == [keys[0]]
     # the outputs linked from a pruned entry are still whole
     assert np.isfinite(pd.read_parquet(tmp_path / "out1" / "portfolio.parquet")["ret"]).all()
+    # a staging folder left by a run killed part-way goes once its writer is gone; a live one's stays
+    import subprocess
+    import sys
+
+    from backtest.atomic import temporary_for
+
+    dead = int(
+        subprocess.run(
+            [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+        ).stdout
+    )
+    live = temporary_for(cache / "live")
+    killed = live.with_name(live.name.replace(f".{os.getpid()}.", f".{dead}."))
+    live.mkdir()
+    killed.mkdir()
+    prune_collected(cache, keys[0], max_bytes=10**12, max_age_seconds=1e9)
+    assert live.exists() and not killed.exists()
 
 
 def test_free_heap_memory_goes_back_to_the_os() -> None:

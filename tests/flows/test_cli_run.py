@@ -78,18 +78,8 @@ def test_demo_runs_and_reuses_what_exists(tmp_path):
 
 def test_run_without_report_or_database_then_the_report_later(store, tmp_path):
     out = tmp_path / "out"
-    args = [
-        "run",
-        "--store",
-        str(store.root),
-        "--out",
-        str(out),
-        "--param",
-        "fast=5,20",
-        "--param",
-        "slow=60",
-    ]
-    args += ["--train-years", "3", "--chunk-size", "8", "--no-report", "--no-persist"]
+    args = ["run", "--store", str(store.root), "--out", str(out), "--train-years", "3", "--chunk-size", "8"]
+    args += ["--param", "fast=5,20", "--param", "slow=60", "--no-report", "--no-persist"]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "summary.json").read_text())
