@@ -459,10 +459,8 @@ def prepare_prefect_environment(data: Path) -> dict[str, str]:
     os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
     os.environ["DO_NOT_TRACK"] = "1"
     # as `backtest run` runs: run logs still reach the API, the terminal shows the benchmark's own lines only,
-    # and the ephemeral server is set up as the command sets it up
+    # and the ephemeral server is set up (and given time to start) as the command sets it up
     prepare_environment()
-    # a first start in a new PREFECT_HOME migrates a database: on a busy 2-core machine it exceeds the 20 s default
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
     return {k: os.environ[k] for k in ("PREFECT_HOME", "PREFECT_SERVER_ANALYTICS_ENABLED", "DO_NOT_TRACK")}
 

@@ -23,6 +23,9 @@ QUIET_ENV = {
     # run logs still go to the Prefect API (and the UI); the terminal shows the progress bar instead
     "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "WARNING",
     **SERVER_ENV,  # for the ephemeral server, which inherits this process's environment
+    # the ephemeral server's first start in a new PREFECT_HOME migrates its database: on a busy 2-core machine,
+    # with Python not caching bytecode, that exceeded Prefect's 20 s default and `backtest demo` failed
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
 }
 
 

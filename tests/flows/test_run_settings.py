@@ -30,3 +30,14 @@ def test_the_ephemeral_server_batches_task_run_writes_unless_the_user_says_other
     monkeypatch.setenv(batch, "7")  # the user's own value
     prepare_environment()
     assert os.environ[batch] == "7" and os.environ[flush] == SERVER_ENV[flush]
+
+
+def test_the_ephemeral_server_gets_time_for_its_first_start_unless_the_user_says_otherwise(monkeypatch):
+    """A new PREFECT_HOME's first start migrates a database: longer than Prefect's 20 s on a busy machine."""
+    timeout = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
+    monkeypatch.delenv(timeout, raising=False)
+    prepare_environment()
+    assert float(os.environ[timeout]) >= 120
+    monkeypatch.setenv(timeout, "30")
+    prepare_environment()
+    assert os.environ[timeout] == "30"
