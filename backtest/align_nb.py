@@ -38,7 +38,7 @@ def align_bars_nb(
     for i in range(n_sym):
         a, b = starts[i], starts[i + 1]
         f = a + np.searchsorted(days[a:b], lo, side="left")
-        t = a + np.searchsorted(days[a:b], hi, side="right")
+        t = max(f, a + np.searchsorted(days[a:b], hi, side="right"))  # hi < lo: no bars, not a negative count
         first[i], last[i] = f, t
         if t > f:
             day_lo = min(day_lo, days[f])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from collections.abc import Callable
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from flows.server_settings import SERVER_ENV
+from tests import prefect_db
 
 # Prefect reads its settings at import: give the test run its own home (never the user's), no telemetry.
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="backtest-tests-prefect-")
@@ -23,12 +25,26 @@ SP500_ENV = "BACKTEST_SP500_DIR"
 
 
 @pytest.fixture(scope="session")
-def prefect_test_server():
-    """One Prefect test server for every test that runs flows in-process (starting one costs about ten
-    seconds; the flow tests and the benchmark test share it)."""
-    from prefect.testing.utilities import prefect_test_harness
+def prefect_db_template(tmp_path_factory: pytest.TempPathFactory) -> Path | None:
+    """A migrated Prefect database that every server of this run starts from (tests/prefect_db.py)."""
+    return prefect_db.migrate_template(tmp_path_factory.mktemp("prefect-db-template"))
 
-    with prefect_test_harness(server_startup_timeout=90):
+
+@pytest.fixture(scope="session")
+def prefect_test_server(prefect_db_template: Path | None):
+    """One Prefect test server for every test that runs flows in-process (the flow tests and the benchmark
+    test share it), on a copy of the migrated database."""
+    import prefect.testing.utilities as harness
+
+    def seeded_temporary_folder() -> str:  # where the harness puts its database, `prefect-test.db`
+        folder = tempfile.mkdtemp()
+        prefect_db.seed(prefect_db_template, Path(folder) / "prefect-test.db")
+        return folder
+
+    with contextlib.ExitStack() as running:
+        with pytest.MonkeyPatch.context() as patch:  # only while the harness starts
+            patch.setattr(harness, "mkdtemp", seeded_temporary_folder)
+            running.enter_context(harness.prefect_test_harness(server_startup_timeout=90))
         yield
 
 

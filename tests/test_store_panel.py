@@ -5,7 +5,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from backtest import store as store_module
@@ -86,16 +86,29 @@ def test_a_file_gone_before_the_scan_is_named_by_the_file_by_file_read(tmp_path)
         store.load(["A", "B", "C"])
 
 
+@pytest.fixture(scope="module")
+def checked_align_bars_nb():
+    """The kernel compiled with bounds checks: numba does not check indices, so a wrong one read garbage or
+    crashed the whole pytest process (it did, once, in CI: hi < lo, a symbol's rows counted negative)."""
+    from numba import njit
+
+    from backtest.align_nb import align_bars_nb
+
+    return njit(boundscheck=True)(align_bars_nb.py_func)
+
+
 @settings(max_examples=60, deadline=None)
 @given(
     spans=st.lists(st.lists(st.integers(0, 60), max_size=30, unique=True), max_size=8),
     lo=st.one_of(st.none(), st.integers(-5, 65)),
     hi=st.one_of(st.none(), st.integers(-5, 65)),
 )
-def test_the_alignment_kernel_matches_a_pivot_of_the_bars(spans, lo, hi) -> None:
+@example(spans=[[1, 5, 9]], lo=7, hi=3)  # hi < lo inside a symbol's span
+@example(spans=[[1, 5, 9], [2]], lo=60, hi=-5)  # hi < lo, nothing at all in range
+@example(spans=[[3], []], lo=3, hi=3)
+def test_the_alignment_kernel_matches_a_pivot_of_the_bars(checked_align_bars_nb, spans, lo, hi) -> None:
     """align_bars_nb against the obvious: keep each symbol's bars in [lo, hi], pivot on the days, NaN elsewhere."""
-    from backtest.align_nb import align_bars_nb
-
+    align_bars_nb = checked_align_bars_nb
     rng = np.random.default_rng(len(spans))
     bars = [(np.array(sorted(days), dtype=np.int64), rng.random(len(days))) for days in spans]
     starts = np.concatenate([[0], np.cumsum([len(d) for d, _ in bars])]).astype(np.int64)

@@ -25,6 +25,7 @@ from typer.testing import CliRunner
 
 from flows import cli_server
 from flows.cli import app
+from tests import prefect_db
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 POOL = cli_server.DEFAULT_POOL
@@ -68,8 +69,9 @@ def _invoke(*args: str, env: dict[str, str] | None = None):
 
 
 @pytest.fixture(scope="package")
-def server(tmp_path_factory) -> Iterator[cli_server.ServerInfo]:
+def server(tmp_path_factory, prefect_db_template) -> Iterator[cli_server.ServerInfo]:
     project = tmp_path_factory.mktemp("server-project")
+    prefect_db.seed(prefect_db_template, cli_server.server_dir(project) / prefect_db.DEFAULT_DB_NAME)
     t0 = time.monotonic()
     result = _invoke("server", "up", "--project", str(project), "--port", "0", "--timeout", "120")
     assert result.exit_code == 0, result.output

@@ -27,6 +27,7 @@ from backtest.planning import resolve_universe
 from backtest.store import Store
 from backtest.study import run_study
 from backtest.synthetic import generate_universe
+from tests import prefect_db
 
 REPO = Path(__file__).resolve().parents[2]
 TABLES = ("selections", "oos_returns", "oos_metrics", "portfolio", "grid_scores")
@@ -149,10 +150,11 @@ class PrefectServer:
 
 
 @pytest.fixture(scope="session")
-def prefect_server(tmp_path_factory) -> Iterator[PrefectServer]:
+def prefect_server(tmp_path_factory, prefect_db_template) -> Iterator[PrefectServer]:
     if shutil.which("prefect") is None and not (Path(sys.executable).parent / "prefect").exists():
         pytest.skip("the prefect command is not installed")
     home = tmp_path_factory.mktemp("prefect-home")
+    prefect_db.seed(prefect_db_template, home / prefect_db.DEFAULT_DB_NAME)
     server = PrefectServer(home=home, port=free_port(), log=home / "server.log")
     server.start()
     try:
