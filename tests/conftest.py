@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -14,7 +15,7 @@ from flows.server_settings import SERVER_ENV
 from tests import prefect_db
 
 # Prefect reads its settings at import: give the test run its own home (never the user's), no telemetry.
-os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="backtest-tests-prefect-")
+PREFECT_HOME = os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="backtest-tests-prefect-home-")
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ["DO_NOT_TRACK"] = "1"
 # the test server is set up as the project's servers are (flows.server_settings.SERVER_ENV)
@@ -24,10 +25,37 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 SP500_ENV = "BACKTEST_SP500_DIR"
 
 
+#: the test folders whose tests start Prefect servers
+SERVER_TEST_DIRS = tuple(REPO_ROOT / "tests" / name for name in ("bench", "deploy", "faults", "flows"))
+_MIGRATION = pytest.StashKey[prefect_db.TemplateMigration]()
+
+
+def _selects_server_tests(config: pytest.Config) -> bool:
+    for arg in config.args:
+        path = Path(arg.split("::")[0]).resolve()
+        if any(path == d or path in d.parents or d in path.parents for d in SERVER_TEST_DIRS):
+            return True
+    return False
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not config.option.collectonly and _selects_server_tests(config):
+        config.stash[_MIGRATION] = prefect_db.TemplateMigration()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _MIGRATION in config.stash:
+        config.stash[_MIGRATION].close()
+    shutil.rmtree(PREFECT_HOME, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
-def prefect_db_template(tmp_path_factory: pytest.TempPathFactory) -> Path | None:
+def prefect_db_template(request: pytest.FixtureRequest) -> Path | None:
     """A migrated Prefect database that every server of this run starts from (tests/prefect_db.py)."""
-    return prefect_db.migrate_template(tmp_path_factory.mktemp("prefect-db-template"))
+    config = request.config
+    if _MIGRATION not in config.stash:  # selected some other way (-k, a test id outside those folders)
+        config.stash[_MIGRATION] = prefect_db.TemplateMigration()
+    return config.stash[_MIGRATION].result()
 
 
 @pytest.fixture(scope="session")
