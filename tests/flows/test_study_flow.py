@@ -3,7 +3,6 @@ import sys
 import textwrap
 
 import pandas as pd
-import pytest
 
 from backtest.ingest import ingest_folder
 from backtest.planning import resolve_universe
@@ -130,14 +129,14 @@ def test_failed_chunk_fails_the_run_and_a_rerun_recomputes_only_it(store, tmp_pa
     sys.modules.pop("flaky_strategies", None)
 
 
-@pytest.mark.parametrize("runner", ["processes", "dask"])
-def test_runners_give_the_cores_results(store, tmp_path, runner):
-    """As the default (threads) runner does in the tests above: the same tables as the core alone."""
-    p = params(store, tmp_path / runner, runner=runner)
+def test_the_processes_runner_gives_the_cores_results(store, tmp_path):
+    """As the default (threads) runner does in the tests above: the same tables as the core alone. Dask's are
+    checked on a cluster of its own in tests/faults (a worker killed mid-chunk) and on an existing one below."""
+    p = params(store, tmp_path / "out", runner="processes")
     state = three_phase_study(p, return_state=True)
     assert state.is_completed(), state.message
-    assert read_summary(tmp_path / runner)["cache"]["misses"] == 3
-    assert_same_tables(tables(tmp_path / runner), core_tables(store, p))
+    assert read_summary(tmp_path / "out")["cache"]["misses"] == 3
+    assert_same_tables(tables(tmp_path / "out"), core_tables(store, p))
 
 
 COUNTING = """
@@ -224,10 +223,9 @@ def test_transient_errors_are_retried_and_code_changes_recompute_everything(stor
 def test_dask_runner_on_an_existing_cluster_by_address(store, tmp_path):
     from distributed import LocalCluster
 
-    three_phase_study(params(store, tmp_path / "threads"), return_state=True)
-    shutil.rmtree(store.root / "cache")
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
         p = params(store, tmp_path / "dask", runner="dask", dask_address=cluster.scheduler_address)
         state = three_phase_study(p, return_state=True)
     assert state.is_completed(), state.message
-    assert_same_tables(tables(tmp_path / "threads"), tables(tmp_path / "dask"))
+    assert read_summary(tmp_path / "dask")["cache"]["misses"] == 3
+    assert_same_tables(tables(tmp_path / "dask"), core_tables(store, p))
