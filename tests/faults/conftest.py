@@ -335,7 +335,13 @@ class InProcess:
 
 
 @pytest.fixture
-def in_process(prefect_server, strategy_dir, tmp_path, monkeypatch) -> Iterator[InProcess]:
+def in_process(
+    prefect_test_server, prefect_server, strategy_dir, tmp_path, monkeypatch
+) -> Iterator[InProcess]:
+    """The flow runs against ``prefect_server``. Prefect's own background threads (its log and event workers)
+    do not see a temporary settings context: they use the process's default server, the session's test
+    server (``prefect_test_server``), as in a full run. Without one, a run of these tests alone made them start
+    an ephemeral server of their own, at exit too, which outlived pytest."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     control = tmp_path / "control"
