@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from backtest.atomic import abandoned, temporary_for
+from backtest.atomic import abandoned, atomic_path, temporary_for
 from backtest.chunkio import read_chunk
 from backtest.handoff import ResultHandoff
 from backtest.profiling import wall_timings
@@ -117,16 +117,8 @@ def _oos_writer(path: Path) -> Iterator[Callable[[pd.DataFrame | pa.Table], None
 def oos_returns_file(out: Path) -> Iterator[Callable[[pd.DataFrame | pa.Table], None]]:
     """A sink for ``combine`` or ``run_study(oos_sink=...)`` that streams the out-of-sample rows into
     ``out/oos_returns.parquet``; the file appears (atomically) only when the block ends without an error."""
-    out.mkdir(parents=True, exist_ok=True)
-    target = out / "oos_returns.parquet"
-    tmp = temporary_for(target)
-    try:
-        with _oos_writer(tmp) as sink:
-            yield sink
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, target)
+    with atomic_path(out / "oos_returns.parquet") as tmp, _oos_writer(tmp) as sink:
+        yield sink
 
 
 def collect(plan: StudyPlan, chunks: Iterable[ChunkResult], out: Path) -> StudyResult:
@@ -151,10 +143,8 @@ def _clean(value: Any) -> Any:
 
 
 def write_json(path: Path, data: dict[str, Any]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_for(path)
-    tmp.write_text(json.dumps(_clean(data), indent=2, sort_keys=False, default=str) + "\n")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(_clean(data), indent=2, sort_keys=False, default=str) + "\n")
     return path
 
 
@@ -252,17 +242,12 @@ def link_into(src: Path, dst: Path) -> None:
 
     The temporary is per process and thread (backtest.atomic), so concurrent links into one folder never collide.
     """
-    tmp = temporary_for(dst)
-    tmp.unlink(missing_ok=True)
-    try:
+    with atomic_path(dst) as tmp:  # a full disk leaves no half copy behind
+        tmp.unlink(missing_ok=True)  # one a killed run of this process id and thread left
         try:
             os.link(src, tmp)
         except OSError:
             shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # a full disk must not leave half a copy behind
-        raise
 
 
 def collect_cached(
