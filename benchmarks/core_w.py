@@ -19,7 +19,7 @@ import statistics
 import sys
 from typing import Any
 
-from _data import (
+from benchmarks.standalone import (
     W_SYMBOLS,
     W_YEARS,
     add_workload_args,
@@ -30,8 +30,7 @@ from _data import (
     max_rss_mb,
     write_results,
 )
-
-from flows.benchmark import time_core, warm_numba
+from benchmarks.suite import time_core, warm_numba
 
 CORE_GOAL_SECONDS = 10.0
 SCALING_GOAL = 1.7
@@ -72,8 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     store = ensure_store(args.symbols, args.years, args.seed, args.data, log=console.print)
 
     from backtest.config import StudyConfig
-    from backtest.planning import choose_chunk_size, resolve_universe
-    from backtest.study import StudyPlan, chunked
+    from backtest.engine.planning import choose_chunk_size, resolve_universe
+    from backtest.engine.study import StudyPlan, chunked
 
     config = StudyConfig()
     universe = resolve_universe(store.catalog())

@@ -31,7 +31,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from _data import W_SEED, W_SYMBOLS, W_YEARS, describe_machine, ensure_store, machine_line, write_results
+from benchmarks.standalone import (
+    W_SEED,
+    W_SYMBOLS,
+    W_YEARS,
+    describe_machine,
+    ensure_store,
+    machine_line,
+    write_results,
+)
 
 
 @contextlib.contextmanager
@@ -133,9 +141,9 @@ def main() -> int:
         print(f"results: {write_results('db_load', results)}")
         return 0
 
+    from backtest.data.store import Store
     from backtest.db.engine import dispose_engines
     from backtest.db.prices import DbPriceSource, sync_prices
-    from backtest.store import Store
 
     machine = describe_machine()
     print(machine_line(machine))

@@ -29,7 +29,7 @@ import sys
 import time
 from typing import Any
 
-from _data import (
+from benchmarks.standalone import (
     W_SYMBOLS,
     W_YEARS,
     add_workload_args,
@@ -43,8 +43,7 @@ from _data import (
     universe_dir,
     write_results,
 )
-
-from flows.benchmark import (
+from benchmarks.suite import (
     check_flow_run,
     measure_overhead,
     prepare_prefect_environment,
@@ -108,8 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     store = ensure_store(args.symbols, args.years, args.seed, args.data, log=console.print)
     tiny = ensure_store(*WARMUP_UNIVERSE, args.data, log=console.print)
 
-    from backtest.planning import choose_chunk_size, resolve_universe
-    from backtest.study import StudyPlan, chunked
+    from backtest.engine.planning import choose_chunk_size, resolve_universe
+    from backtest.engine.study import StudyPlan, chunked
     from flows.params import StudyParams
 
     mode = server_mode()

@@ -13,7 +13,7 @@ import contextlib
 from typing import Any
 from uuid import UUID
 
-from backtest.alerts import EVENT_PREFIX
+from backtest.observe.alerts import EVENT_PREFIX
 
 #: the notification's body: a Jinja template over the event, rendered by the server
 BODY = (

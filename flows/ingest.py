@@ -8,7 +8,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.states import Completed, Failed
 
-from backtest.ingest import OUTCOMES
+from backtest.data.ingest import OUTCOMES
 from tasks.ingest import IngestSummary, ingest_prices_task
 
 

@@ -1,7 +1,7 @@
 """The study flow's watcher: resource monitor, alerts as Prefect events, progress, per-chunk figures.
 
 One object keeps the flow's own code to a few calls (``start``, ``chunk_finished``, ``finish``). The alert
-rules and the analysis are the core's (backtest.alerts, backtest.profiling); this module decides when to run
+rules and the analysis are the core's (backtest.observe.alerts, backtest.observe.profiling); this module decides when to run
 them and turns what they find into Prefect events, log lines and artifacts.
 
 Alerts are emitted with ``emit_event`` on the flow run as the event's resource, so they show on the flow
@@ -20,11 +20,10 @@ from typing import Any
 from prefect.events import emit_event
 from prefect.logging.loggers import flow_run_logger
 
-from backtest.alerts import Alert, AlertBook, AlertThresholds, startup_chunks
-from backtest.monitor import ResourceMonitor, Sample, samples_frame, write_samples
-from backtest.outputs import write_json
-from backtest.planning import ChunkSpec
-from backtest.profiling import (
+from backtest.engine.planning import ChunkSpec
+from backtest.observe.alerts import Alert, AlertBook, AlertThresholds, startup_chunks
+from backtest.observe.monitor import ResourceMonitor, Sample, samples_frame, write_samples
+from backtest.observe.profiling import (
     CACHED,
     COMPUTED,
     FAILED,
@@ -38,7 +37,8 @@ from backtest.profiling import (
     save_profile,
     wall_timings,
 )
-from backtest.recommendations import recommend
+from backtest.observe.recommendations import recommend
+from backtest.results.outputs import write_json
 from flows.progress import Progress, ProgressTracker, notify
 from tasks import artifacts
 

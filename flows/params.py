@@ -12,10 +12,10 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from backtest.alerts import AlertThresholds
 from backtest.config import FoldSpec, ParamGrid, StudyConfig
+from backtest.engine.strategies import get_strategy
 from backtest.errors import BacktestError
-from backtest.strategies import get_strategy
+from backtest.observe.alerts import AlertThresholds
 
 Runner = Literal["threads", "processes", "dask"]
 #: a Monday: train windows are measured in weekdays from here, as ``check_warmup`` counts them
@@ -98,7 +98,7 @@ class StudyParams(BaseModel):
             config = self.to_config()
         except BacktestError as exc:
             raise ValueError(str(exc)) from None
-        # The exact check needs the data's calendar (backtest.folds.check_warmup, at plan time); the same rule
+        # The exact check needs the data's calendar (backtest.engine.folds.check_warmup, at plan time); the same rule
         # on a nominal calendar refuses hopeless windows here, before a deployment's run starts any work.
         train_months = config.folds.months()[0]
         warmup = strategy.warmup(combos)

@@ -13,13 +13,13 @@ from prefect.states import Completed, Failed
 from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTaskRunner
 from prefect.utilities.annotations import quote
 
+from backtest.data.store import Store
 from backtest.db.prices import open_price_source
+from backtest.engine.planning import estimate_bars, make_plan, plan_chunks, resolve_universe
 from backtest.errors import BacktestError
-from backtest.handoff import RESULTS
-from backtest.outputs import CollectAhead, collected_key, write_json
-from backtest.planning import estimate_bars, make_plan, plan_chunks, resolve_universe
-from backtest.profiling import REPORT_FILE, wall_timings
-from backtest.store import Store
+from backtest.observe.profiling import REPORT_FILE, wall_timings
+from backtest.results.handoff import RESULTS
+from backtest.results.outputs import CollectAhead, collected_key, write_json
 from flows.monitoring import RunWatch
 from flows.params import StudyParams
 from tasks import artifacts

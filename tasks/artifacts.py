@@ -16,7 +16,7 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 
-from backtest.metrics import HEADLINE_METRICS
+from backtest.engine.metrics import HEADLINE_METRICS
 
 
 def start_progress(total: int) -> UUID | None:

@@ -13,14 +13,14 @@ from prefect.cache_policies import CachePolicy
 from prefect.context import TaskRunContext
 from prefect.tasks import exponential_backoff
 
-from backtest import handoff
-from backtest.chunkio import oos_rows
+from backtest.data.panel import PricePanel
+from backtest.data.panelio import chunk_prices
 from backtest.db.prices import open_price_source
-from backtest.panel import PricePanel
-from backtest.panelio import chunk_prices
-from backtest.planning import ChunkSpec
-from backtest.profiling import add_task_figures, measure, wall_timings
-from backtest.study import StudyPlan, run_chunk
+from backtest.engine.planning import ChunkSpec
+from backtest.engine.study import StudyPlan, run_chunk
+from backtest.observe.profiling import add_task_figures, measure, wall_timings
+from backtest.results import handoff
+from backtest.results.chunkio import oos_rows
 from tasks.locks import ProcessLockManager
 from tasks.records import ChunkRecordStorage
 from tasks.serializers import ChunkResultSerializer, StoredChunk
@@ -140,7 +140,7 @@ def backtest_chunk(job: ChunkJob) -> StoredChunk:
     chunk's work, retried with it. The prices come from the chunk's cached price file, read memory-mapped
     (``load`` in the timings), or, when it is missing, from the source, and the file is written for the next
     run (``fetch``, with ``fetched`` 1.0). The timings also carry the task's CPU time and attempt number
-    (backtest.profiling).
+    (backtest.observe.profiling).
     """
     spec, plan = job.spec, job.plan
     with measure() as total:
@@ -168,7 +168,7 @@ def backtest_chunk(job: ChunkJob) -> StoredChunk:
     rows = oos_rows(result)
     # small: Prefect keeps it in the task's state until the flow ends
     stored = StoredChunk.encode(result, rows)
-    # for the flow's merge, when it runs in this process (backtest.handoff); through the module: a process pool
+    # for the flow's merge, when it runs in this process (backtest.results.handoff); through the module: a process pool
     # pickles this function by value, and the handoff itself (a lock) cannot be pickled
     handoff.RESULTS.offer(spec.key, replace(result, oos_returns=rows))
     return stored

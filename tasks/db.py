@@ -15,7 +15,7 @@ from backtest.db.connect import open_db
 from backtest.db.engine import QueryStat, describe_url, query_log
 from backtest.db.optimize import maintain
 from backtest.db.results import ChunkRecord, persist_run
-from backtest.planning import ChunkSpec
+from backtest.engine.planning import ChunkSpec
 from tasks.chunks import retry_transient
 
 __all__ = [

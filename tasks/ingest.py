@@ -5,8 +5,8 @@ from __future__ import annotations
 from prefect import task
 from pydantic import BaseModel, ConfigDict
 
-from backtest.ingest import ingest_folder
-from backtest.store import Store
+from backtest.data.ingest import ingest_folder
+from backtest.data.store import Store
 from tasks.chunks import retry_transient
 
 #: problems carried in the summary; the complete list stays in the store's rejects folder

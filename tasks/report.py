@@ -9,15 +9,15 @@ from pathlib import Path
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from backtest.preload import preload
-from backtest.profiling import PROFILE_FILE, REPORT_FILE
+from backtest.observe.preload import preload
+from backtest.observe.profiling import PROFILE_FILE, REPORT_FILE
 from tasks.artifacts import ArtifactPoster
 
 
 def preload_report() -> threading.Thread:
     """Start importing the report builder (matplotlib) on a background thread, once per process. Call it when
     a flow starts: the import then overlaps the run instead of delaying ``publish_report`` at its end."""
-    return preload("backtest.report")
+    return preload("backtest.observe.report")
 
 
 @task(name="build-report", persist_result=False, retries=0)
@@ -31,7 +31,7 @@ def publish_report(out: str, results_cache: str | None = None) -> str:
     (their API round trips were an eighth of a warm run's report), and a failed post is a warning, as for
     the flow's other artifacts: the report itself is the file.
     """
-    from backtest.report import build_report, plot_cache_dir  # matplotlib: only here (or preloaded)
+    from backtest.observe.report import build_report, plot_cache_dir  # matplotlib: only here (or preloaded)
 
     folder = Path(out)
     plot_cache = plot_cache_dir(Path(results_cache)) if results_cache else None
@@ -45,7 +45,7 @@ def publish_report(out: str, results_cache: str | None = None) -> str:
 
 
 def _post_artifacts(folder: Path) -> None:
-    from backtest.report import report_markdown
+    from backtest.observe.report import report_markdown
 
     summary = json.loads((folder / "summary.json").read_text())
     doc_path = folder / PROFILE_FILE

@@ -8,10 +8,10 @@ from typing import Any
 
 from prefect import task
 
-from backtest.cachedir import PruneReport, prune
-from backtest.outputs import collect_cached, collected_key, prune_collected, read_chunks
-from backtest.planning import ChunkSpec
-from backtest.study import ChunkResult, StudyPlan
+from backtest.engine.planning import ChunkSpec
+from backtest.engine.study import ChunkResult, StudyPlan
+from backtest.results.cache import PruneReport, prune
+from backtest.results.outputs import collect_cached, collected_key, prune_collected, read_chunks
 
 
 @task(name="collect-results", persist_result=False)

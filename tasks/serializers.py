@@ -1,4 +1,4 @@
-"""The Prefect serializer that makes a chunk's persisted result a real Parquet file (see backtest.chunkio)."""
+"""The Prefect serializer that makes a chunk's persisted result a real Parquet file (see backtest.results.chunkio)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING, Literal
 
 from prefect.serializers import Serializer
 
-from backtest.chunkio import chunk_from_bytes, chunk_to_bytes
-from backtest.study import ChunkResult
+from backtest.engine.study import ChunkResult
+from backtest.results.chunkio import chunk_from_bytes, chunk_to_bytes
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -31,7 +31,7 @@ class StoredChunk:
 
     @classmethod
     def encode(cls, result: ChunkResult, rows: pa.Table | None = None) -> StoredChunk:
-        """``rows``: ``backtest.chunkio.oos_rows(result)``, when the caller already made it."""
+        """``rows``: ``backtest.results.chunkio.oos_rows(result)``, when the caller already made it."""
         return cls(chunk_to_bytes(result, rows))
 
     def load(self) -> ChunkResult:

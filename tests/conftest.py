@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from flows.server_settings import SERVER_ENV
+from flows.settings import SERVER_ENV
 from tests import prefect_db
 
 # Prefect reads its settings at import: give the test run its own home (never the user's), no telemetry.
 PREFECT_HOME = os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="backtest-tests-prefect-home-")
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ["DO_NOT_TRACK"] = "1"
-# the test server is set up as the project's servers are (flows.server_settings.SERVER_ENV)
+# the test server is set up as the project's servers are (flows.settings.SERVER_ENV)
 os.environ.update({k: os.environ.get(k, v) for k, v in SERVER_ENV.items()})
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -110,7 +110,7 @@ def write_file(tmp_path: Path) -> Callable[[str, str | bytes], Path]:
 @pytest.fixture(scope="session")
 def synthetic_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """24 synthetic symbols x 7 years (3 chunks of 8), generated once for the session (read-only for tests)."""
-    from backtest.synthetic import generate_universe
+    from backtest.data.synthetic import generate_universe
 
     folder = tmp_path_factory.mktemp("synthetic")
     generate_universe(folder, 24, 7, seed=7, workers=1)
@@ -120,8 +120,8 @@ def synthetic_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def store(synthetic_csv: Path, tmp_path: Path):
     """A fresh store of that market (and so a cold cache) per test."""
-    from backtest.ingest import ingest_folder
-    from backtest.store import Store
+    from backtest.data.ingest import ingest_folder
+    from backtest.data.store import Store
 
     s = Store(tmp_path / "store")
     ingest_folder(synthetic_csv, s, workers=1, durable=False)

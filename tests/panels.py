@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from backtest.config import FoldSpec, ParamGrid, StudyConfig
-from backtest.panel import PricePanel
+from backtest.data.panel import PricePanel
 
 #: a small study (4 combinations, 2/1/1-year folds) for tests of the merge and the chunk files
 CONFIG = StudyConfig(

@@ -1,7 +1,7 @@
 """Slow, obviously-correct reference implementations of the numeric core, written from the specification.
 
 Nothing here calls or copies the numba kernels: every function is a direct transcription of the conventions
-of DESIGN.md section 2 (and the module docstrings of ``backtest.simulate_nb``), with plain Python loops,
+of DESIGN.md section 2 (and the module docstrings of ``backtest.engine.simulate_nb``), with plain Python loops,
 ``math.fsum`` for sums and explicit windows instead of prefix sums or monotonic deques. The tests compare the
 kernels against these.
 
@@ -147,7 +147,7 @@ def buy_and_hold(close: np.ndarray) -> np.ndarray:
     return np.ones(len(close))
 
 
-# kernel kind ids (backtest.signals_nb) -> reference, called with a compact row's (high, low, close) and a
+# kernel kind ids (backtest.engine.signals_nb) -> reference, called with a compact row's (high, low, close) and a
 # parameter row in the grid's layout
 def weights_from_params(
     kind: int, params, high: np.ndarray, low: np.ndarray, close: np.ndarray

@@ -1,7 +1,7 @@
 import os
 import time
 
-from backtest.cachedir import prune
+from backtest.results.cache import prune
 
 
 def _entry(folder, records, name, size, age):

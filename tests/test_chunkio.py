@@ -1,4 +1,4 @@
-"""A chunk result's file (backtest.chunkio): exact round trip of every table; old formats and bad files refused."""
+"""A chunk result's file (backtest.results.chunkio): exact round trip of every table; old formats and bad files refused."""
 
 from __future__ import annotations
 
@@ -12,7 +12,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from backtest.chunkio import (
+from backtest.db.results import read_chunk_tables
+from backtest.engine.study import ChunkResult, StudyPlan, chunked, date_range, run_chunk
+from backtest.errors import DataError
+from backtest.observe.profiling import read_chunk_timings
+from backtest.results.chunkio import (
     FORMAT,
     SMALL_TABLES,
     chunk_from_bytes,
@@ -20,11 +24,7 @@ from backtest.chunkio import (
     read_chunk,
     read_tables,
 )
-from backtest.db.results import read_chunk_tables
-from backtest.errors import DataError
-from backtest.outputs import collect, read_chunks
-from backtest.profiling import read_chunk_timings
-from backtest.study import ChunkResult, StudyPlan, chunked, date_range, run_chunk
+from backtest.results.outputs import collect, read_chunks
 from tasks.serializers import ChunkResultSerializer, StoredChunk
 from tests.panels import CONFIG, random_panel
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from backtest.csvformats import (
+from backtest.data.csvformats import (
     LAYOUTS,
     SP500_5YR,
     US_TXT,

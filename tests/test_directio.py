@@ -7,8 +7,8 @@ import os
 import numpy as np
 import pytest
 
-from backtest import directio
-from backtest.directio import ALIGN, STAGING_BYTES, write_uncached
+from backtest.data import directio
+from backtest.data.directio import ALIGN, STAGING_BYTES, write_uncached
 
 SIZES = [0, 1, ALIGN - 1, ALIGN, ALIGN + 1, STAGING_BYTES, 2 * STAGING_BYTES + 12_345]
 

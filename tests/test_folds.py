@@ -7,8 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from backtest.config import FoldSpec
+from backtest.engine.folds import FoldLayout, check_warmup, make_folds
 from backtest.errors import ConfigError
-from backtest.folds import FoldLayout, check_warmup, make_folds
 
 
 @settings(max_examples=60, deadline=None)

@@ -21,10 +21,10 @@ import pandas as pd
 import pytest
 
 from backtest.config import FoldSpec, ParamGrid, StudyConfig
-from backtest.ingest import IngestReport, ingest_folder
-from backtest.planning import Universe, resolve_universe
-from backtest.store import Store
-from backtest.study import StudyResult, run_study
+from backtest.data.ingest import IngestReport, ingest_folder
+from backtest.data.store import Store
+from backtest.engine.planning import Universe, resolve_universe
+from backtest.engine.study import StudyResult, run_study
 
 RTOL = 1e-9  # the pipeline is deterministic: golden numbers must match to (almost) the last digit
 FOLDS = FoldSpec(train_years=2, validate_years=1, test_years=1)

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from backtest.csvformats import LAYOUTS
+from backtest.data.csvformats import LAYOUTS
+from backtest.data.ingest import IngestReport, ingest_folder
+from backtest.data.store import Store
 from backtest.errors import ConfigError, DataError
-from backtest.ingest import IngestReport, ingest_folder
-from backtest.store import Store
-from flows.cli import app
+from cli.app import app
 
 WriteFile = Callable[[str, str | bytes], Path]
 

@@ -1,4 +1,4 @@
-"""Series metrics (backtest.metrics, series_metrics_nb) against empyrical-reloaded and the references."""
+"""Series metrics (backtest.engine.metrics, series_metrics_nb) against empyrical-reloaded and the references."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from backtest.metrics import metrics_table, series_metrics
-from backtest.simulate_nb import METRIC_NAMES, simulate_nb
+from backtest.engine.metrics import metrics_table, series_metrics
+from backtest.engine.simulate_nb import METRIC_NAMES, simulate_nb
 from tests import reference as ref
 
 PERIODS = 252.0

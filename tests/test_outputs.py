@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 from pandas.api.types import union_categoricals
 
-from backtest.outputs import (
+from backtest.engine.study import StudyPlan, chunked, combine, date_range, run_chunk, run_study
+from backtest.results.outputs import (
     OUTPUT_TABLES,
     CollectAhead,
     collect,
@@ -16,7 +17,6 @@ from backtest.outputs import (
     collected_key,
     prune_collected,
 )
-from backtest.study import StudyPlan, chunked, combine, date_range, run_chunk, run_study
 from tests.panels import CONFIG, random_panel
 
 
@@ -141,7 +141,7 @@ def test_prune_collected_keeps_the_current_entry(tmp_path, chunks, plan) -> None
 def test_free_heap_memory_goes_back_to_the_os() -> None:
     import platform
 
-    from backtest.heap import release_free_memory
+    from backtest.engine.heap import release_free_memory
 
     assert release_free_memory() is (platform.libc_ver()[0] == "glibc")
 
@@ -165,7 +165,7 @@ def test_collect_leaves_nothing_behind_when_the_writer_fails(tmp_path, chunks, p
 
 
 def _chunk_files(tmp_path, chunks):
-    from backtest.chunkio import chunk_to_bytes
+    from backtest.results.chunkio import chunk_to_bytes
 
     folder = tmp_path / "results"
     folder.mkdir()
@@ -205,7 +205,7 @@ def handed(chunk):
     """A chunk result as its task hands it over: its rows as the Arrow table its file holds."""
     from dataclasses import replace
 
-    from backtest.chunkio import oos_rows
+    from backtest.results.chunkio import oos_rows
 
     return replace(chunk, oos_returns=oos_rows(chunk))
 
@@ -213,7 +213,7 @@ def handed(chunk):
 def test_collect_ahead_from_handed_over_results_writes_the_files_a_merge_from_the_chunk_files_writes(
     tmp_path, chunks, plan
 ) -> None:
-    from backtest.handoff import ResultHandoff
+    from backtest.results.handoff import ResultHandoff
 
     paths = _chunk_files(tmp_path, chunks)
     names = [f"chunk-{i:04d}" for i in range(len(chunks))]
@@ -236,7 +236,7 @@ def test_collect_ahead_from_handed_over_results_writes_the_files_a_merge_from_th
 
 
 def test_handoff_keeps_only_expected_results_and_drops_what_is_forgotten(chunks) -> None:
-    from backtest.handoff import ResultHandoff
+    from backtest.results.handoff import ResultHandoff
 
     result = handed(chunks[0])
     rows = result.oos_returns.nbytes

@@ -8,9 +8,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from backtest.data.panel import PRICE_FIELDS
+from backtest.data.panelio import FORMAT, chunk_prices, prices_file, read_panel, write_panel
 from backtest.errors import DataError
-from backtest.panel import PRICE_FIELDS
-from backtest.panelio import FORMAT, chunk_prices, prices_file, read_panel, write_panel
 from tests.panels import random_panel
 
 

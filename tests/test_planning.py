@@ -7,7 +7,7 @@ import math
 from hypothesis import given
 from hypothesis import strategies as st
 
-from backtest.planning import (
+from backtest.engine.planning import (
     CHUNK_BYTES_PER_SYMBOL_BAR,
     CHUNKS_PER_WORKER,
     MAX_CHUNK_SYMBOL_BARS,

@@ -1,4 +1,4 @@
-"""The built-in strategy kernels (backtest.signals_nb) and their panel wrappers against the references."""
+"""The built-in strategy kernels (backtest.engine.signals_nb) and their panel wrappers against the references."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from backtest import strategies
-from backtest.panel import PricePanel
-from backtest.signals_nb import (
+from backtest.data.panel import PricePanel
+from backtest.engine import strategies
+from backtest.engine.signals_nb import (
     BOLLINGER_REVERSION,
     BUY_AND_HOLD,
     DONCHIAN_BREAKOUT,

@@ -1,4 +1,4 @@
-"""Returns, window scores and trade counts of backtest.simulate_nb against the references."""
+"""Returns, window scores and trade counts of backtest.engine.simulate_nb against the references."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from backtest.config import FoldSpec
-from backtest.folds import FoldLayout, make_folds
-from backtest.metrics import series_metrics
-from backtest.signals_nb import (
+from backtest.engine.folds import FoldLayout, make_folds
+from backtest.engine.metrics import series_metrics
+from backtest.engine.signals_nb import (
     BOLLINGER_REVERSION,
     BUY_AND_HOLD,
     DONCHIAN_BREAKOUT,
@@ -20,7 +20,7 @@ from backtest.signals_nb import (
     RSI_REVERSION,
     SMA_CROSSOVER,
 )
-from backtest.simulate_nb import builtin_weights_nb, grid_scores_nb, simulate_nb, weights_scores_nb
+from backtest.engine.simulate_nb import builtin_weights_nb, grid_scores_nb, simulate_nb, weights_scores_nb
 from tests import reference as ref
 
 EXECUTIONS = ("close", "next_open")

@@ -10,9 +10,9 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
+from backtest.data.store import CATALOG_COLUMNS, CatalogEntry, Store, safe_name, table_fingerprint
+from backtest.data.validation import STORED_SCHEMA
 from backtest.errors import ConfigError, DataError
-from backtest.store import CATALOG_COLUMNS, CatalogEntry, Store, safe_name, table_fingerprint
-from backtest.validation import STORED_SCHEMA
 
 
 def bars(start: str, n: int, base: float = 100.0, step: int = 1) -> pa.Table:

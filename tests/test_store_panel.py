@@ -8,10 +8,10 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from backtest import store as store_module
-from backtest.panel import PRICE_FIELDS
-from backtest.store import Store
-from backtest.validation import STORED_SCHEMA
+from backtest.data import store as store_module
+from backtest.data.panel import PRICE_FIELDS
+from backtest.data.store import Store
+from backtest.data.validation import STORED_SCHEMA
 
 
 def test_load_aligns_like_a_pivot_of_the_bars(tmp_path) -> None:
@@ -92,7 +92,7 @@ def checked_align_bars_nb():
     crashed the whole pytest process (it did, once, in CI: hi < lo, a symbol's rows counted negative)."""
     from numba import njit
 
-    from backtest.align_nb import align_bars_nb
+    from backtest.data.align_nb import align_bars_nb
 
     return njit(boundscheck=True)(align_bars_nb.py_func)
 

@@ -8,11 +8,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from backtest.config import FoldSpec, ParamGrid, StudyConfig
+from backtest.engine.persymbol import load_function, run_per_symbol
+from backtest.engine.simulate_nb import simulate_nb
+from backtest.engine.strategies import get_strategy, register, sma_crossover, strategy_from_function
+from backtest.engine.study import StudyPlan, date_range, run_chunk, run_study
 from backtest.errors import ConfigError, StrategyError
-from backtest.persymbol import load_function, run_per_symbol
-from backtest.simulate_nb import simulate_nb
-from backtest.strategies import get_strategy, register, sma_crossover, strategy_from_function
-from backtest.study import StudyPlan, date_range, run_chunk, run_study
 from tests.panels import random_panel
 
 FOLDS = FoldSpec(train_years=2, validate_years=1, test_years=1)
@@ -94,8 +94,8 @@ def test_phases_follow_their_definitions(panel):
     chosen = sel[sel["basis"] != "skipped"]
     assert len(chosen) > 20
     strategy = get_strategy("sma_crossover")
-    from backtest.folds import FoldLayout
-    from backtest.simulate_nb import weights_scores_nb
+    from backtest.engine.folds import FoldLayout
+    from backtest.engine.simulate_nb import weights_scores_nb
 
     layout = FoldLayout.build(plan.folds, panel.dates)
     all_scores = []

@@ -19,10 +19,10 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from backtest.config import FoldSpec, ParamGrid, StudyConfig
-from backtest.metrics import metrics_table
-from backtest.simulate_nb import METRIC_NAMES, ranges_metrics_nb, series_metrics_nb
-from backtest.strategies import register, sma_crossover, strategy_from_function
-from backtest.study import StudyPlan, date_range, run_chunk, run_study
+from backtest.engine.metrics import metrics_table
+from backtest.engine.simulate_nb import METRIC_NAMES, ranges_metrics_nb, series_metrics_nb
+from backtest.engine.strategies import register, sma_crossover, strategy_from_function
+from backtest.engine.study import StudyPlan, date_range, run_chunk, run_study
 from tests.panels import random_panel
 
 FOLDS = FoldSpec(train_years=2, validate_years=1, test_years=1)

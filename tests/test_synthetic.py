@@ -13,9 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from backtest.errors import ConfigError
-from backtest.panel import PricePanel
-from backtest.synthetic import (
+from backtest.data.panel import PricePanel
+from backtest.data.synthetic import (
     CSV_HEADER,
     MANIFEST_NAME,
     SECTORS,
@@ -27,8 +26,9 @@ from backtest.synthetic import (
     symbol_profile,
     trading_calendar,
 )
-from backtest.synthetic_nb import max_row_bytes, write_csv_rows
-from flows.cli import app
+from backtest.data.synthetic_nb import max_row_bytes, write_csv_rows
+from backtest.errors import ConfigError
+from cli.app import app
 
 SEED = 20240601
 DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")

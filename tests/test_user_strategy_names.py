@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from backtest.strategies import available, get_strategy
+from backtest.engine.strategies import available, get_strategy
 
 SOURCE = """
 import numpy as np

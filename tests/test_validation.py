@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from backtest.data.validation import STORED_SCHEMA, validate_bytes, validate_file
 from backtest.errors import DataError
-from backtest.validation import STORED_SCHEMA, validate_bytes, validate_file
 
 Row = tuple[str, str, str, str, str, str]  # date, open, high, low, close, volume
 

@@ -28,6 +28,8 @@ import sqlalchemy as sa
 from cachetools import TTLCache
 from sqlalchemy.engine import Engine
 
+from backtest.data.panel import PRICE_FIELDS, PricePanel
+from backtest.data.store import DateLike, Store, _as_day, _panel
 from backtest.db import schema as s
 from backtest.db.connect import open_db
 from backtest.db.engine import db_errors, is_postgres, read_txn, write_txn
@@ -40,8 +42,6 @@ from backtest.db.sqlio import (
     use_arrow_sqlite,
 )
 from backtest.errors import ConfigError, DataError
-from backtest.panel import PRICE_FIELDS, PricePanel
-from backtest.store import DateLike, Store, _as_day, _panel
 
 __all__ = ["DbPriceSource", "PriceSource", "SyncReport", "open_price_source", "sync_prices"]
 

@@ -31,12 +31,12 @@ from cachetools import TTLCache, cached
 from cachetools.keys import hashkey
 from sqlalchemy.engine import Connection
 
-from backtest.chunkio import read_tables
 from backtest.db import schema as s
 from backtest.db.connect import open_db
 from backtest.db.engine import DatabaseError, connection, db_errors, read_txn
 from backtest.db.sqlio import bulk_insert
-from backtest.metrics import METRIC_NAMES
+from backtest.engine.metrics import METRIC_NAMES
+from backtest.results.chunkio import read_tables
 
 __all__ = [
     "ChunkRecord",
@@ -99,7 +99,7 @@ class PersistReport:
 def read_chunk_tables(
     path: Path | str, names: Sequence[str]
 ) -> tuple[tuple[str, ...], dict[str, pd.DataFrame]]:
-    """Some tables of a persisted chunk result (``backtest.chunkio`` format), reading only those columns."""
+    """Some tables of a persisted chunk result (``backtest.results.chunkio`` format), reading only those columns."""
     symbols, _, frames = read_tables(Path(path), names)
     return symbols, {name: frame for name, frame in frames.items() if isinstance(frame, pd.DataFrame)}
 

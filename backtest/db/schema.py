@@ -4,7 +4,7 @@ Design choices:
 - ``prices`` is keyed by (symbol, date) and, on SQLite, stored ``WITHOUT ROWID``: the table *is* its
   primary-key b-tree, so a chunk's rows for a date range are one contiguous range read per symbol.
 - ``symbols`` is the catalog a study plans from. ``data_fingerprint`` is the same value-based hash the
-  Parquet store computes (``backtest.store.table_fingerprint``), written in the same transaction as the
+  Parquet store computes (``backtest.data.store.table_fingerprint``), written in the same transaction as the
   symbol's rows, so identical data has identical cache keys whichever source it comes from, and changing one
   symbol's rows changes only its chunk's key.
 - Results are keyed by an integer run id (not the 36-character flow run id) because the out-of-sample table
@@ -24,7 +24,7 @@ import datetime as dt
 
 import sqlalchemy as sa
 
-from backtest.metrics import METRIC_NAMES
+from backtest.engine.metrics import METRIC_NAMES
 
 __all__ = [
     "EPOCH_ORDINAL",

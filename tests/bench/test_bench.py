@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from flows.bench_compare import (
+from benchmarks.compare import (
     CompactCloses,
     agreement,
     core_total_returns,
@@ -18,8 +18,8 @@ from flows.bench_compare import (
     sma_combos,
     vectorbt_version,
 )
-from flows.benchmark import RATIO_KEYS
-from flows.cli import app
+from benchmarks.suite import RATIO_KEYS
+from cli.app import app
 
 runner = CliRunner()
 
@@ -84,7 +84,7 @@ def test_exact_ties_are_found_in_whole_cents_and_other_differences_fail_the_chec
 
 
 def test_naive_pandas_and_the_core_kernel_agree_with_fees_on_ragged_histories():
-    from backtest.synthetic import generate_panel
+    from backtest.data.synthetic import generate_panel
 
     panel = generate_panel(6, 8.0, seed=3)  # late listings, delistings and missing days
     combos = sma_combos(16)
@@ -97,7 +97,7 @@ def test_naive_pandas_and_the_core_kernel_agree_with_fees_on_ragged_histories():
 
 
 def test_flow_checks_catch_wrong_cache_behaviour_counts_and_figures():
-    from flows.benchmark import check_flow_run
+    from benchmarks.suite import check_flow_run
 
     core = {
         "symbols": 16,
@@ -145,7 +145,7 @@ def test_rss_sampler_counts_a_child_started_while_it_runs():
     import sys
     import time
 
-    from flows.bench_measure import RssSampler
+    from benchmarks.measure import RssSampler
 
     code = "import time; b = bytearray(300 * 2**20); b[::4096] = b'x' * len(b[::4096]); time.sleep(5)"
     with RssSampler(interval=0.01, children=True, children_every=0.1) as rss:

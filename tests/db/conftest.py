@@ -6,14 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from backtest.chunkio import chunk_to_bytes
 from backtest.config import FoldSpec, ParamGrid, StudyConfig
+from backtest.data.ingest import ingest_folder
+from backtest.data.store import Store
+from backtest.data.synthetic import generate_universe
 from backtest.db import results as r
-from backtest.ingest import ingest_folder
-from backtest.planning import make_plan, resolve_universe
-from backtest.store import Store
-from backtest.study import run_chunk
-from backtest.synthetic import generate_universe
+from backtest.engine.planning import make_plan, resolve_universe
+from backtest.engine.study import run_chunk
+from backtest.results.chunkio import chunk_to_bytes
 from tests.db.pgserver import PgServer, pg_server, pg_url
 
 __all__ = ["PgServer", "chunk_results", "db_csv", "db_store", "db_url", "pg_server", "pg_url"]

@@ -13,7 +13,7 @@ from backtest.db import schema as s
 from backtest.db.connect import forget_checks, open_db
 from backtest.db.migrations import LATEST
 from backtest.db.results import clear_result_cache
-from flows.cli import app
+from cli.app import app
 
 runner = CliRunner()
 

@@ -9,14 +9,14 @@ import pyarrow as pa
 import pytest
 import sqlalchemy as sa
 
+from backtest.data.panel import PRICE_FIELDS
+from backtest.data.store import Store
+from backtest.data.validation import STORED_SCHEMA
 from backtest.db import schema as s
 from backtest.db.connect import open_db
 from backtest.db.optimize import check_query_plans, integrity_check
 from backtest.db.prices import DbPriceSource, PriceSource, sync_prices
 from backtest.errors import ConfigError, DataError
-from backtest.panel import PRICE_FIELDS
-from backtest.store import Store
-from backtest.validation import STORED_SCHEMA
 
 HOSTILE = ("A'; DROP TABLE prices;--", 'B"); DELETE FROM symbols; --', "C\\' OR 1=1 --", "Ünï ℂødé")
 

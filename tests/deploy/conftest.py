@@ -23,8 +23,8 @@ import psutil
 import pytest
 from typer.testing import CliRunner
 
-from flows import cli_server
-from flows.cli import app
+from cli import server as cli_server
+from cli.app import app
 from tests import prefect_db
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -34,7 +34,7 @@ FLAKY = """
 import fcntl
 import os
 
-from backtest.strategies import sma_crossover
+from backtest.engine.strategies import sma_crossover
 
 MARKER = {marker!r}
 LOG = {log!r}

@@ -8,7 +8,7 @@ from uuid import UUID
 
 from prefect.client.schemas.objects import State, StateType
 
-from flows import cli_server
+from cli import server as cli_server
 
 FINAL = {StateType.COMPLETED, StateType.FAILED, StateType.CRASHED, StateType.CANCELLED}
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from flows import cli_server
-from flows.cli import app
-from flows.server_settings import SERVER_ENV
+from cli import server as cli_server
+from cli.app import app
+from flows.settings import SERVER_ENV
 from tests.deploy.conftest import REPO_ROOT
 
 
@@ -71,7 +71,7 @@ def test_server_up_twice_reuses_the_running_server(server):
 
 
 def test_server_up_starts_the_server_with_batched_task_run_writes(server):
-    # flows.server_settings.SERVER_ENV: without it the recorder commits each task-run event on its own, and a flow run
+    # flows.settings.SERVER_ENV: without it the recorder commits each task-run event on its own, and a flow run
     # created meanwhile can fail once with "database is locked" and wait 2 s for the client's retry
     environ = Path(f"/proc/{server.pid}/environ").read_bytes().split(b"\0")
     settings = dict(item.decode().split("=", 1) for item in environ if b"=" in item)

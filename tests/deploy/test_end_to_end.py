@@ -18,10 +18,10 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from backtest.ingest import ingest_folder
-from backtest.store import Store
-from flows import cli_server
-from flows.cli import app
+from backtest.data.ingest import ingest_folder
+from backtest.data.store import Store
+from cli import server as cli_server
+from cli.app import app
 from flows.params import StudyParams
 from tests.deploy.conftest import POOL, REPO_ROOT
 from tests.deploy.runs import artifacts_of, retry_like_the_ui, start_run, task_runs_of, wait_final

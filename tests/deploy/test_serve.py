@@ -10,9 +10,9 @@ import sys
 
 import yaml
 
-from backtest.ingest import ingest_folder
-from backtest.store import Store
-from flows import cli_server
+from backtest.data.ingest import ingest_folder
+from backtest.data.store import Store
+from cli import server as cli_server
 from tests.deploy.conftest import REPO_ROOT, background, wait_until
 from tests.deploy.runs import artifacts_of, start_run, wait_final
 from tests.deploy.test_end_to_end import SMALL, expected_deployments

@@ -22,11 +22,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from backtest.ingest import ingest_folder
-from backtest.planning import resolve_universe
-from backtest.store import Store
-from backtest.study import run_study
-from backtest.synthetic import generate_universe
+from backtest.data.ingest import ingest_folder
+from backtest.data.store import Store
+from backtest.data.synthetic import generate_universe
+from backtest.engine.planning import resolve_universe
+from backtest.engine.study import run_study
 from tests import prefect_db
 
 REPO = Path(__file__).resolve().parents[2]
@@ -51,7 +51,7 @@ import os
 import signal
 import time
 
-from backtest.strategies import sma_crossover
+from backtest.engine.strategies import sma_crossover
 
 
 def controlled(prices, fast=10, slow=50):
@@ -203,7 +203,7 @@ class Cli:
         }
 
     def command(self, args: Sequence[str]) -> list[str]:
-        return [sys.executable, "-c", "from flows.cli import app; app()", *args]
+        return [sys.executable, "-c", "from cli.app import app; app()", *args]
 
     def start(self, args: Sequence[str], log: Path) -> subprocess.Popen[bytes]:
         with open(log, "wb") as out:

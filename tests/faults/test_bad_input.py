@@ -15,11 +15,11 @@ import pytest
 from typer.testing import CliRunner
 
 from backtest.config import FoldSpec, ParamGrid, StudyConfig
+from backtest.data.ingest import IngestReport, ingest_folder
+from backtest.data.store import Store
+from backtest.engine.study import run_study
 from backtest.errors import StrategyError
-from backtest.ingest import IngestReport, ingest_folder
-from backtest.store import Store
-from backtest.study import run_study
-from flows.cli import app
+from cli.app import app
 
 SP500 = "date,open,high,low,close,volume,Name\n"
 TOMORROW_PLUS = (dt.datetime.now(dt.UTC).date() + dt.timedelta(days=30)).isoformat()
@@ -277,14 +277,14 @@ def test_bad_user_strategies_stop_with_the_symbol_and_date(small_store, tmp_path
     with pytest.raises(StrategyError, match=re.escape(message)):
         run_study(config, ["X"], small_store.load, first, last, chunk_size=10, workers=1)
     sys.modules.pop("bad_user_strategies", None)
-    from backtest import strategies
+    from backtest.engine import strategies
 
     strategies._REGISTRY.pop(f"bad_user_strategies:{name}", None)
 
 
 def test_windows_of_zero_or_longer_than_the_data(small_store):
+    from backtest.engine.planning import make_plan, resolve_universe
     from backtest.errors import ConfigError
-    from backtest.planning import make_plan, resolve_universe
 
     with pytest.raises(ConfigError, match="train_years must be at least one month"):
         FoldSpec(0, 1, 1)

@@ -10,9 +10,9 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from backtest.csvformats import open_csv_source, source_fingerprint
+from backtest.data.csvformats import open_csv_source, source_fingerprint
+from backtest.data.validation import STORED_SCHEMA, ValidatedCsv, validate_bytes, validate_source
 from backtest.errors import DataError
-from backtest.validation import STORED_SCHEMA, ValidatedCsv, validate_bytes, validate_source
 
 HEADERS = {
     "sp500_5yr": "date,open,high,low,close,volume,Name",

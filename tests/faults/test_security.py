@@ -130,7 +130,7 @@ def audit_cache(cache: Path) -> None:
 
 
 def test_servers_listen_on_loopback_only(prefect_server):
-    from flows.cli_server import HOST
+    from cli.server import HOST
     from flows.study import make_task_runner
 
     assert HOST == "127.0.0.1"

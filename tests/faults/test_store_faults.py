@@ -20,17 +20,17 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from backtest.ingest import ingest_folder
-from backtest.store import Store
-from backtest.synthetic import generate_universe
-from flows.cli import app
+from backtest.data.ingest import ingest_folder
+from backtest.data.store import Store
+from backtest.data.synthetic import generate_universe
+from cli.app import app
 from tests.faults.conftest import REPO, wait_for
 
 # -- bounded memory ------------------------------------------------------------------------------------
 
 PEAK_RSS = """
 import resource, sys
-from backtest.validation import validate_file
+from backtest.data.validation import validate_file
 checked = validate_file(sys.argv[1])
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 print(checked.rows, checked.rejected_rows, checked.rejects.num_rows, peak)
@@ -189,7 +189,7 @@ def test_corrupt_catalog_is_a_clear_error(market, tmp_path):
 
 INGEST = """
 import sys
-from flows.cli import app
+from cli.app import app
 sys.argv = ["backtest", "ingest", sys.argv[1], "--store", sys.argv[2], "--workers", "1"]
 app()
 """
@@ -240,8 +240,8 @@ def test_full_disk_by_file_size_limit(tmp_path, market):
         import resource, signal, sys, json
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
-        from backtest.ingest import ingest_folder
-        from backtest.store import Store
+        from backtest.data.ingest import ingest_folder
+        from backtest.data.store import Store
         report = ingest_folder(sys.argv[1], Store(sys.argv[2]), workers=1, durable=False)
         print(json.dumps([[f.symbol, f.outcome, f.problems[0].reason if f.problems else ""] for f in report.files]))
         """

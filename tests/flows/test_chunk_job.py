@@ -10,7 +10,7 @@ import cloudpickle
 import pytest
 from prefect.utilities.collections import visit_collection
 
-from backtest.planning import make_plan, plan_chunks, resolve_universe
+from backtest.engine.planning import make_plan, plan_chunks, resolve_universe
 from tasks.chunks import ChunkJob, PriceSource, backtest_chunk
 from tests.flows.test_study_flow import params
 

@@ -3,7 +3,7 @@ import json
 import pandas as pd
 from typer.testing import CliRunner
 
-from flows.cli import app
+from cli.app import app
 
 runner = CliRunner()
 

@@ -5,11 +5,11 @@ import os
 import pandas as pd
 from prefect import flow
 
-from backtest import handoff
-from backtest.chunkio import SMALL_TABLES, read_chunk
-from backtest.planning import make_plan, plan_chunks, resolve_universe
-from backtest.study import ChunkResult, run_chunk
-from flows.runs import read_summary
+from backtest.engine.planning import make_plan, plan_chunks, resolve_universe
+from backtest.engine.study import ChunkResult, run_chunk
+from backtest.results import handoff
+from backtest.results.chunkio import SMALL_TABLES, read_chunk
+from cli.runs import read_summary
 from flows.study import three_phase_study
 from tasks.chunks import ChunkJob, PriceSource, backtest_chunk
 from tasks.serializers import StoredChunk

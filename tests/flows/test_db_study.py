@@ -11,13 +11,13 @@ import pandas as pd
 import pyarrow as pa
 import sqlalchemy as sa
 
+from backtest.data.store import Store
+from backtest.data.validation import STORED_SCHEMA
 from backtest.db import schema as s
 from backtest.db.connect import open_db
 from backtest.db.engine import describe_url
 from backtest.db.prices import sync_prices
 from backtest.db.results import read_run
-from backtest.store import Store
-from backtest.validation import STORED_SCHEMA
 from flows.params import StudyParams
 from flows.study import three_phase_study
 from tests.db.pgserver import pg_server, pg_url  # noqa: F401 - fixtures: a real PostgreSQL for this module
@@ -140,7 +140,7 @@ def test_db_maintenance_flow_prunes_old_runs_and_fails_on_a_missing_index(tmp_pa
 def test_cli_ingest_and_run_through_a_database(synthetic_csv, tmp_path):
     from typer.testing import CliRunner
 
-    from flows.cli import app
+    from cli.app import app
 
     runner = CliRunner()
     url = f"sqlite:///{tmp_path / 'cli.db'}"

@@ -18,7 +18,7 @@ import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
-from backtest.alerts import AlertThresholds
+from backtest.observe.alerts import AlertThresholds
 from flows.automations import create_alert_automation
 from flows.params import StudyParams
 from flows.study import three_phase_study
@@ -140,7 +140,7 @@ def test_peak_rss_agrees_with_gnu_time(store, tmp_path):
         "-v",
         sys.executable,
         "-c",
-        "from flows.cli import app; app()",
+        "from cli.app import app; app()",
         "run",
         "--store",
         str(store.root),
@@ -172,7 +172,7 @@ def test_cli_creates_the_alert_automation_or_says_why_not():
     from prefect.automations import Automation
     from typer.testing import CliRunner
 
-    from flows.cli import app
+    from cli.app import app
 
     name = f"cli-alerts-{uuid.uuid4().hex[:8]}"
     result = CliRunner().invoke(

@@ -7,8 +7,8 @@ import os
 
 from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, get_current_settings, temporary_settings
 
-from flows.runs import local_run_settings, prepare_environment
-from flows.server_settings import SERVER_ENV
+from cli.runs import local_run_settings, prepare_environment
+from flows.settings import SERVER_ENV
 
 
 def test_heartbeats_are_off_for_local_runs_by_default():

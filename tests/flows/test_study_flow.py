@@ -4,11 +4,11 @@ import textwrap
 
 import pandas as pd
 
-from backtest.ingest import ingest_folder
-from backtest.planning import resolve_universe
-from backtest.study import run_study
+from backtest.data.ingest import ingest_folder
+from backtest.engine.planning import resolve_universe
+from backtest.engine.study import run_study
+from cli.runs import read_summary
 from flows.params import StudyParams
-from flows.runs import read_summary
 from flows.study import three_phase_study
 
 GRID = {"fast": [5, 20], "slow": [60, 120]}
@@ -92,7 +92,7 @@ def test_one_changed_symbol_recomputes_only_its_chunk(store, synthetic_csv, tmp_
 
 STRATEGY = """
 import os
-from backtest.strategies import sma_crossover
+from backtest.engine.strategies import sma_crossover
 
 def flaky(prices, fast=10, slow=50):
     if os.path.exists({marker!r}) and {symbol!r} in prices.symbols:
@@ -142,7 +142,7 @@ def test_the_processes_runner_gives_the_cores_results(store, tmp_path):
 COUNTING = """
 import fcntl
 import os
-from backtest.strategies import sma_crossover
+from backtest.engine.strategies import sma_crossover
 
 def counted(prices, fast=10, slow=50):
     with open({log!r}, "a") as fh:
@@ -211,7 +211,7 @@ def test_transient_errors_are_retried_and_code_changes_recompute_everything(stor
     # editing the strategy's code changes every chunk's key
     module.write_text(module.read_text() + "\n# a harmless edit\n")
     sys.modules.pop("counting_b", None)
-    from backtest import strategies
+    from backtest.engine import strategies
 
     strategies._REGISTRY.pop("counting_b:counted", None)
     state = three_phase_study(p, return_state=True)

@@ -19,9 +19,9 @@ from typer.testing import CliRunner
 from backtest.db import schema as s
 from backtest.db.connect import open_db
 from backtest.db.results import clear_result_cache, read_metrics, read_run, read_selections
-from backtest.report import RESULT_PLOTS
-from flows.cli import app
-from flows.runs import read_summary
+from backtest.observe.report import RESULT_PLOTS
+from cli.app import app
+from cli.runs import read_summary
 from flows.study import three_phase_study
 from tests.flows.test_study_flow import assert_same_tables, params, tables
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from backtest.alerts import (
+from backtest.observe.alerts import (
     AlertBook,
     AlertThresholds,
     cache_hit_rate_low,
@@ -10,7 +10,7 @@ from backtest.alerts import (
     slow_chunks,
     startup_chunks,
 )
-from backtest.monitor import Sample
+from backtest.observe.monitor import Sample
 
 
 def sample(t: float, cpu: float = 10.0, mem: float = 40.0) -> Sample:

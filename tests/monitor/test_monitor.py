@@ -10,7 +10,7 @@ import pandas as pd
 import psutil
 import pytest
 
-from backtest.monitor import (
+from backtest.observe.monitor import (
     ResourceMonitor,
     atomic_path,
     cpu_seconds_between,

@@ -8,10 +8,9 @@ import time
 import pandas as pd
 import pytest
 
-from backtest.chunkio import chunk_to_bytes
 from backtest.config import FoldSpec, ParamGrid, StudyConfig
-from backtest.outputs import chunk_row
-from backtest.profiling import (
+from backtest.engine.study import StudyPlan, date_range, run_chunk
+from backtest.observe.profiling import (
     CPU_BOUND,
     IO_BOUND,
     WAITING,
@@ -25,7 +24,8 @@ from backtest.profiling import (
     read_chunk_timings,
     wall_timings,
 )
-from backtest.study import StudyPlan, date_range, run_chunk
+from backtest.results.chunkio import chunk_to_bytes
+from backtest.results.outputs import chunk_row
 from tests.panels import random_panel
 
 

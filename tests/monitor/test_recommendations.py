@@ -8,9 +8,9 @@ from dataclasses import replace
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from backtest.planning import TASK_OVERHEAD_SECONDS, choose_chunk_size, work_per_symbol
-from backtest.profiling import BlockFigures, ChunkFigures, RunProfile
-from backtest.recommendations import (
+from backtest.engine.planning import TASK_OVERHEAD_SECONDS, choose_chunk_size, work_per_symbol
+from backtest.observe.profiling import BlockFigures, ChunkFigures, RunProfile
+from backtest.observe.recommendations import (
     CHUNK_SIZE_TOLERANCE,
     cache_missing,
     chunk_size_off,

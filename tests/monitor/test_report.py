@@ -15,15 +15,15 @@ import pytest
 from matplotlib.image import imread
 from typer.testing import CliRunner
 
-from backtest.alerts import AlertBook
 from backtest.config import FoldSpec, ParamGrid, StudyConfig
-from backtest.monitor import ResourceMonitor
-from backtest.outputs import study_figures, write_json
-from backtest.profiling import ChunkFigures, analyse, save_profile
-from backtest.recommendations import recommend
-from backtest.report import PLOT_TITLES, RESULT_PLOTS, build_report, report_markdown
-from backtest.study import date_range, run_study
-from flows.cli import app
+from backtest.engine.study import date_range, run_study
+from backtest.observe.alerts import AlertBook
+from backtest.observe.monitor import ResourceMonitor
+from backtest.observe.profiling import ChunkFigures, analyse, save_profile
+from backtest.observe.recommendations import recommend
+from backtest.observe.report import PLOT_TITLES, RESULT_PLOTS, build_report, report_markdown
+from backtest.results.outputs import study_figures, write_json
+from cli.app import app
 from tests.panels import random_panel
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

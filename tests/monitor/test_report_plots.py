@@ -15,9 +15,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from backtest.monitor import CORE_PREFIX
-from backtest.profiling import RESOURCES_FILE
-from backtest.report import (
+from backtest.observe.monitor import CORE_PREFIX
+from backtest.observe.profiling import RESOURCES_FILE
+from backtest.observe.report import (
     DPI,
     RunTables,
     _figure,
@@ -147,7 +147,7 @@ def test_run_tables_reads_each_table_once_and_only_the_plotted_columns(tmp_path,
         opened.append(str(path))
         return real(path, *args, **kwargs)
 
-    monkeypatch.setattr("backtest.report.pq.ParquetFile", counting)
+    monkeypatch.setattr("backtest.observe.report.pq.ParquetFile", counting)
     tables = RunTables(tmp_path)
     first = tables["selections.parquet"]
     assert first is tables["selections.parquet"] and len(opened) == 1  # read once, shared by two plots
@@ -171,15 +171,15 @@ def test_preload_imports_the_report_builder_on_a_background_thread():
     and the builder is loaded by the time its thread ends, so ``publish_report`` finds it imported."""
     code = (
         "import sys, time\n"
-        "from backtest.preload import preload\n"
+        "from backtest.observe.preload import preload\n"
         "assert 'matplotlib' not in sys.modules\n"
         "t0 = time.perf_counter()\n"
-        "thread = preload('backtest.report')\n"
+        "thread = preload('backtest.observe.report')\n"
         "started = time.perf_counter() - t0\n"
-        "assert preload('backtest.report') is thread and not thread.daemon\n"
+        "assert preload('backtest.observe.report') is thread and not thread.daemon\n"
         "thread.join(60)\n"
         "loaded = time.perf_counter() - t0\n"
-        "assert 'backtest.report' in sys.modules and 'matplotlib' in sys.modules\n"
+        "assert 'backtest.observe.report' in sys.modules and 'matplotlib' in sys.modules\n"
         # a module that cannot be imported: nothing raised on the thread, the real import raises
         "missing = preload('backtest.no_such_module')\n"
         "missing.join(10)\n"
@@ -196,6 +196,6 @@ def test_preload_imports_the_report_builder_on_a_background_thread():
 
 def test_the_task_module_preloads_the_report_builder():
     thread = preload_report()
-    assert thread is preload_report() and thread.name == "preload-backtest.report"
+    assert thread is preload_report() and thread.name == "preload-backtest.observe.report"
     thread.join(60)
-    assert "backtest.report" in sys.modules
+    assert "backtest.observe.report" in sys.modules

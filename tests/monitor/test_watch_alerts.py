@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from backtest.profiling import COMPUTED
+from backtest.observe.profiling import COMPUTED
 from flows import monitoring
 from tests.monitor.test_alerts import run_spans
 

@@ -1,0 +1,1 @@
+"""The computation: folds, strategies, numba kernels, simulation, metrics, study planning and running."""

@@ -1,0 +1,1 @@
+"""Watching a run: resource monitor, alerts, where-the-time-went profiling, recommendations, the report."""

@@ -1,0 +1,2 @@
+"""The benchmark suite: ``backtest bench`` (suite), its measurements, the vectorbt and pandas comparisons,
+the recorded-results report, and standalone scripts for single questions (core_w, db_load, flow_overhead)."""

@@ -1,0 +1,1 @@
+"""The ``backtest`` command: a thin shell over the flows and the core (entry point ``cli.app:app``)."""

@@ -1,0 +1,180 @@
+"""Running the study flow from the command line: environment, live progress, and the printed summary."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from rich.text import Text
+
+from backtest.engine.metrics import HEADLINE_METRICS
+from flows.settings import SERVER_ENV
+
+QUIET_ENV = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DO_NOT_TRACK": "1",
+    # run logs still go to the Prefect API (and the UI); the terminal shows the progress bar instead
+    "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "WARNING",
+    **SERVER_ENV,  # for the ephemeral server, which inherits this process's environment
+    # the ephemeral server's first start in a new PREFECT_HOME migrates its database: on a busy 2-core machine,
+    # with Python not caching bytecode, that exceeded Prefect's 20 s default and `backtest demo` failed
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+}
+
+
+def prepare_environment(verbose: bool = False) -> None:
+    """Settings Prefect reads at import: set before the first ``import prefect`` (users' values win)."""
+    for key, value in QUIET_ENV.items():
+        if verbose and key == "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL":
+            continue
+        os.environ.setdefault(key, value)
+
+
+@contextmanager
+def local_run_settings() -> Iterator[None]:
+    """Prefect settings for a flow run started in this process (``backtest run``/``demo``, the benchmark).
+
+    Flow-run heartbeats are off unless configured. A synchronous flow ends by joining its heartbeat thread,
+    which sleeps in whole seconds: measured here, every run took 0.5-1.0 s longer (0.13 s for an empty flow
+    without them), a tenth of W's cold run and most of a warm one. Heartbeats serve a server-side automation
+    that marks runs crashed when they stop; this project creates none, and a run in this process reports its
+    own crash on the terminal. A frequency set in the environment or the Prefect profile is kept, and the
+    runs of deployments use their worker's settings.
+    """
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, get_current_settings, temporary_settings
+
+    if "heartbeat_frequency" in get_current_settings().flows.model_fields_set:
+        yield
+        return
+    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        yield
+
+
+def run_study_cli(params: Any, console: Console) -> int:
+    """Run the flow in this process with a progress bar; print the summary; return the exit code."""
+    from flows.progress import Progress as StudyProgress
+    from flows.progress import set_listener
+    from flows.study import three_phase_study
+
+    with Progress(
+        TextColumn("[bold]backtest[/]"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("chunks"),
+        TextColumn("{task.fields[rate]}"),
+        TextColumn("{task.fields[eta]}"),
+        TimeElapsedColumn(),
+        TextColumn("{task.description}"),
+        console=console,
+        transient=False,
+    ) as progress:
+        bar = progress.add_task("planning...", total=None, rate="", eta="")
+
+        def on_chunk(update: StudyProgress) -> None:
+            rate, eta = update.symbols_per_second, update.eta_seconds
+            progress.update(
+                bar,
+                completed=update.done,
+                total=update.total,
+                description=f"{update.chunk} {update.state.lower()}",
+                rate=f"{rate:,.0f} symbols/s" if rate else "",
+                eta=f"ETA {eta:,.0f} s" if eta is not None else "",
+            )
+
+        set_listener(on_chunk)
+        try:
+            with local_run_settings():
+                state = three_phase_study(params, return_state=True)
+        except Exception as exc:  # no flow run at all (e.g. the API server did not start): one clear line
+            progress.stop()
+            console.print(
+                f"[red]error:[/] the flow could not run: {type(exc).__name__}: {exc}", highlight=False
+            )
+            return 1
+        finally:
+            set_listener(None)
+    summary_path = Path(params.out) / "summary.json"
+    summary = read_summary(summary_path.parent) if summary_path.exists() and not state.is_crashed() else None
+    if summary is None or summary.get("flow_run_id") != str(state.state_details.flow_run_id):
+        exc = state.result(raise_on_failure=False)
+        message = f"{type(exc).__name__}: {exc}" if isinstance(exc, BaseException) else state.message
+        console.print(f"[red]error:[/] {message}")
+        return 1
+    print_summary(summary, console)
+    if state.is_failed():
+        console.print(f"[red]{state.message}[/]")
+        console.print(
+            "Re-run the same command: finished chunks come from the cache, only the failed ones run."
+        )
+        return 1
+    return 0
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:,.4f}"
+    return str(value)
+
+
+def print_summary(summary: dict[str, Any], console: Console) -> None:
+    counts, cache = summary["counts"], summary["cache"]
+    console.print(
+        f"[bold]{summary['state']}[/] in {summary['wall_seconds']:.1f} s - flow run {summary['flow_run_id']}: "
+        f"{counts['symbols']} symbols, {counts['chunks']} chunks, {counts['folds']} folds, "
+        f"{counts['combinations']} combinations; cache {cache['hits']} hits, {cache['misses']} misses"
+        + (f", {cache['failed']} failed" if cache.get("failed") else "")
+    )
+    for failed in summary.get("failed_chunks", []):
+        console.print(f"  [red]{failed['chunk']}[/]: {failed['error']}")
+    figures = summary.get("figures")
+    if figures:
+        table = Table(title=f"Out of sample {figures['oos_start']} to {figures['oos_end']}")
+        table.add_column("metric")
+        table.add_column("portfolio", justify="right")
+        table.add_column("buy and hold", justify="right")
+        for key in HEADLINE_METRICS:
+            table.add_row(key, _fmt(figures["portfolio"].get(key)), _fmt(figures["benchmark"].get(key)))
+        console.print(table)
+        console.print(
+            f"selected combinations: mean score in sample {_fmt(figures['mean_in_sample_score'])}, "
+            f"validation {_fmt(figures['mean_validation_score'])}, test {_fmt(figures['mean_test_score'])}"
+        )
+    print_monitoring(summary, console)
+    console.print(f"results in {summary['out']}")
+
+
+def read_summary(out: Path) -> dict[str, Any]:
+    return json.loads((out / "summary.json").read_text())
+
+
+def print_monitoring(summary: dict[str, Any], console: Console) -> None:
+    """Resources, bottleneck, alerts and recommendations of the run (from summary.json)."""
+    if "peak_rss_bytes" not in summary:
+        return
+    from backtest.observe.profiling import describe_bottleneck
+
+    peak = summary.get("peak_rss_bytes")
+    eff, hit = summary.get("parallel_efficiency"), summary.get("cache_hit_rate")
+    parts = [
+        f"peak RSS {peak / 2**20:,.0f} MiB" if peak else "peak RSS n/a",
+        f"parallel efficiency {eff:.0%}" if eff is not None else "parallel efficiency n/a (nothing computed)",
+        f"cache hit rate {hit:.0%}" if hit is not None else "cache hit rate n/a",
+        f"orchestration {summary.get('orchestration_overhead_seconds') or 0.0:.1f} s",
+    ]
+    console.print(", ".join(parts), highlight=False)
+    console.print(Text(f"bottleneck: {describe_bottleneck(summary.get('bottleneck') or {})}"))
+    for alert in summary.get("alerts", []):
+        console.print(Text.assemble(("alert ", "yellow"), f"{alert['kind']}: {alert['message']}"))
+    for advice in summary.get("recommendations", []):
+        console.print(Text(f"advice: {advice}"))
+    if summary.get("report"):
+        console.print(f"report {summary['report']}")
