@@ -1,4 +1,5 @@
-"""Atomic file writes: a hidden temporary beside the target, renamed over it once complete.
+"""Atomic file writes, the project's one mechanism: a hidden temporary beside the target, renamed over it
+(or, for a file that must not exist yet, linked to it) once complete.
 
 A temporary's name says which machine, process and thread write it (``.<name>.<host>.<pid>.<thread>.tmp``):
 concurrent writers of one target never share a temporary (a retried chunk may write its price file while its
@@ -9,6 +10,8 @@ part-way, out of memory) from one still being written.
 from __future__ import annotations
 
 import hashlib
+import json
+import math
 import os
 import socket
 import threading
@@ -16,6 +19,9 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 #: a temporary untouched this long is abandoned, whoever wrote it (a process id says nothing about another
 #: machine sharing the folder)
@@ -41,6 +47,78 @@ def atomic_path(path: Path, suffix: str = ".tmp") -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def write_bytes(path: Path, data: bytes, *, durable: bool = False, sync_dir: bool = True) -> Path:
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a partial one.
+
+    ``durable`` fsyncs the data before the rename, so a power cut cannot publish an empty file; the folder's
+    own fsync (which makes the rename itself durable) can be left to the caller with ``sync_dir=False`` when
+    it syncs the folder once for a whole batch of files.
+    """
+    with atomic_path(path) as tmp:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            if durable:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+    if durable and sync_dir:
+        fsync_dir(path.parent)
+    return path
+
+
+def write_text(path: Path, text: str) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return path
+
+
+def write_json(path: Path, data: dict[str, Any]) -> Path:
+    """``data`` as indented JSON; NaN and infinities become null (JSON has no such numbers)."""
+    return write_text(path, json.dumps(json_safe(data), indent=2, sort_keys=False, default=str) + "\n")
+
+
+def create_exclusive(path: Path, text: str) -> bool:
+    """Create ``path`` holding ``text`` in one step, unless it exists (then return False and leave it).
+
+    The content is written first and then hard-linked into place, so no reader ever sees the file empty,
+    which ``open(..., "x")`` followed by a write would show.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_for(path)
+    tmp.write_text(text, encoding="utf-8")
+    try:
+        os.link(tmp, path)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make the renames into ``folder`` durable."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def json_safe(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def abandoned(path: Path, now: float | None = None) -> bool:

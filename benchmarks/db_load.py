@@ -48,8 +48,7 @@ def postgres(url: str | None) -> Iterator[str | None]:
     if url:
         yield url
         return
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from tests.db.pgserver import PgUnavailable, temporary_postgres
+    from backtest.db.pgtemp import PgUnavailable, temporary_postgres
 
     try:
         with temporary_postgres(durable=True) as server:

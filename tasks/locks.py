@@ -14,13 +14,14 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import secrets
 import socket
 from pathlib import Path
 from typing import Any
 
 import psutil
 from prefect.locking.filesystem import FileSystemLockManager
+
+from backtest.atomic import create_exclusive, write_text
 
 __all__ = ["ProcessLockManager", "holder_process_is_gone", "this_process"]
 
@@ -58,16 +59,10 @@ class ProcessLockManager(FileSystemLockManager):
             return False
         expiration = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=hold_timeout) if hold_timeout else None
         record = {"holder": holder, "expiration": str(expiration) if expiration else None, **this_process()}
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-        tmp.write_text(json.dumps(record))
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
+        if not create_exclusive(path, json.dumps(record)):
             if not self.is_lock_holder(key, holder):
                 return self.acquire_lock(key, holder, acquire_timeout, hold_timeout)
-            os.replace(tmp, path)  # re-entrant: refresh our own record
-        finally:
-            tmp.unlink(missing_ok=True)
+            write_text(path, json.dumps(record))  # re-entrant: refresh our own record
         self._locks[key] = {"holder": holder, "expiration": expiration, "path": path}
         return True
 

@@ -29,7 +29,6 @@ import fcntl
 import hashlib
 import os
 import re
-import secrets
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -44,6 +43,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from backtest.atomic import fsync_dir, write_bytes
 from backtest.data.panel import PRICE_FIELDS, PricePanel
 from backtest.data.validation import STORED_SCHEMA
 from backtest.errors import ConfigError, DataError
@@ -57,7 +57,6 @@ __all__ = [
     "PriceFile",
     "Store",
     "StoreWriter",
-    "atomic_write_bytes",
     "safe_name",
     "table_fingerprint",
     "write_price_file",
@@ -133,41 +132,6 @@ def table_fingerprint(table: pa.Table) -> str:
     return digest.hexdigest()
 
 
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(target: Path, data: bytes, *, durable: bool = True, sync_dir: bool = True) -> None:
-    """Write ``data`` to ``target`` so that readers see the old file or the new one, never a partial one.
-
-    ``durable`` fsyncs the data before the rename, so a power cut cannot publish an empty file; the folder's
-    own fsync (which makes the rename itself durable) can be deferred with ``sync_dir=False`` when the caller
-    syncs the folder once for a whole batch of files.
-    """
-    tmp = target.parent / f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        try:
-            view = memoryview(data)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
-            if durable:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    if durable and sync_dir:
-        _fsync_dir(target.parent)
-
-
 def _parquet_bytes(table: pa.Table) -> bytes:
     # No dictionary encoding: prices hardly repeat, so dictionaries only cost time. lz4 decodes at memory
     # speed, which keeps loading a chunk of symbols I/O-light without making it CPU-bound.
@@ -202,7 +166,7 @@ def write_price_file(root: Path, symbol: str, table: pa.Table, *, durable: bool 
     target.parent.mkdir(parents=True, exist_ok=True)
     tagged = table.replace_schema_metadata({"symbol": symbol, "data_fingerprint": fingerprint})
     # The folder is synced once per commit (StoreWriter.commit), before the catalog that names this file.
-    atomic_write_bytes(target, _parquet_bytes(tagged), durable=durable, sync_dir=False)
+    write_bytes(target, _parquet_bytes(tagged), durable=durable, sync_dir=False)
     return PriceFile(relative, fingerprint, written=True)
 
 
@@ -250,7 +214,7 @@ def _catalog_table(entries: Mapping[str, CatalogEntry]) -> pa.Table:
     )
 
 
-def _as_day(value: DateLike, what: str) -> np.int64 | None:
+def as_day(value: DateLike, what: str) -> np.int64 | None:
     if value is None:
         return None
     if isinstance(value, dt.datetime):
@@ -284,12 +248,12 @@ class _Snapshot:
         return self._entries
 
 
-_Bars = tuple[np.ndarray, dict[str, np.ndarray]]
+Bars = tuple[np.ndarray, dict[str, np.ndarray]]
 #: all symbols' bars back to back: days, fields, and where each symbol's rows start (one more, the end)
 _Columns = tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]
 
 
-def _read_bars(path: Path, start: np.int64 | None, end: np.int64 | None) -> _Bars:
+def _read_bars(path: Path, start: np.int64 | None, end: np.int64 | None) -> Bars:
     # One read() of the whole (small) file, then decoding from memory: fewer small reads than letting
     # Parquet seek around the file, and the read releases the GIL for the other loader threads.
     with open(path, "rb") as handle:
@@ -339,7 +303,7 @@ def _scan_columns(paths: list[Path]) -> _Columns:
     return days, {name: table[name].to_numpy() for name in PRICE_FIELDS}, starts
 
 
-def _columns(bars: Sequence[_Bars]) -> _Columns:
+def _columns(bars: Sequence[Bars]) -> _Columns:
     """Per-symbol bars (read file by file, or from a database) back to back."""
     if not bars:
         return np.empty(0, np.int64), {name: np.empty(0) for name in PRICE_FIELDS}, np.zeros(1, np.int64)
@@ -469,7 +433,7 @@ class Store:
         if len(set(symbols)) != len(symbols):
             repeated = sorted({s for s in symbols if symbols.count(s) > 1})
             raise ConfigError(f"symbols listed more than once: {', '.join(map(repr, repeated))}")
-        lo, hi = _as_day(start, "start"), _as_day(end, "end")
+        lo, hi = as_day(start, "start"), as_day(end, "end")
         if lo is not None and hi is not None and lo > hi:
             raise ConfigError(f"start {start} is after end {end}")
         for attempt in range(2):
@@ -505,7 +469,7 @@ class Store:
         return StoreWriter(self, timeout=timeout, durable=durable)
 
 
-def _panel(symbols: tuple[str, ...], bars: Sequence[_Bars]) -> PricePanel:
+def align_panel(symbols: tuple[str, ...], bars: Sequence[Bars]) -> PricePanel:
     """Align per-symbol bars (each symbol's days sorted and unique) on the union of their days."""
     return _panel_of_columns(symbols, _columns(bars), None, None)
 
@@ -679,7 +643,7 @@ class StoreWriter:
         pacsv.write_csv(
             rejects.select(list(REJECT_COLUMNS)), sink, pacsv.WriteOptions(quoting_style="needed")
         )
-        atomic_write_bytes(path, sink.getvalue().to_pybytes(), durable=self.durable, sync_dir=False)
+        write_bytes(path, sink.getvalue().to_pybytes(), durable=self.durable, sync_dir=False)
 
     def commit(self) -> bool:
         """Publish the staged rows with one atomic replace of the catalog; False when nothing changed."""
@@ -688,11 +652,11 @@ class StoreWriter:
             return False
         if self.durable:
             # The renames of the files the new catalog names must be durable before the catalog is.
-            _fsync_dir(self.store.prices_dir)
-            _fsync_dir(self.store.rejects_dir)
+            fsync_dir(self.store.prices_dir)
+            fsync_dir(self.store.rejects_dir)
         sink = pa.BufferOutputStream()
         pq.write_table(_catalog_table(self._entries), sink)
-        atomic_write_bytes(self.store.catalog_path, sink.getvalue().to_pybytes(), durable=self.durable)
+        write_bytes(self.store.catalog_path, sink.getvalue().to_pybytes(), durable=self.durable)
         self._dirty = False
         return True
 

@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from backtest.atomic import write_text
 from backtest.data.panel import PricePanel
 from backtest.data.synthetic_nb import garch_returns, max_row_bytes, simulate_bars, write_csv_rows
 from backtest.errors import ConfigError, DataError
@@ -588,9 +589,7 @@ def generate_universe(
     written = [w for batch in results for w in batch]
 
     manifest = _manifest(seed, n_symbols, years, start, dates, written)
-    tmp = out / (MANIFEST_NAME + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=1) + "\n")
-    tmp.replace(out / MANIFEST_NAME)
+    write_text(out / MANIFEST_NAME, json.dumps(manifest, indent=1) + "\n")
     return GenerateSummary(
         out=out,
         symbols=n_symbols,

@@ -34,6 +34,7 @@ from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
+from backtest.db.adbc import use_arrow_sqlite
 from backtest.errors import BacktestError
 
 __all__ = [
@@ -284,8 +285,6 @@ def one_sqlite_library(database: str | None) -> Iterator[None]:
     for that file while it is open, and the engine keeps no idle connection (``NullPool``). Other processes are ordered by SQLite's own locks as ever. Without ADBC
     there is one copy, and no lock is taken.
     """
-    from backtest.db.sqlio import use_arrow_sqlite
-
     if not database or database == ":memory:" or not use_arrow_sqlite():
         yield
         return
@@ -301,8 +300,6 @@ def _create_engine(url: URL) -> Engine:
         folder = Path(url.database or ".").parent
         if not folder.is_dir():
             raise DatabaseError(f"cannot open {describe_url(url)}: folder {folder} does not exist")
-        from backtest.db.sqlio import use_arrow_sqlite
-
         if use_arrow_sqlite():
             # no idle connection may keep the file open while the other SQLite library opens it (see
             # one_sqlite_library): each transaction connects and closes (a whole read transaction so: about 0.5 ms here)

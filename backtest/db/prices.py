@@ -29,7 +29,7 @@ from cachetools import TTLCache
 from sqlalchemy.engine import Engine
 
 from backtest.data.panel import PRICE_FIELDS, PricePanel
-from backtest.data.store import DateLike, Store, _as_day, _panel
+from backtest.data.store import Bars, DateLike, Store, align_panel, as_day
 from backtest.db import schema as s
 from backtest.db.connect import open_db
 from backtest.db.engine import db_errors, is_postgres, read_txn, write_txn
@@ -147,18 +147,18 @@ class DbPriceSource:
         if len(set(symbols)) != len(symbols):
             repeated = sorted({x for x in symbols if symbols.count(x) > 1})
             raise ConfigError(f"symbols listed more than once: {', '.join(map(repr, repeated))}")
-        lo, hi = _as_day(start, "start"), _as_day(end, "end")
+        lo, hi = as_day(start, "start"), as_day(end, "end")
         if lo is not None and hi is not None and lo > hi:
             raise ConfigError(f"start {start} is after end {end}")
         if not symbols:
-            return _panel((), [])
+            return align_panel((), [])
         engine = self.engine
         where = [s.prices.c.symbol.in_(symbols)]
         if lo is not None:
             where.append(s.prices.c.date >= dt.date.fromordinal(_EPOCH_ORDINAL + int(lo)))
         if hi is not None:
             where.append(s.prices.c.date <= dt.date.fromordinal(_EPOCH_ORDINAL + int(hi)))
-        by_symbol: dict[str, _Bars] | None = None
+        by_symbol: dict[str, Bars] | None = None
         with db_errors(self.url, "read prices from"):
             with read_txn(engine) as conn:
                 known = {
@@ -177,11 +177,10 @@ class DbPriceSource:
                 # file at once (engine.one_sqlite_library)
                 by_symbol = _split_by_symbol(sqlite_arrow(engine, price_query(where, with_symbol=True)))
         empty = (np.empty(0, np.int64), {name: np.empty(0) for name in PRICE_FIELDS})
-        return _panel(tuple(symbols), [by_symbol.get(x, empty) for x in symbols])
+        return align_panel(tuple(symbols), [by_symbol.get(x, empty) for x in symbols])
 
 
 _EPOCH_ORDINAL = dt.date(1970, 1, 1).toordinal()
-_Bars = tuple[np.ndarray, dict[str, np.ndarray]]
 
 
 def price_query(where: list[sa.ColumnElement[bool]], with_symbol: bool) -> sa.Select:
@@ -197,12 +196,12 @@ def count_query(where: list[sa.ColumnElement[bool]]) -> sa.Select:
     return sa.select(p.symbol, sa.func.count()).where(*where).group_by(p.symbol).order_by(p.symbol)
 
 
-def _read_sqlite_rows(conn: sa.Connection, where: list[sa.ColumnElement[bool]]) -> dict[str, _Bars]:
+def _read_sqlite_rows(conn: sa.Connection, where: list[sa.ColumnElement[bool]]) -> dict[str, Bars]:
     # Without ADBC: two statements in one read transaction (one snapshot), the per-symbol row counts, then
     # the numbers alone in key order, so no symbol string is built per row.
     counts = conn.execute(count_query(where)).all()
     values = fetch_numeric(conn, price_query(where, with_symbol=False), 1 + len(PRICE_FIELDS))
-    out: dict[str, _Bars] = {}
+    out: dict[str, Bars] = {}
     offset = 0
     for symbol, n in counts:
         block = values[offset : offset + n]
@@ -214,11 +213,11 @@ def _read_sqlite_rows(conn: sa.Connection, where: list[sa.ColumnElement[bool]]) 
     return out
 
 
-def _read_pg(conn: sa.Connection, where: list[sa.ColumnElement[bool]]) -> dict[str, _Bars]:
+def _read_pg(conn: sa.Connection, where: list[sa.ColumnElement[bool]]) -> dict[str, Bars]:
     return _split_by_symbol(pg_copy_out(conn, price_query(where, with_symbol=True), _PG_PRICE_SCHEMA))
 
 
-def _split_by_symbol(table: pa.Table) -> dict[str, _Bars]:
+def _split_by_symbol(table: pa.Table) -> dict[str, Bars]:
     """Rows in (symbol, date) order -> each symbol's days and price arrays (slices, no copies)."""
     if table.num_rows == 0:
         return {}

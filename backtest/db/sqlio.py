@@ -29,7 +29,9 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.expression import ClauseElement, Executable, FunctionElement
 
-from backtest.db.engine import query_log
+from backtest.db import adbc
+from backtest.db.adbc import use_arrow_sqlite
+from backtest.db.engine import SQLITE_BUSY_TIMEOUT_MS, one_sqlite_library, query_log
 from backtest.db.schema import EPOCH_ORDINAL
 
 __all__ = [
@@ -43,18 +45,6 @@ __all__ = [
 ]
 
 _SQLITE_BATCH = 50_000
-
-try:  # Arrow's own SQLite driver (ADBC): rows decoded in C straight into Arrow columns
-    import adbc_driver_sqlite.dbapi as _adbc_sqlite
-except ImportError:  # pragma: no cover - an optional speed-up; fetch_numeric is the fallback
-    _adbc_sqlite = None
-
-#: read SQLite chunks through ADBC when it is installed (tests turn it off to cover the fallback)
-USE_ADBC = True
-
-
-def use_arrow_sqlite() -> bool:
-    return USE_ADBC and _adbc_sqlite is not None
 
 
 class epoch_day(FunctionElement):
@@ -201,20 +191,18 @@ def sqlite_arrow(engine: Engine, statement: sa.Select) -> pa.Table:
     short-lived connection to the same file (WAL: it reads the last committed state without blocking
     writers), with the same busy timeout.
     """
-    from backtest.db.engine import SQLITE_BUSY_TIMEOUT_MS, one_sqlite_library
-
-    assert _adbc_sqlite is not None
+    assert adbc.driver is not None
     compiled = statement.compile(dialect=engine.dialect, compile_kwargs={"render_postcompile": True})
     values = compiled.construct_params()
     params = [_driver_value(values[name]) for name in compiled.positiontup or []]
     sql = str(compiled)
     database = str(engine.url.database)
-    with one_sqlite_library(database), query_log().timed(sql), _adbc_sqlite.connect(database) as adbc:
-        with adbc.cursor() as cursor:
+    with one_sqlite_library(database), query_log().timed(sql), adbc.driver.connect(database) as connection:
+        with connection.cursor() as cursor:
             cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
             cursor.execute(sql, params)
             table = cursor.fetch_arrow_table()
-        adbc.rollback()
+        connection.rollback()
     return table
 
 

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from backtest.atomic import atomic_path
 from backtest.config import OBJECTIVES, ParamGrid, StudyConfig
 from backtest.data.panel import PricePanel
 from backtest.engine.folds import WINDOWS, Fold, FoldLayout, check_warmup, make_folds
@@ -442,9 +443,8 @@ class StudyResult:
         paths = {}
         for name, frame in files.items():
             path = out / f"{name}.parquet"
-            tmp = path.with_suffix(".parquet.tmp")
-            frame.to_parquet(tmp, index=False)
-            tmp.replace(path)
+            with atomic_path(path) as tmp:
+                frame.to_parquet(tmp, index=False)
             paths[name] = path
         return paths
 

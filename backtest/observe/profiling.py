@@ -32,12 +32,13 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import pandas as pd
 import psutil
 import pyarrow.parquet as pq
 
+from backtest.atomic import write_json
 from backtest.observe.monitor import (
     Sample,
     cpu_seconds_between,
@@ -47,9 +48,12 @@ from backtest.observe.monitor import (
     write_samples,
 )
 
-if TYPE_CHECKING:
-    from backtest.observe.alerts import Alert
-    from backtest.observe.recommendations import Recommendation
+
+class Finding(Protocol):
+    """A recommendation or an alert, as ``profile.json`` stores it (those modules build on this one)."""
+
+    def to_dict(self) -> dict[str, Any]: ...
+
 
 #: ``timings`` keys that are not wall seconds of a phase (so never summed into a chunk's wall time)
 CPU_KEY = "cpu"  # CPU seconds of the whole task body
@@ -552,7 +556,7 @@ def fmt_bytes(n: float | None) -> str:
 
 # -- saving a run's profile -------------------------------------------------------------------------------------
 def profile_document(
-    profile: RunProfile, recommendations: Sequence[Recommendation], alerts: Sequence[Alert]
+    profile: RunProfile, recommendations: Sequence[Finding], alerts: Sequence[Finding]
 ) -> dict[str, Any]:
     """What ``profile.json`` holds: the run's figures, per-chunk rows, recommendations and alerts."""
     return {
@@ -569,13 +573,11 @@ def profile_document(
 def save_profile(
     out: Path,
     profile: RunProfile,
-    recommendations: Sequence[Recommendation],
-    alerts: Sequence[Alert],
+    recommendations: Sequence[Finding],
+    alerts: Sequence[Finding],
     samples: Sequence[Sample],
 ) -> dict[str, Any]:
     """Write ``profile.json`` and ``resources.parquet`` into ``out``; return the profile document."""
-    from backtest.results.outputs import write_json  # outputs uses this module's wall_timings
-
     doc = profile_document(profile, recommendations, alerts)
     write_json(out / PROFILE_FILE, doc)
     write_samples(samples, out / RESOURCES_FILE)

@@ -17,7 +17,6 @@ import json
 import math
 import os
 import shutil
-import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -590,10 +589,9 @@ def _keep_in_cache(cache: Path, name: str, result: Path | str) -> None:
     try:
         cache.mkdir(parents=True, exist_ok=True)
         if isinstance(result, Path):
-            tmp = cache / f".{name}.{os.getpid()}.{threading.get_ident()}.png"
-            shutil.copyfile(result, tmp)
-            os.chmod(tmp, 0o444)
-            os.replace(tmp, cache / f"{name}.png")
+            with atomic_path(cache / f"{name}.png") as tmp:
+                shutil.copyfile(result, tmp)
+                os.chmod(tmp, 0o444)
         else:
             with atomic_path(cache / f"{name}{_SKIPPED_SUFFIX}") as tmp_why:
                 tmp_why.write_text(result, encoding="utf-8")

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import math
 import os
 import shutil
 import threading
@@ -26,13 +25,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from backtest.atomic import abandoned, atomic_path, temporary_for
+from backtest.atomic import abandoned, atomic_path, json_safe, temporary_for, write_json
 from backtest.engine.study import ChunkResult, StudyPlan, StudyResult, combine
 from backtest.observe.profiling import wall_timings
 from backtest.results.chunkio import read_chunk
@@ -127,25 +125,6 @@ def collect(plan: StudyPlan, chunks: Iterable[ChunkResult], out: Path) -> StudyR
         result = combine(plan, chunks, oos_sink=sink)
     result.save(out)
     return result
-
-
-def _clean(value: Any) -> Any:
-    """JSON-safe: NaN and infinities become null (JSON has no such numbers)."""
-    if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def write_json(path: Path, data: dict[str, Any]) -> Path:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(_clean(data), indent=2, sort_keys=False, default=str) + "\n")
-    return path
 
 
 def study_figures(result: StudyResult) -> dict[str, Any]:
@@ -304,8 +283,8 @@ def _build_entry(
             "format": COLLECTED_FORMAT,
             "key": key,
             "files": {name: _file_stamp(staging / name) for name in names},
-            "figures": _clean(study_figures(result)),
-            "chunks": _clean(rows),
+            "figures": json_safe(study_figures(result)),
+            "chunks": json_safe(rows),
             "timings": result.timings,
         }
         write_json(staging / _MANIFEST, manifest)

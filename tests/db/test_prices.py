@@ -157,14 +157,14 @@ def test_the_cached_catalog_follows_writes_of_other_processes(db_store, db_url):
 
 
 def test_sqlite_reads_through_arrow_and_the_row_fallback_agrees(db_store, tmp_path, monkeypatch):
-    from backtest.db import sqlio
+    from backtest.db import adbc, sqlio
 
     assert sqlio.use_arrow_sqlite(), "adbc-driver-sqlite is a dependency: the fast path must be available"
     url = f"sqlite:///{tmp_path / 'p.db'}"
     sync_prices(db_store, url)
     symbols = db_store.symbols()
     arrow = DbPriceSource(url).load(symbols, start="2006-01-01", end="2010-01-01")
-    monkeypatch.setattr(sqlio, "USE_ADBC", False)
+    monkeypatch.setattr(adbc, "USE_ADBC", False)
     rows = DbPriceSource(url).load(symbols, start="2006-01-01", end="2010-01-01")
     assert_same_panel(arrow, rows)
     assert_same_panel(arrow, db_store.load(symbols, start="2006-01-01", end="2010-01-01"))
