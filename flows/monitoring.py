@@ -20,6 +20,7 @@ from typing import Any
 from prefect.events import emit_event
 from prefect.logging.loggers import flow_run_logger
 
+from backtest.atomic import write_json
 from backtest.engine.planning import ChunkSpec
 from backtest.observe.alerts import Alert, AlertBook, AlertThresholds, startup_chunks
 from backtest.observe.monitor import ResourceMonitor, Sample, samples_frame, write_samples
@@ -38,7 +39,6 @@ from backtest.observe.profiling import (
     wall_timings,
 )
 from backtest.observe.recommendations import recommend
-from backtest.results.outputs import write_json
 from flows.progress import Progress, ProgressTracker, notify
 from tasks import artifacts
 

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 from prefect import get_run_logger, task
-from prefect.cache_policies import CachePolicy
 from prefect.context import TaskRunContext
 from prefect.tasks import exponential_backoff
 
@@ -21,9 +20,7 @@ from backtest.engine.study import StudyPlan, run_chunk
 from backtest.observe.profiling import add_task_figures, measure, wall_timings
 from backtest.results import handoff
 from backtest.results.chunkio import oos_rows
-from tasks.locks import ProcessLockManager
-from tasks.records import ChunkRecordStorage
-from tasks.serializers import ChunkResultSerializer, StoredChunk
+from tasks.caching import ChunkResultSerializer, StoredChunk
 
 #: errors that can pass on a second try (a busy disk, a dropped connection, a worker short of memory);
 #: anything else is a data or code error that would fail again, so it is not retried
@@ -44,24 +41,6 @@ def retry_transient(task: Any, task_run: Any, state: Any) -> bool:
     """Prefect's ``retry_condition_fn``: retry only transient errors."""
     exc = state.result(raise_on_failure=False)
     return is_transient(exc if isinstance(exc, BaseException) else None)
-
-
-def _chunk_key(context: Any, parameters: dict[str, Any]) -> str:
-    return parameters["job"].spec.key
-
-
-def chunk_cache_policy(records: Path, locks: Path, results: Path | None = None) -> CachePolicy:
-    """Cache chunks by their key across runs; two runs never compute the same chunk at once.
-
-    Records are read through ChunkRecordStorage, so a cache hit can only decode our Parquet results from
-    ``results`` (default: ``records``' sibling ``results`` folder), never unpickle a planted file.
-    """
-    results = results or records.parent / "results"
-    return CachePolicy.from_cache_key_fn(_chunk_key).configure(
-        key_storage=ChunkRecordStorage(basepath=str(records), results_dir=str(results)),
-        isolation_level="SERIALIZABLE",
-        lock_manager=ProcessLockManager(lock_files_directory=locks),
-    )
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,8 @@ from backtest.db.engine import QueryStat, describe_url, query_log
 from backtest.db.optimize import maintain
 from backtest.db.results import ChunkRecord, persist_run
 from backtest.engine.planning import ChunkSpec
+from backtest.results.cache import CacheLayout
+from backtest.results.summary import ChunkOutcome, RunSummary
 from tasks.chunks import retry_transient
 
 __all__ = [
@@ -39,21 +41,23 @@ def slowest_since(mark: Mapping[str, QueryStat], n: int = 10) -> list[dict[str, 
 
 
 def chunk_records(
-    specs: Sequence[ChunkSpec], outcomes: Mapping[str, Mapping[str, Any]], results_dir: str
+    specs: Sequence[ChunkSpec], outcomes: Sequence[ChunkOutcome], cache: CacheLayout
 ) -> list[ChunkRecord]:
     """What the persist step needs about each chunk: its result file when it succeeded, its error if not."""
+    by_name = {o.chunk: o for o in outcomes}
     records = []
     for spec in specs:
-        outcome = outcomes.get(spec.name, {})
-        path = Path(results_dir) / spec.key
-        failed = "error" in outcome or not path.exists()
+        outcome = by_name.get(spec.name)
+        path = cache.result_file(spec.key)
+        failed = outcome is None or outcome.failed or not path.exists()
+        error = (outcome.error if outcome is not None else None) or "no result file"
         records.append(
             ChunkRecord(
                 index=spec.index,
                 cache_key=spec.key,
                 symbols=spec.symbols,
-                state="Failed" if failed else str(outcome.get("state", "Completed")),
-                error=str(outcome.get("error", "no result file")) if failed else None,
+                state="Failed" if failed else outcome.state,
+                error=error if failed else None,
                 result_path=None if failed else str(path),
             )
         )
@@ -141,36 +145,35 @@ def maintain_db(
 def record_run(
     db_url: str,
     price_source: str,
-    flow_run_id: str,
-    config: dict[str, Any],
     specs: Sequence[ChunkSpec],
-    outcomes: Mapping[str, Mapping[str, Any]],
-    results_dir: str,
-    out: Path,
-    summary: dict[str, Any],
+    cache: CacheLayout,
+    summary: RunSummary,
     mark: Mapping[str, QueryStat],
     include_oos: bool = False,
-    collected_key: str | None = None,
 ) -> dict[str, Any]:
     """The study flow's database step: persist the run, then light maintenance with the run's slowest queries."""
-    portfolio = out / "portfolio.parquet"
+    portfolio = Path(summary.out) / "portfolio.parquet"
     # a password in a URL is never stored: the database keeps the URL with it masked
-    config = {**config, "db": describe_url(config["db"]) if config.get("db") else None}
+    config = {
+        **summary.config,
+        "db": describe_url(summary.config["db"]) if summary.config.get("db") else None,
+    }
+    doc = summary.to_dict()
     # the chunk records (every symbol of the study), the summary and the configuration are quoted: Prefect would
-    # walk them element by element looking for futures, about 50 ms on W
+    # walk them element by element looking for futures
     persisted = persist_results(
         db_url,
-        flow_run_id,
+        summary.flow_run_id,
         str(config.get("strategy", "")),
         quote(config),
         describe_url(price_source) if "://" in price_source else price_source,
-        dt.datetime.now(dt.UTC) - dt.timedelta(seconds=float(summary.get("wall_seconds") or 0.0)),
-        quote(chunk_records(specs, outcomes, results_dir)),
-        str(summary.get("state", "Completed")),
-        quote(summary),
+        dt.datetime.now(dt.UTC) - dt.timedelta(seconds=float(summary.wall_seconds or 0.0)),
+        quote(chunk_records(specs, summary.outcomes, cache)),
+        summary.state,
+        quote(doc),
         str(portfolio) if portfolio.exists() else None,
         include_oos,
-        collected_key,
+        summary.collected_key,
     )
     done = {"url": describe_url(db_url), "persisted": persisted}
     if persisted.get("results_of") is not None:

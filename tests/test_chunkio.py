@@ -25,7 +25,7 @@ from backtest.results.chunkio import (
     read_tables,
 )
 from backtest.results.outputs import collect, read_chunks
-from tasks.serializers import ChunkResultSerializer, StoredChunk
+from tasks.caching import ChunkResultSerializer, StoredChunk
 from tests.panels import CONFIG, random_panel
 
 

@@ -1,4 +1,5 @@
-"""Limits on the result cache: nothing in it grows without bound.
+"""The result cache under a store: its folders (``CacheLayout``, the one place that names them) and its limits,
+so that nothing in it grows without bound.
 
 Prefect writes a chunk's result file and, in a separate folder, its cache record (same name). Pruning removes
 the oldest pairs until the folder is under its size limit, and every pair older than the expiry; the record
@@ -17,6 +18,53 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from backtest.atomic import abandoned
+
+
+@dataclass(frozen=True)
+class CacheLayout:
+    """The cache's folders under ``root`` (``<store>/cache``). Small and picklable: tasks receive it whole.
+
+    ``results`` and ``records`` are Prefect's result files and cache records of the chunks (same names, the
+    chunk keys), ``locks`` the chunks' lock files, ``prices`` each chunk's price file, ``collected`` the
+    merged tables of a set of chunks (one folder per ``collected_key``).
+    """
+
+    root: Path
+
+    @classmethod
+    def of_store(cls, store_root: Path | str) -> CacheLayout:
+        return cls(Path(store_root) / "cache")
+
+    @property
+    def results(self) -> Path:
+        return self.root / "results"
+
+    @property
+    def records(self) -> Path:
+        return self.root / "records"
+
+    @property
+    def locks(self) -> Path:
+        return self.root / "locks"
+
+    @property
+    def prices(self) -> Path:
+        return self.root / "prices"
+
+    @property
+    def collected(self) -> Path:
+        return self.root / "collected"
+
+    def result_file(self, key: str) -> Path:
+        return self.results / key
+
+
+@dataclass(frozen=True)
+class CacheLimits:
+    """How big and how old the cache may grow: beyond either, the least recently used entries go."""
+
+    max_bytes: int
+    max_age_seconds: float
 
 
 @dataclass(frozen=True)

@@ -7,13 +7,13 @@ import os
 import subprocess
 import sys
 
-from tasks.locks import ProcessLockManager
+from tasks.caching import ProcessLockManager
 from tests.faults.conftest import REPO
 
 TAKE_AND_DIE = """
 import os, signal, sys
 from pathlib import Path
-from tasks.locks import ProcessLockManager
+from tasks.caching import ProcessLockManager
 ProcessLockManager(Path(sys.argv[1])).acquire_lock("chunk-a", holder="run-1")
 os.kill(os.getpid(), signal.SIGKILL)
 """

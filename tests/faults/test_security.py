@@ -15,8 +15,7 @@ import pytest
 from prefect.filesystems import LocalFileSystem
 from prefect.results import ResultStore
 
-from tasks.records import ChunkRecordStorage, UnsafeRecord, check_record
-from tasks.serializers import ChunkFailure, ChunkResultSerializer
+from tasks.caching import ChunkFailure, ChunkRecordStorage, ChunkResultSerializer, UnsafeRecord, check_record
 from tests.faults.conftest import REPO
 
 PACKAGES = ("backtest", "tasks", "flows")

@@ -11,8 +11,8 @@ from backtest.results import handoff
 from backtest.results.chunkio import SMALL_TABLES, read_chunk
 from cli.runs import read_summary
 from flows.study import three_phase_study
+from tasks.caching import StoredChunk
 from tasks.chunks import ChunkJob, PriceSource, backtest_chunk
-from tasks.serializers import StoredChunk
 from tests.flows.test_study_flow import TABLES, params, tables
 
 

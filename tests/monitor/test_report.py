@@ -15,6 +15,7 @@ import pytest
 from matplotlib.image import imread
 from typer.testing import CliRunner
 
+from backtest.atomic import write_json
 from backtest.config import FoldSpec, ParamGrid, StudyConfig
 from backtest.engine.study import date_range, run_study
 from backtest.observe.alerts import AlertBook
@@ -22,7 +23,7 @@ from backtest.observe.monitor import ResourceMonitor
 from backtest.observe.profiling import ChunkFigures, analyse, save_profile
 from backtest.observe.recommendations import recommend
 from backtest.observe.report import PLOT_TITLES, RESULT_PLOTS, build_report, report_markdown
-from backtest.results.outputs import study_figures, write_json
+from backtest.results.outputs import study_figures
 from cli.app import app
 from tests.panels import random_panel
 
