@@ -453,11 +453,10 @@ def measure_vectorbt(
 
 def prepare_prefect_environment(data: Path) -> dict[str, str]:
     """Settings Prefect reads at import: must run before the first ``import prefect``."""
-    from cli.runs import prepare_environment
+    from flows.settings import TELEMETRY_OFF, prepare_environment
 
     os.environ.setdefault("PREFECT_HOME", str(Path(data).resolve() / "prefect-home"))
-    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-    os.environ["DO_NOT_TRACK"] = "1"
+    os.environ.update(TELEMETRY_OFF)
     # as `backtest run` runs: run logs still reach the API, the terminal shows the benchmark's own lines only,
     # and the ephemeral server is set up (and given time to start) as the command sets it up
     prepare_environment()
@@ -486,7 +485,7 @@ def run_flow(params: Any, label: str) -> dict[str, Any]:
     """One flow run in this process, timed from the call to its return; its summary.json read back."""
     import json
 
-    from cli.runs import local_run_settings
+    from flows.settings import local_run_settings
     from flows.study import three_phase_study
 
     release_memory()

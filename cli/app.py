@@ -268,7 +268,7 @@ def run(
     ] = True,
 ) -> None:
     """Run the three-phase walk-forward study as a Prefect flow and write its results to --out."""
-    from cli.runs import prepare_environment
+    from flows.settings import prepare_environment
 
     prepare_environment(verbose)
     from rich.console import Console
@@ -333,7 +333,7 @@ def demo(
     ] = False,
 ) -> None:
     """Generate a synthetic market, ingest it and run the study on it (repeated, it reuses what exists)."""
-    from cli.runs import prepare_environment
+    from flows.settings import prepare_environment
 
     prepare_environment(verbose)
     import json

@@ -37,7 +37,7 @@ def alerts_automation(
 ) -> None:
     """Create (or replace) on the Prefect server (PREFECT_API_URL) the automation that turns every
     ``backtest.alert.*`` event into a notification."""
-    from cli.runs import prepare_environment
+    from flows.settings import prepare_environment
 
     prepare_environment()
     from flows.automations import create_alert_automation

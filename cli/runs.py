@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -15,46 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from backtest.engine.metrics import HEADLINE_METRICS
-from flows.settings import SERVER_ENV
-
-QUIET_ENV = {
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "DO_NOT_TRACK": "1",
-    # run logs still go to the Prefect API (and the UI); the terminal shows the progress bar instead
-    "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "WARNING",
-    **SERVER_ENV,  # for the ephemeral server, which inherits this process's environment
-    # the ephemeral server's first start in a new PREFECT_HOME migrates its database: on a busy 2-core machine,
-    # with Python not caching bytecode, that exceeded Prefect's 20 s default and `backtest demo` failed
-    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
-}
-
-
-def prepare_environment(verbose: bool = False) -> None:
-    """Settings Prefect reads at import: set before the first ``import prefect`` (users' values win)."""
-    for key, value in QUIET_ENV.items():
-        if verbose and key == "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL":
-            continue
-        os.environ.setdefault(key, value)
-
-
-@contextmanager
-def local_run_settings() -> Iterator[None]:
-    """Prefect settings for a flow run started in this process (``backtest run``/``demo``, the benchmark).
-
-    Flow-run heartbeats are off unless configured. A synchronous flow ends by joining its heartbeat thread,
-    which sleeps in whole seconds: measured here, every run took 0.5-1.0 s longer (0.13 s for an empty flow
-    without them), a tenth of W's cold run and most of a warm one. Heartbeats serve a server-side automation
-    that marks runs crashed when they stop; this project creates none, and a run in this process reports its
-    own crash on the terminal. A frequency set in the environment or the Prefect profile is kept, and the
-    runs of deployments use their worker's settings.
-    """
-    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, get_current_settings, temporary_settings
-
-    if "heartbeat_frequency" in get_current_settings().flows.model_fields_set:
-        yield
-        return
-    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
-        yield
+from flows.settings import local_run_settings
 
 
 def run_study_cli(params: Any, console: Console) -> int:

@@ -23,13 +23,11 @@ from typing import Annotated, Any
 
 import typer
 
-from flows.settings import SERVER_ENV
+from flows.settings import SERVER_ENV, TELEMETRY_OFF
 
 HOST = "127.0.0.1"
 DEFAULT_PORT = 4200
 DEFAULT_POOL = "backtest-process"
-#: settings every server, worker and deploy started from here gets (no internet: telemetry only makes noise)
-QUIET = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
 FINAL_STATES = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
 server_app = typer.Typer(
@@ -142,7 +140,7 @@ def start_server(project: Path, port: int = DEFAULT_PORT, timeout: float = 90.0)
     env = {
         **SERVER_ENV,  # the user's own values of these win
         **os.environ,
-        **QUIET,
+        **TELEMETRY_OFF,
         "PREFECT_HOME": str(home),
         # the UI asks the server where its API is: without these it answers port 4200 whatever --port says
         "PREFECT_SERVER_API_HOST": HOST,
@@ -332,7 +330,7 @@ def deploy_project(project: Path, api_url: str, chosen: list[str]) -> None:
     """``prefect --no-prompt deploy`` from the project folder: it reads prefect.yaml as the Prefect docs say."""
     cmd = [sys.executable, "-m", "prefect", "--no-prompt", "deploy"]
     cmd += [arg for name in chosen for arg in ("--name", name)]
-    env = {**os.environ, **QUIET, "PREFECT_API_URL": api_url}
+    env = {**os.environ, **TELEMETRY_OFF, "PREFECT_API_URL": api_url}
     done = subprocess.run(cmd, cwd=project, env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         log = server_dir(project) / "deploy.log"

@@ -11,13 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from flows.settings import SERVER_ENV
+from flows.settings import SERVER_ENV, TELEMETRY_OFF
 from tests import prefect_db
 
 # Prefect reads its settings at import: give the test run its own home (never the user's), no telemetry.
 PREFECT_HOME = os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="backtest-tests-prefect-home-")
-os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-os.environ["DO_NOT_TRACK"] = "1"
+os.environ.update(TELEMETRY_OFF)
 # the test server is set up as the project's servers are (flows.settings.SERVER_ENV)
 os.environ.update({k: os.environ.get(k, v) for k, v in SERVER_ENV.items()})
 

@@ -25,6 +25,7 @@ from typer.testing import CliRunner
 
 from cli import server as cli_server
 from cli.app import app
+from flows.settings import TELEMETRY_OFF
 from tests import prefect_db
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -97,8 +98,7 @@ def client_env(api_url, tmp_path_factory) -> dict[str, str]:
         **os.environ,
         "PREFECT_API_URL": api_url,
         "PREFECT_HOME": str(tmp_path_factory.mktemp("client-home")),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "DO_NOT_TRACK": "1",
+        **TELEMETRY_OFF,
     }
 
 

@@ -27,6 +27,7 @@ from backtest.data.store import Store
 from backtest.data.synthetic import generate_universe
 from backtest.engine.planning import resolve_universe
 from backtest.engine.study import run_study
+from flows.settings import TELEMETRY_OFF
 from tests import prefect_db
 
 REPO = Path(__file__).resolve().parents[2]
@@ -103,8 +104,7 @@ class PrefectServer:
         return {
             "PREFECT_HOME": str(self.home),
             "PREFECT_API_URL": self.url,
-            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-            "DO_NOT_TRACK": "1",
+            **TELEMETRY_OFF,
         }
 
     def start(self, timeout: float = 90.0) -> None:

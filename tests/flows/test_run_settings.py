@@ -7,8 +7,7 @@ import os
 
 from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, get_current_settings, temporary_settings
 
-from cli.runs import local_run_settings, prepare_environment
-from flows.settings import SERVER_ENV
+from flows.settings import SERVER_ENV, local_run_settings, prepare_environment
 
 
 def test_heartbeats_are_off_for_local_runs_by_default():
