@@ -10,18 +10,19 @@ import datetime as dt
 import hashlib
 import itertools
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 import numpy as np
 
+from backtest import defaults as D
 from backtest.errors import ConfigError
 
-Objective = Literal["sharpe", "sortino", "total_return", "calmar"]
-Execution = Literal["close", "next_open"]
-OBJECTIVES: tuple[str, ...] = ("sharpe", "sortino", "total_return", "calmar")
-EXECUTIONS: tuple[str, ...] = ("close", "next_open")
+Objective = Literal[D.OBJECTIVES]  # type: ignore[valid-type] - the choices, written once in backtest.defaults
+Execution = Literal[D.EXECUTIONS]  # type: ignore[valid-type]
+OBJECTIVES: tuple[str, ...] = D.OBJECTIVES
+EXECUTIONS: tuple[str, ...] = D.EXECUTIONS
 
 #: A grid bigger than this is refused: it is almost always a typo in a range, and it would run for hours.
 MAX_COMBINATIONS = 20_000
@@ -81,10 +82,10 @@ class ParamGrid:
 class FoldSpec:
     """Window lengths in years (converted to whole months); the fold start advances by the test length."""
 
-    train_years: float = 5.0
-    validate_years: float = 1.0
-    test_years: float = 1.0
-    anchored: bool = False
+    train_years: float = D.TRAIN_YEARS
+    validate_years: float = D.VALIDATE_YEARS
+    test_years: float = D.TEST_YEARS
+    anchored: bool = D.ANCHORED
 
     def __post_init__(self) -> None:
         for name in ("train_years", "validate_years", "test_years"):
@@ -100,22 +101,22 @@ class FoldSpec:
 class StudyConfig:
     """Everything that decides a study's numbers (and so its cache key), nothing about how it is run."""
 
-    strategy: str = "sma_crossover"
+    strategy: str = D.STRATEGY
     grid: ParamGrid | None = None
     folds: FoldSpec = field(default_factory=FoldSpec)
-    top_k: int = 5
-    objective: Objective = "sharpe"
-    min_trades: int = 1
-    min_bars: int = 20
-    fees_bps: float = 0.0
-    slippage_bps: float = 0.0
-    execution: Execution = "close"
+    top_k: int = D.TOP_K
+    objective: Objective = D.OBJECTIVE  # type: ignore[assignment]
+    min_trades: int = D.MIN_TRADES
+    min_bars: int = D.MIN_BARS
+    fees_bps: float = D.FEES_BPS
+    slippage_bps: float = D.SLIPPAGE_BPS
+    execution: Execution = D.EXECUTION  # type: ignore[assignment]
     start: dt.date | None = None
     end: dt.date | None = None
 
     def __post_init__(self) -> None:
-        if self.top_k < 1:
-            raise ConfigError(f"top_k must be at least 1, got {self.top_k}")
+        if self.top_k < D.MIN_TOP_K:
+            raise ConfigError(f"top_k must be at least {D.MIN_TOP_K}, got {self.top_k}")
         if self.objective not in OBJECTIVES:
             raise ConfigError(f"unknown objective {self.objective!r}: choose one of {', '.join(OBJECTIVES)}")
         if self.execution not in EXECUTIONS:
@@ -128,8 +129,8 @@ class StudyConfig:
             )
         for name in ("fees_bps", "slippage_bps"):
             value = getattr(self, name)
-            if not (0 <= value < 10_000):
-                raise ConfigError(f"{name} must be between 0 and 10000 basis points, got {value}")
+            if not (0 <= value < D.MAX_BPS):
+                raise ConfigError(f"{name} must be between 0 and {D.MAX_BPS} basis points, got {value}")
         if self.start and self.end and self.start >= self.end:
             raise ConfigError(f"start {self.start} must be before end {self.end}")
 
@@ -149,41 +150,3 @@ class StudyConfig:
         """A stable hash of the configuration, part of every cache key."""
         text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
         return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
-
-
-def parse_param(spec: str) -> tuple[str, list[float]]:
-    """Parse ``name=v1,v2,...`` or ``name=start:stop:step`` (stop inclusive) from the command line."""
-    name, sep, values = spec.partition("=")
-    name = name.strip()
-    if not sep or not name or not values.strip():
-        raise ConfigError(f"bad --param {spec!r}: write name=v1,v2,... or name=start:stop:step")
-    try:
-        if ":" in values:
-            parts = [float(p) for p in values.split(":")]
-            if len(parts) != 3 or parts[2] <= 0 or parts[1] < parts[0]:
-                raise ValueError
-            start, stop, step = parts
-            count = int(np.floor((stop - start) / step + 1e-9)) + 1
-            if count > MAX_COMBINATIONS:
-                raise ConfigError(f"--param {spec!r} expands to {count:,} values: use a larger step")
-            return name, [round(start + i * step, 10) for i in range(count)]
-        return name, [float(v) for v in values.split(",") if v.strip()]
-    except ConfigError:  # a ValueError too, but already the precise message
-        raise
-    except ValueError:
-        raise ConfigError(
-            f"bad --param {spec!r}: values must be numbers, as name=5,10,20 or name=5:50:5"
-        ) from None
-
-
-def parse_params(specs: Sequence[str]) -> ParamGrid | None:
-    """The grid given on the command line, or None for the strategy's default grid."""
-    if not specs:
-        return None
-    grid: dict[str, list[float]] = {}
-    for spec in specs:
-        name, values = parse_param(spec)
-        if name in grid:
-            raise ConfigError(f"--param {name} is given twice: give all its values in one --param")
-        grid[name] = values
-    return ParamGrid.from_mapping(grid)

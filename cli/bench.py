@@ -8,6 +8,8 @@ from typing import Annotated, Any
 
 import typer
 
+from cli.errors import fail
+
 RATIO_TEXT: dict[str, tuple[str, str]] = {
     "flow_warm_over_cold": ("flow warm / flow cold (goal <= 10 %)", "{:.1%}"),
     "flow_same_work_over_core": (
@@ -84,13 +86,11 @@ def bench(
         data.mkdir(parents=True, exist_ok=True)
         prepare_prefect_environment(data)  # before anything imports Prefect
     except OSError as exc:
-        typer.echo(f"error: cannot use {data} for the benchmark's data: {exc}", err=True)
-        raise typer.Exit(1) from None
+        raise fail(f"cannot use {data} for the benchmark's data: {exc}") from None
     from dataclasses import replace
 
     from rich.console import Console
 
-    from backtest.errors import BacktestError
     from benchmarks.measure import describe_machine, machine_line
     from benchmarks.suite import run_bench
 
@@ -107,13 +107,9 @@ def bench(
         f"{sizes.workers} workers"
     )
     console.print(machine_line(describe_machine()))
-    try:
-        run = run_bench(
-            sizes, data, None if no_save else results, console.print, rebuild=rebuild, keep_runs=keep_runs
-        )
-    except (BacktestError, OSError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
+    run = run_bench(
+        sizes, data, None if no_save else results, console.print, rebuild=rebuild, keep_runs=keep_runs
+    )
     print_report(run, console)
     if run.path is not None:
         console.print(f"results: {run.path}")

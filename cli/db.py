@@ -7,10 +7,11 @@ unknown schema version) is one ``error:`` line and exit code 1, never a tracebac
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
+
+from cli.errors import cli_errors, fail
 
 db_app = typer.Typer(
     name="db",
@@ -22,18 +23,6 @@ DbOption = Annotated[
     str, typer.Option("--db", help="Database URL: sqlite:///file.db or postgresql+psycopg://user:pw@host/db.")
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
-T = TypeVar("T")
-
-
-def guarded(action: Callable[[], T]) -> T:
-    """Run ``action``; a library error becomes one line on stderr and exit code 1."""
-    from backtest.errors import BacktestError
-
-    try:
-        return action()
-    except BacktestError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
 
 
 def _console() -> Any:
@@ -56,6 +45,7 @@ def _table(title: str, columns: list[str], rows: list[list[Any]]) -> Any:
 
 
 @db_app.command("upgrade")
+@cli_errors
 def upgrade(
     db: DbOption,
     to: Annotated[int | None, typer.Option("--to", min=1, help="Target version (default: latest).")] = None,
@@ -80,7 +70,7 @@ def upgrade(
         forget_checks()
         return before, applied
 
-    before, applied = guarded(act)
+    before, applied = act()
     if applied:
         typer.echo(f"schema version {before} -> {applied[-1]} (applied {', '.join(map(str, applied))})")
     else:
@@ -88,6 +78,7 @@ def upgrade(
 
 
 @db_app.command("optimize")
+@cli_errors
 def optimize(
     db: DbOption,
     full: Annotated[
@@ -114,13 +105,14 @@ def optimize(
             vac = run_vacuum(engine, force=force_vacuum) if vacuum or force_vacuum else {"vacuumed": False}
         return done, vac
 
-    done, vac = guarded(act)
+    done, vac = act()
     typer.echo(
         f"ran {', '.join(done)}; vacuum: {'done' if vac.get('vacuumed') else vac.get('reason', 'skipped')}"
     )
 
 
 @db_app.command("stats")
+@cli_errors
 def stats(db: DbOption, json_output: JsonOption = False) -> None:
     """Rows per table and sizes on disk."""
     from backtest.db.connect import open_db
@@ -131,7 +123,7 @@ def stats(db: DbOption, json_output: JsonOption = False) -> None:
         with db_errors(db, "read statistics of"):
             return table_stats(open_db(db), db)
 
-    found = guarded(act)
+    found = act()
     if json_output:
         typer.echo(json.dumps(found, indent=2))
         return
@@ -147,6 +139,7 @@ def stats(db: DbOption, json_output: JsonOption = False) -> None:
 
 
 @db_app.command("query-plans")
+@cli_errors
 def query_plans(db: DbOption, json_output: JsonOption = False) -> None:
     """EXPLAIN every query the system makes; exit 1 when one scans a table instead of using an index."""
     from backtest.db.connect import open_db
@@ -157,7 +150,7 @@ def query_plans(db: DbOption, json_output: JsonOption = False) -> None:
         with db_errors(db, "explain queries on"):
             return check_query_plans(open_db(db), raise_on_scan=False)
 
-    checks = guarded(act)
+    checks = act()
     bad = [c for c in checks if not c.uses_index]
     if json_output:
         typer.echo(json.dumps([c.to_dict() for c in checks], indent=2))
@@ -165,8 +158,7 @@ def query_plans(db: DbOption, json_output: JsonOption = False) -> None:
         rows = [[c.name, "index" if c.uses_index else "SCAN", c.plan] for c in checks]
         _console().print(_table("Query plans", ["query", "access", "plan"], rows))
     if bad:
-        typer.echo(f"error: {len(bad)} queries scan a table: {', '.join(c.name for c in bad)}", err=True)
-        raise typer.Exit(1)
+        raise fail(f"{len(bad)} queries scan a table: {', '.join(c.name for c in bad)}")
 
 
 def results(
@@ -190,7 +182,7 @@ def results(
         selections = read_selections(db, run, symbol) if symbol is not None else None
         return record, metrics, selections
 
-    record, metrics, selections = guarded(act)
+    record, metrics, selections = act()
     if json_output:
         out: dict[str, Any] = {"metrics": json.loads(metrics.to_json(orient="records", date_format="iso"))}
         if record is not None:
@@ -248,7 +240,7 @@ def check_writable(db: str) -> None:
     """Before a command writes anything: the URL is valid, the server answers, the schema is usable."""
     from backtest.db.connect import open_db
 
-    guarded(lambda: open_db(db, create=True, migrate=True))
+    open_db(db, create=True, migrate=True)
 
 
 def sync_store(store: Any, db: str, *, quiet: bool = False) -> None:
@@ -257,7 +249,7 @@ def sync_store(store: Any, db: str, *, quiet: bool = False) -> None:
     from backtest.db.engine import describe_url
     from backtest.db.prices import sync_prices
 
-    report = guarded(lambda: sync_prices(Store(store), db))
+    report = sync_prices(Store(store), db)
     typer.echo(
         f"database {describe_url(db)}: {report.written:,} symbols written ({report.rows:,} rows), "
         f"{report.unchanged:,} unchanged in {report.seconds:.1f} s",

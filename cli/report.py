@@ -8,21 +8,21 @@ from typing import Annotated
 
 import typer
 
+from cli.errors import fail
+
 
 def report(
     out: Annotated[Path, typer.Argument(help="Output folder of a run (holds summary.json).")],
 ) -> None:
     """Rebuild report.html and its plots from the results saved in OUT (nothing is re-run)."""
     if not (out / "summary.json").is_file():
-        typer.echo(f"error: {out} is not the output folder of a run (no summary.json)", err=True)
-        raise typer.Exit(1)
+        raise fail(f"{out} is not the output folder of a run (no summary.json)")
     from backtest.observe.report import build_report
 
     try:
         files = build_report(out)
     except (OSError, ValueError, KeyError) as exc:
-        typer.echo(f"error: cannot build the report from {out}: {type(exc).__name__}: {exc}", err=True)
-        raise typer.Exit(1) from None
+        raise fail(f"cannot build the report from {out}: {type(exc).__name__}: {exc}") from None
     typer.echo(f"report {files.html} ({len(files.plots)} plots)")
     for name, why in files.skipped.items():
         typer.echo(f"  {name} plot not drawn: {why}")
@@ -45,8 +45,7 @@ def alerts_automation(
     try:
         automation = create_alert_automation(name=name, webhook_url=webhook)
     except Exception as exc:  # the server is down, the URL is refused: one clear line
-        typer.echo(f"error: could not create the automation: {type(exc).__name__}: {exc}", err=True)
-        raise typer.Exit(1) from None
+        raise fail(f"could not create the automation: {type(exc).__name__}: {exc}") from None
     typer.echo(
         f"automation {automation.name!r} ({automation.id}) is {'enabled' if automation.enabled else 'off'}"
     )

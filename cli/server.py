@@ -23,6 +23,7 @@ from typing import Annotated, Any
 
 import typer
 
+from cli.errors import cli_errors, fail
 from flows.settings import SERVER_ENV, TELEMETRY_OFF
 
 HOST = "127.0.0.1"
@@ -196,12 +197,8 @@ def port_is_in_use(port: int, host: str = HOST) -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
-def _fail(message: str) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(1)
-
-
 @server_app.command("up")
+@cli_errors
 def up(
     project: ProjectOption = Path("."),
     port: Annotated[
@@ -218,23 +215,24 @@ def up(
         try:
             info = start_server(project, port, timeout)
         except ServerError as exc:
-            raise _fail(str(exc)) from None
+            raise fail(str(exc)) from None
     typer.echo(f"Prefect UI:  {info.url}")
     typer.echo("Point the Prefect CLI, workers and `backtest run` at it with:")
     typer.echo(f"export PREFECT_API_URL={info.api_url}")
 
 
 @server_app.command("down")
+@cli_errors
 def down(project: ProjectOption = Path(".")) -> None:
     """Stop the Prefect server that `backtest server up` started for this project."""
     info = read_info(project)
     if info is None:
-        raise _fail(
+        raise fail(
             f"no Prefect server was started for {project.resolve()} (nothing in {state_file(project)})"
         )
     if not _alive(info.pid):
         state_file(project).unlink(missing_ok=True)
-        raise _fail(f"the Prefect server of {project.resolve()} (pid {info.pid}) is not running any more")
+        raise fail(f"the Prefect server of {project.resolve()} (pid {info.pid}) is not running any more")
     stop_server(info)
     state_file(project).unlink(missing_ok=True)
     typer.echo(f"stopped the Prefect server at {info.url} (pid {info.pid})")
@@ -375,7 +373,7 @@ def deploy(
 ) -> None:
     """Create the work pool and the deployments of prefect.yaml on the server (PREFECT_API_URL or `server up`)."""
     if not (project / "prefect.yaml").is_file():
-        raise _fail(
+        raise fail(
             f"no prefect.yaml in {project.resolve()}: run this in the project folder or give --project"
         )
     try:
@@ -385,7 +383,7 @@ def deploy(
         deploy_project(project, api_url, chosen)
         rows = list_deployments(api_url)
     except ServerError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     typer.echo(f"work pool {pool}: {'created' if created else 'exists'}")
     for row in rows:
         typer.echo(f"deployment {row.name} on {row.work_pool}: {', '.join(row.schedules) or 'no schedule'}")
@@ -490,14 +488,14 @@ def trigger(
         api_url = resolve_api_url(project)
         run_id, run_name = trigger_run(api_url, name, set_ or [])
     except ServerError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     typer.echo(f"flow run {run_name} ({run_id}): {api_url.removesuffix('/api')}/runs/flow-run/{run_id}")
     if not watch:
         return
     try:
         state, message = wait_for_run(api_url, run_id, timeout)
     except ServerError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     typer.echo(f"{state.capitalize()}: {message}".rstrip(": "))
     if state != "COMPLETED":
         raise typer.Exit(1)

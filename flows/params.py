@@ -12,12 +12,13 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from backtest.config import FoldSpec, ParamGrid, StudyConfig
+from backtest import defaults as D
+from backtest.config import Execution, FoldSpec, Objective, ParamGrid, StudyConfig
 from backtest.engine.strategies import get_strategy
 from backtest.errors import BacktestError
 from backtest.observe.alerts import AlertThresholds
 
-Runner = Literal["threads", "processes", "dask"]
+Runner = Literal[D.RUNNERS]  # type: ignore[valid-type] - the choices, written once in backtest.defaults
 #: a Monday: train windows are measured in weekdays from here, as ``check_warmup`` counts them
 _NOMINAL_START = dt.date(2001, 1, 1)
 
@@ -29,39 +30,41 @@ class StudyParams(BaseModel):
 
     store: str = Field("data/store", description="Folder of the price store (filled by `backtest ingest`).")
     out: str | None = Field(None, description="Folder for the results; default: <store>/runs/<flow run id>.")
-    strategy: str = Field("sma_crossover", description="A built-in strategy or package.module:function.")
+    strategy: str = Field(D.STRATEGY, description="A built-in strategy or package.module:function.")
     grid: dict[str, list[float]] | None = Field(
         None,
         description="Parameter values to search, e.g. {'fast': [5, 10], 'slow': [60, 120]}; default grid if empty.",
     )
-    train_years: float = Field(5.0, gt=0, description="Length of each train window (phase 1).")
-    validate_years: float = Field(1.0, gt=0, description="Length of each validate window (phase 2).")
+    train_years: float = Field(D.TRAIN_YEARS, gt=0, description="Length of each train window (phase 1).")
+    validate_years: float = Field(
+        D.VALIDATE_YEARS, gt=0, description="Length of each validate window (phase 2)."
+    )
     test_years: float = Field(
-        1.0, gt=0, description="Length of each test window (phase 3); folds advance by it."
+        D.TEST_YEARS, gt=0, description="Length of each test window (phase 3); folds advance by it."
     )
     anchored: bool = Field(
-        False, description="Expanding train windows from the first date instead of rolling."
+        D.ANCHORED, description="Expanding train windows from the first date instead of rolling."
     )
-    top_k: int = Field(5, ge=1, description="Combinations kept per symbol after phase 1.")
-    objective: Literal["sharpe", "sortino", "total_return", "calmar"] = Field(
-        "sharpe", description="Score that ranks the combinations in phases 1 and 2."
+    top_k: int = Field(D.TOP_K, ge=D.MIN_TOP_K, description="Combinations kept per symbol after phase 1.")
+    objective: Objective = Field(
+        D.OBJECTIVE, description="Score that ranks the combinations in phases 1 and 2."
     )
     min_trades: int = Field(
-        1, ge=0, description="Fewest trades in the train window for a combination to count."
+        D.MIN_TRADES, ge=0, description="Fewest trades in the train window for a combination to count."
     )
-    fees_bps: float = Field(0.0, ge=0, lt=10_000, description="Fees, basis points of traded notional.")
+    fees_bps: float = Field(
+        D.FEES_BPS, ge=0, lt=D.MAX_BPS, description="Fees, basis points of traded notional."
+    )
     slippage_bps: float = Field(
-        0.0, ge=0, lt=10_000, description="Slippage, basis points of traded notional."
+        D.SLIPPAGE_BPS, ge=0, lt=D.MAX_BPS, description="Slippage, basis points of traded notional."
     )
-    execution: Literal["close", "next_open"] = Field(
-        "close", description="Fill at the signal's close or next open."
-    )
+    execution: Execution = Field(D.EXECUTION, description="Fill at the signal's close or next open.")
     start: dt.date | None = Field(
         None, description="First date of the study (default: first date in the store)."
     )
     end: dt.date | None = Field(None, description="Last date of the study (default: last date in the store).")
     symbols: list[str] | None = Field(None, description="Symbols to study (default: all in the store).")
-    runner: Runner = Field("threads", description="Task runner: threads, processes, or dask.")
+    runner: Runner = Field(D.RUNNER, description="Task runner: threads, processes, or dask.")
     workers: int | None = Field(None, ge=1, description="Concurrent chunks (default: the number of CPUs).")
     dask_address: str | None = Field(None, description="Address of an existing Dask scheduler (runner dask).")
     db: str | None = Field(
@@ -81,10 +84,15 @@ class StudyParams(BaseModel):
     chunk_size: int | None = Field(
         None, ge=1, description="Symbols per chunk (default: chosen from the workload)."
     )
-    cache_max_gb: float = Field(20.0, gt=0, description="Size limit of the result cache.")
-    cache_max_age_days: float = Field(30.0, gt=0, description="Cached results older than this are removed.")
+    cache_max_gb: float = Field(D.CACHE_MAX_GB, gt=0, description="Size limit of the result cache.")
+    cache_max_age_days: float = Field(
+        D.CACHE_MAX_AGE_DAYS, gt=0, description="Cached results older than this are removed."
+    )
     monitor_interval: float = Field(
-        1.0, gt=0, le=60, description="Seconds between resource samples of the run's processes."
+        D.MONITOR_INTERVAL,
+        gt=0,
+        le=D.MAX_MONITOR_INTERVAL,
+        description="Seconds between resource samples of the run's processes.",
     )
     alerts: AlertThresholds = Field(
         default_factory=AlertThresholds, description="Alert thresholds (each alert is raised once per run)."

@@ -153,11 +153,7 @@ def record_run(
 ) -> dict[str, Any]:
     """The study flow's database step: persist the run, then light maintenance with the run's slowest queries."""
     portfolio = Path(summary.out) / "portfolio.parquet"
-    # a password in a URL is never stored: the database keeps the URL with it masked
-    config = {
-        **summary.config,
-        "db": describe_url(summary.config["db"]) if summary.config.get("db") else None,
-    }
+    config = summary.config  # the parameters' public dump: a password in ``db`` is already masked
     doc = summary.to_dict()
     # the chunk records (every symbol of the study), the summary and the configuration are quoted: Prefect would
     # walk them element by element looking for futures
