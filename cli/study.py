@@ -47,7 +47,9 @@ def run(
     runner: Annotated[str, typer.Option(help=", ".join(D.RUNNERS) + ".")] = D.RUNNER,
     workers: Annotated[int | None, typer.Option(help="Concurrent chunks (default: CPUs).")] = None,
     dask_address: Annotated[str | None, typer.Option(help="Existing Dask scheduler address.")] = None,
-    chunk_size: Annotated[int | None, typer.Option(help="Symbols per chunk (default: chosen).")] = None,
+    chunk_size: Annotated[
+        int | None, typer.Option(min=1, help="Symbols per chunk (default: chosen).")
+    ] = None,
     symbols: Annotated[str | None, typer.Option(help="Comma-separated symbols (default: all).")] = None,
     start: Annotated[str | None, typer.Option(help="First date of the study, YYYY-MM-DD.")] = None,
     end: Annotated[str | None, typer.Option(help="Last date of the study, YYYY-MM-DD.")] = None,

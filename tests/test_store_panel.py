@@ -63,7 +63,9 @@ def test_one_scan_of_many_files_reads_what_reading_them_one_by_one_reads(tmp_pat
     symbols = tuple(f"S{i}" for i in range(len(paths)))
     for start, end in ((None, None), (lo, hi), (hi, None), (None, lo)):
         scanned = store_module._panel_of_columns(symbols, store_module._scan_columns(paths), start, end)
-        one_by_one = store_module._panel(symbols, [store_module._read_bars(p, start, end) for p in paths])
+        one_by_one = store_module.align_panel(
+            symbols, [store_module._read_bars(p, start, end) for p in paths]
+        )
         assert scanned.dates.tolist() == one_by_one.dates.tolist()
         for name in PRICE_FIELDS:
             np.testing.assert_array_equal(getattr(scanned, name), getattr(one_by_one, name))

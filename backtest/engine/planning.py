@@ -260,7 +260,7 @@ def plan_chunks(
 ) -> list[ChunkSpec]:
     """Split the universe into chunks with their data fingerprints and cache keys."""
     if chunk_size is not None and chunk_size < 1:
-        raise ConfigError(f"--chunk-size must be at least 1, got {chunk_size}")
+        raise ConfigError(f"chunk_size must be at least 1, got {chunk_size}")
     n_bars = estimate_bars(universe.first, universe.last)
     size = chunk_size or choose_chunk_size(len(universe.symbols), n_bars, len(plan.combos), workers)
     identity = plan_identity(plan, code_fingerprint())

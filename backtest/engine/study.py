@@ -61,7 +61,9 @@ class StudyPlan:
         start = max(first, config.start) if config.start else first
         end = min(last, config.end) if config.end else last
         if start >= end:
-            raise ConfigError(f"no data between {start} and {end}: check --start/--end against the store")
+            raise ConfigError(
+                f"no data between {start} and {end}: check the study's start and end dates against the store's"
+            )
         folds = tuple(make_folds(start, end, config.folds))
         check_warmup(folds, strategy.warmup(combos), strategy.name)
         return cls(config=config, strategy=strategy, grid=grid, combos=combos, folds=folds)

@@ -24,6 +24,7 @@ from cli.app import app
 runner = CliRunner()
 
 
+@pytest.mark.e2e
 def test_bench_at_a_tiny_size_records_every_ratio_and_regenerates_the_readme(
     prefect_test_server, tmp_path, monkeypatch
 ):

@@ -27,6 +27,8 @@ from tests.deploy.conftest import POOL, REPO_ROOT
 from tests.deploy.runs import artifacts_of, retry_like_the_ui, start_run, task_runs_of, wait_final
 from tests.flows.test_study_flow import assert_same_tables, core_tables, tables
 
+pytestmark = pytest.mark.e2e  # deployments run by a real worker: the e2e group of .ci/run
+
 SMALL = {
     "grid": {"fast": [5, 20], "slow": [60, 120]},
     "train_years": 3,

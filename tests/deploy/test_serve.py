@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import sys
 
+import pytest
 import yaml
 
 from backtest.data.ingest import ingest_folder
@@ -18,6 +19,7 @@ from tests.deploy.runs import artifacts_of, start_run, wait_final
 from tests.deploy.test_end_to_end import SMALL, expected_deployments
 
 
+@pytest.mark.e2e
 def test_serve_offers_the_prefect_yaml_deployments_and_runs_them(
     api_url, client_env, synthetic_csv, tmp_path
 ):

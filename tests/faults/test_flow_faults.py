@@ -26,6 +26,8 @@ from tests.faults.conftest import (
 from tests.faults.test_security import audit_cache
 from tests.faults.test_store_faults import remount, tmpfs
 
+pytestmark = pytest.mark.e2e  # killed processes and restarted servers: the e2e group of .ci/run
+
 CHUNKS = 8  # 16 symbols in chunks of 2
 
 
