@@ -1,4 +1,4 @@
-"""The core alone on the reference workload W (DESIGN.md section 4): no Prefect, just ``run_study``.
+"""The core alone on the reference workload W (docs/design.md section 4): no Prefect, just ``run_study``.
 
     python benchmarks/core_w.py                      # W: 4,000 symbols x 20 years, 2 workers
     python benchmarks/core_w.py --scaling            # also 1 worker vs 2 workers, side by side

@@ -43,7 +43,7 @@ MARKER = "complete.json"
 #: bump when the layout of a universe folder changes, so old folders are rebuilt rather than misread
 LAYOUT_VERSION = 1
 
-#: the reference workload W of DESIGN.md section 4
+#: the reference workload W of docs/design.md section 4
 W_SYMBOLS = 4000
 W_YEARS = 20.0
 W_SEED = 42
@@ -234,10 +234,10 @@ class RssSampler:
 
     The descendants are looked up every ``children_every`` seconds only, and their RSS read every
     ``children_rss_every`` seconds: finding them reads ``/proc`` of every process on the machine, which at
-    every 20 ms sample took about 0.6 CPU-seconds of a 10-second flow run (a tenth of a core taken from the
-    run being measured, measured with py-spy); at 0.25 s and their RSS every sample, still 0.25-0.3
-    CPU-seconds of the flow's run against 0.1 for the core's (sampled without children). The descendants
-    (the ephemeral server, process or Dask workers) change their memory over seconds, not milliseconds.
+    every sample took a sizeable share of a core from the run being measured (py-spy), and read less often
+    but with their RSS at every sample still cost the flow's run several times what sampling costs the
+    core's. The descendants (the ephemeral server, process or Dask workers) change their memory over
+    seconds, not milliseconds.
     """
 
     def __init__(

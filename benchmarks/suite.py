@@ -1,4 +1,4 @@
-"""The benchmark suite behind ``backtest bench`` (issue 7; DESIGN.md section 4): the reference workload W
+"""The benchmark suite behind ``backtest bench`` (issue 7; docs/design.md section 4): the reference workload W
 through the core and the Prefect flow, side by side with vectorbt and with the original design's per-symbol
 pandas approach, and how the cost grows with symbols, workers and grid size.
 
@@ -125,7 +125,7 @@ class BenchSizes:
 
     @classmethod
     def quick(cls) -> BenchSizes:
-        """A quarter of W's symbols and half its years: every ratio, in well under three minutes."""
+        """A quarter of W's symbols and half its years: every ratio, in a fraction of the full run's time."""
         return cls("quick", W_SYMBOLS // 4, W_YEARS / 2)
 
     @property
@@ -143,13 +143,14 @@ class BenchSizes:
 
     @property
     def is_w(self) -> bool:
-        """The reference workload itself (DESIGN.md section 4: on 2 workers), so its absolute goals apply."""
+        """The reference workload itself (docs/design.md section 4: 2 workers): the absolute goals apply."""
         return self.symbols == W_SYMBOLS and self.years == W_YEARS and self.workers == 2
 
 
 @dataclass(frozen=True)
 class Goal:
-    """One target of DESIGN.md section 4: its value in this run, and whether it was met (None: not judged)."""
+    """One target of docs/design.md section 4: its value in this run, and whether it was met (None: not
+    judged)."""
 
     name: str
     target: str
@@ -272,7 +273,7 @@ def best_of(
     """The fastest of up to 3 runs, repeating only while they add up to less than ``budget`` seconds: small
     settings get a fair minimum, big ones are not run three times. ``measure(release)`` releases memory
     first only for the first run: a repeat follows a run of the same small size, and a garbage collection
-    costs 0.1-0.4 s once Prefect is imported."""
+    is slow once Prefect is imported."""
     runs = [measure(True)]
     while len(runs) < 3 and sum(r["wall_seconds"] for r in runs) < budget:
         runs.append(measure(False))
@@ -338,7 +339,7 @@ def _measured(fn: Callable[[], Any], repeat_budget: float = 0.0) -> tuple[Any, d
     best: dict[str, Any] | None = None
     value: Any = None
     spent = 0.0
-    release_memory()  # once: a collection costs ~0.1-0.4 s with Prefect and vectorbt loaded
+    release_memory()  # once: a collection is slow with Prefect and vectorbt loaded
     for _ in range(3):
         with RssSampler(children=False) as rss:
             t0 = time.perf_counter()
@@ -735,7 +736,7 @@ def _threads(run: dict[str, Any]) -> str:
 
 
 def judge(p: dict[str, Any], sizes: BenchSizes) -> list[Goal]:
-    """The goals of DESIGN.md section 4 against this run; absolute ones (seconds, MB) only on W itself."""
+    """The goals of docs/design.md section 4 against this run; absolute ones (seconds, MB) only on W."""
     r, core, flow = p["ratios"], p["core"], p["flow"]
     cold, warm = flow.get("cold") or {}, flow.get("warm") or {}
     same = flow.get("same_work") or {}

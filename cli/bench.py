@@ -212,7 +212,7 @@ def print_report(run: Any, console: Any) -> None:
         "two means left out of the total-return checks"
     )
     console.print(profile_table(p))
-    goals = Table(title="Goals (DESIGN.md section 4)")
+    goals = Table(title="Goals (docs/design.md section 4)")
     for column in ("goal", "target", "value", "verdict"):
         goals.add_column(column, justify="right" if column == "value" else "left")
     for g in run.goals:

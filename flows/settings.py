@@ -47,7 +47,7 @@ def local_run_settings() -> Iterator[None]:
     """Prefect settings for a flow run started in this process (``backtest run``/``demo``, the benchmark).
 
     Flow-run heartbeats are off unless configured. A synchronous flow ends by joining its heartbeat thread,
-    which sleeps in whole seconds: every run took up to a second longer, most of a warm run. Heartbeats serve
+    which sleeps in whole seconds: every run took up to a second longer, much of a warm run. Heartbeats serve
     a server-side automation that marks runs crashed when they stop; this project creates none, and a run in
     this process reports its own crash on the terminal. A frequency set in the environment or the Prefect
     profile is kept, and the runs of deployments use their worker's settings.

@@ -68,7 +68,7 @@ def make_task_runner(kind: str, workers: int, dask_address: str | None = None) -
 def three_phase_study(params: StudyParams = StudyParams()) -> Any:  # noqa: B008 - pydantic default
     """Plan the chunks, load and backtest each (cached by its inputs), collect, publish, prune, report."""
     if params.report:
-        preload_report()  # matplotlib's import (about 0.3 s) overlaps the run instead of delaying the report
+        preload_report()  # matplotlib's import overlaps the run instead of delaying the report
     watch = RunWatch(get_run_context().flow_run, params.alerts, params.monitor_interval)
     with watch:  # the resource monitor samples the run's process tree until the flow returns or fails
         return _run_study(params, watch)

@@ -87,9 +87,9 @@ class ArtifactPoster:
     """Posts a flow run's artifacts from one background thread, in the order asked, so that the flow's own
     thread never waits for an API round trip.
 
-    The flow's thread takes each finished chunk in turn: a progress update on it cost 5-40 ms per chunk
-    (measured on W), time in which the next finished chunks wait, and on a warm run that thread is what the
-    cached chunks queue behind. Progress updates coalesce: the latest one not yet posted replaces the one
+    The flow's thread takes each finished chunk in turn: a progress update on it costs an API round trip
+    per chunk, time in which the next finished chunks wait, and on a warm run that thread is what the cached
+    chunks queue behind. Progress updates coalesce: the latest one not yet posted replaces the one
     before it. A post that fails is logged as a warning: artifacts show a run, they are not its results.
     ``close`` posts what is queued and waits for it, before the flow run ends.
     """

@@ -55,8 +55,8 @@ class StoredChunk:
 
     The chunk task returns its result in this form, and a cache hit reads it back in this form. Prefect
     keeps every task's return value in its final state, and the flow keeps the states of all chunks until
-    the last one finishes: as frames, a whole market's out-of-sample rows would pile up in memory (about
-    450 MB for W); as compressed bytes, a tenth of that. The flow never looks inside (the collect step
+    the last one finishes: as frames, a whole market's out-of-sample rows would pile up in memory; as
+    compressed bytes, a small fraction of that. The flow never looks inside (the collect step
     reads the files itself), so nothing is decoded on the way.
     """
 

@@ -69,10 +69,10 @@ class ChunkJob:
     """What one chunk task computes: the chunk, the study's plan, and where its prices are.
 
     A plain object on purpose: Prefect walks the dataclasses, tuples and dicts among a task's arguments element
-    by element, twice per task run, looking for futures: for W, about 3 ms for a chunk's spec of 250 symbols
-    and 1.7 ms for the plan, per task (a warm run's 16 cache hits took 0.31-0.38 s with them, 0.24-0.29 s
-    without); an object of its own class is taken as one value. (Prefect's ``quote`` does that too, but prefect-dask hands the task the
-    wrapper itself.) Read-only, and picklable as it is for process and Dask workers.
+    by element, twice per task run, looking for futures: for a chunk's spec of hundreds of symbols and for the
+    plan, a noticeable share of what a warm run's cache hits cost. An object of its own class is taken as one
+    value. (Prefect's ``quote`` does that too, but prefect-dask hands the task the wrapper itself.) Read-only,
+    and picklable as it is for process and Dask workers.
     """
 
     __slots__ = ("plan", "source", "spec")
@@ -114,12 +114,12 @@ class ChunkJob:
 def backtest_chunk(job: ChunkJob) -> StoredChunk:
     """The load/cache step and all three phases for one chunk; the result is persisted as Parquet (the cache).
 
-    One task per chunk, not a load task and a backtest task: every task run costs about 55 ms of CPU between
-    the engine and the server (measured: 32 separate load tasks made the chunk step of a run of 32 small chunks 1.2-2.4 s longer), and loading is part of the
-    chunk's work, retried with it. The prices come from the chunk's cached price file, read memory-mapped
-    (``load`` in the timings), or, when it is missing, from the source, and the file is written for the next
-    run (``fetch``, with ``fetched`` 1.0). The timings also carry the task's CPU time and attempt number
-    (backtest.observe.profiling).
+    One task per chunk, not a load task and a backtest task: every task run costs CPU between the engine and
+    the server (separate load tasks made the chunk step of a run of small chunks measurably longer), and
+    loading is part of the chunk's work, retried with it. The prices come from the chunk's cached price file,
+    read memory-mapped (``load`` in the timings), or, when it is missing, from the source, and the file is
+    written for the next run (``fetch``, with ``fetched`` 1.0). The timings also carry the task's CPU time and
+    attempt number (backtest.observe.profiling).
     """
     spec, plan = job.spec, job.plan
     with measure() as total:

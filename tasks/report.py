@@ -28,8 +28,8 @@ def publish_report(out: str, results_cache: str | None = None) -> str:
     ``results_cache`` is the cache entry of the run's merged tables: the plots drawn from those tables alone
     are kept there and reused by every run with the same results (a warm re-run draws only two plots). The
     artifacts need only the saved summary: they are posted by an ``ArtifactPoster`` while the plots are drawn
-    (their API round trips were an eighth of a warm run's report), and a failed post is a warning, as for
-    the flow's other artifacts: the report itself is the file.
+    (their API round trips were a sizeable share of a warm run's report), and a failed post is a warning, as
+    for the flow's other artifacts: the report itself is the file.
     """
     from backtest.observe.report import build_report, plot_cache_dir  # matplotlib: only here (or preloaded)
 

@@ -1,10 +1,10 @@
 """A Prefect database migrated once per test run, copied into every Prefect server the tests start.
 
-A server on a new database first runs Prefect's migrations: 23 of the 35 s a fresh `prefect server start`
-took on a 2-core test machine (12-16 s on an already migrated file). The test run starts several servers (the
-in-process test server, `backtest server up`, the fault tests' restartable server); each gets its own copy of
-one migrated file, so each is as new and as separate as before, without migrating again. The migration (20 s)
-starts in the background when the run is configured, beside pytest's collection (7-14 s).
+A server on a new database first runs Prefect's migrations: most of what a fresh `prefect server start`
+takes. The test run starts several servers (the in-process test server, `backtest server up`, the fault
+tests' restartable server); each gets its own copy of one migrated file, so each is as new and as separate
+as before, without migrating again. The migration starts in the background when the run is configured,
+beside pytest's collection.
 """
 
 from __future__ import annotations

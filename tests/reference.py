@@ -1,9 +1,9 @@
 """Slow, obviously-correct reference implementations of the numeric core, written from the specification.
 
 Nothing here calls or copies the numba kernels: every function is a direct transcription of the conventions
-of DESIGN.md section 2 (and the module docstrings of ``backtest.engine.simulate_nb``), with plain Python loops,
-``math.fsum`` for sums and explicit windows instead of prefix sums or monotonic deques. The tests compare the
-kernels against these.
+of docs/design.md section 2 (and the module docstrings of ``backtest.engine.simulate_nb``), with plain Python
+loops, ``math.fsum`` for sums and explicit windows instead of prefix sums or monotonic deques. The tests
+compare the kernels against these.
 
 Layouts: a *compact row* is one symbol's own bars (no NaN); a *calendar row* has NaN where the symbol has
 no bar.

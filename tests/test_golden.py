@@ -117,7 +117,7 @@ def oos_of(result: StudyResult, symbol: str) -> pd.Series:
 
 
 def hand_oos(frame: pd.DataFrame, fold_weights: list[pd.Series | None], next_open: bool) -> pd.Series:
-    """A symbol's stitched out-of-sample returns, written from DESIGN.md section 2 without the library.
+    """A symbol's stitched out-of-sample returns, written from docs/design.md section 2 without the library.
 
     Fold k's test days take the full-history return of fold k's weights (None: the symbol sits the fold
     out); the first test day also pays ``COST * |new - old|`` for switching from the previous fold's position

@@ -53,7 +53,7 @@ def assert_same(got: np.ndarray, expected: np.ndarray, rtol: float = 1e-9, atol:
 def score_tolerance(objective: str, r: np.ndarray) -> tuple[float, float]:
     """(rtol, atol) for a kernel score of a window with returns ``r`` against the reference.
 
-    The kernels build window statistics from differences of running sums (DESIGN.md section 4), so beyond
+    The kernels build window statistics from differences of running sums (docs/design.md section 4), so beyond
     rtol 1e-9 they carry the conditioning of that method: the one-pass variance loses relative accuracy by
     its condition number 1 + mean^2/var = 1 + sharpe^2/252 (only near-constant returns, |sharpe| in the
     thousands, make that matter), and differences of running sums leave an absolute error of a few ulps of

@@ -1,7 +1,7 @@
 """Phase 3's compact out-of-sample rows, the per-day sums computed beside them, and the optional sink.
 
 ``run_chunk`` writes the out-of-sample rows straight from the kernel (no symbols x bars arrays) and
-``run_study`` can hand those rows to a sink instead of holding them (DESIGN.md section 4: peak memory).
+``run_study`` can hand those rows to a sink instead of holding them (docs/design.md section 4: peak memory).
 These tests check the bookkeeping of that layout against plain pandas/numpy recomputations from the rows
 themselves and from the prices, and that the working set of a chunk stays below one calendar-shaped array.
 """
@@ -138,10 +138,10 @@ def python_strategy():
 @pytest.mark.parametrize(("strategy", "budget"), [("sma_crossover", 1.0), ("python", 2.0)])
 def test_chunk_working_set_stays_small(python_strategy, strategy, budget):
     """Working set of a chunk above its result, in symbols x bars arrays. Phase 3 once made five of them
-    (returns, traded, held, benchmark, fold) and the table beside them, 4.6 arrays at the peak; a strategy
-    written in Python also had its weights stored once per fold (11.6 arrays here with 4 folds, 18 on W).
-    Now only the rows kept are written, and a Python strategy's weights only on the bars phase 3 reads
-    (its own computation of one combination's weights is the rest)."""
+    (returns, traded, held, benchmark, fold) and the table beside them; a strategy written in Python also had
+    its weights stored once per fold, so its peak grew with the folds. Now only the rows kept are written,
+    and a Python strategy's weights only on the bars phase 3 reads (its own computation of one combination's
+    weights is the rest)."""
     panel = random_panel(n_symbols=60, n_bars=2520, seed=5)
     first, last = date_range(panel)
     name = python_strategy if strategy == "python" else strategy

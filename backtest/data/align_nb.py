@@ -2,8 +2,8 @@
 
 Done in numpy, this took one call per symbol and field, each letting go of the GIL and taking it back; beside
 other busy Python threads (the other worker's pandas work, the merge, Prefect's engine) every take-back can
-wait a whole switch interval, and a chunk's 250 symbols x 5 fields of them made the step 25 times slower
-(measured with one other thread spinning: 107 ms -> 2.8 s). Here the whole step is one call without the GIL.
+wait a whole switch interval, and a chunk's symbols x fields of them made the step many times slower beside
+a single spinning thread. Here the whole step is one call without the GIL.
 """
 
 from __future__ import annotations

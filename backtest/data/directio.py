@@ -1,15 +1,13 @@
 """Writing a file around the page cache (``O_DIRECT``): for the cache files a run writes and a later run reads.
 
-A cold run writes every chunk's prices (50 MB for 250 symbols x 20 years, 0.8 GB for the reference workload W)
-and does not read them again: the chunk computes from the panel it fetched. A buffered write puts those bytes
-in the page cache, and on the 2-core VMs this project runs on, memory new to the VM is expensive: in W's cold
-flow, the 16 price files cost 1.25-1.44 s of CPU written the ordinary way (78-90 ms each), most of it the
-guest's first touch of the page-cache pages. Written with ``O_DIRECT``, the bytes go from the arrays to the
-disk through one small staging buffer that stays resident, and the CPU left is the copy into it: 21-22 ms of
-CPU a file against 83-115 ms written the ordinary way (``write_panel`` of 250 symbols x 20 years, 8 files each,
-side by side); the disk takes about 115-130 ms more, which the caller can spend computing
-(backtest.data.panelio.chunk_prices writes on a thread of its own). The later run that reads the
-file reads it from the disk.
+A cold run writes every chunk's prices (as large as the chunk's price arrays) and does not read them again:
+the chunk computes from the panel it fetched. A buffered write puts those bytes in the page cache, and on the
+2-core VMs this project runs on, memory new to the VM is expensive: written the ordinary way, the price files
+of a cold flow cost a noticeable share of its CPU, most of it the guest's first touch of the page-cache pages.
+Written with ``O_DIRECT``, the bytes go from the arrays to the disk through one small staging buffer that
+stays resident, and the CPU left is the copy into it, a fraction of an ordinary write's; the disk takes
+longer, which the caller can spend computing (backtest.data.panelio.chunk_prices writes on a thread of its
+own). The later run that reads the file reads it from the disk.
 
 Where ``O_DIRECT`` is missing (macOS, Windows) or refused (tmpfs on older kernels, some network file systems),
 the file is written the ordinary way: the same bytes.

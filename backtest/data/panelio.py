@@ -4,9 +4,9 @@ One row per symbol, each price field a fixed-size list over the chunk's calendar
 bar), the calendar in the schema metadata: reading it back is a reshape, not a pivot.
 
 The file is Arrow IPC, uncompressed, and is read memory-mapped: the price arrays of the panel are views of
-the file's pages, so a chunk task reading its prices from here costs no decoding and no copy (a few
-milliseconds for 250 symbols x 20 years, against about 0.1-0.2 s from the per-symbol files of the store). Parquet
-files of the same layout, written by earlier versions, are still read.
+the file's pages, so a chunk task reading its prices from here costs no decoding and no copy (far less than
+reading the per-symbol files of the store). Parquet files of the same layout, written by earlier versions,
+are still read.
 """
 
 from __future__ import annotations
@@ -99,10 +99,10 @@ def chunk_prices(
     They come from the chunk's price file when it exists. Otherwise they are fetched from ``source`` (the
     store or a database) and returned at once, and the file is written on a thread of its own while the chunk
     computes: the caller waits on the future before its chunk counts as done (it raises what the write
-    raised). Reading the file back would only copy in what is already in memory (about 15-25 ms and 50 MB
-    of page faults per 250 symbols x 20 years), and writing it in the chunk's own thread kept that thread
-    waiting on the disk (about 0.1 s a chunk). The file outlives the run (until the cache is pruned): a study
-    that changes only its strategy, grid or folds reads its prices from there.
+    raised). Reading the file back would only copy in what is already in memory (with a page fault for
+    every page of it), and writing it in the chunk's own thread kept that thread waiting on the disk. The
+    file outlives the run (until the cache is pruned): a study that changes only its strategy, grid or folds
+    reads its prices from there.
     """
     path = prices_file(cache_dir, data_fingerprint, last)
     if path.exists():

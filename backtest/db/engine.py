@@ -234,8 +234,8 @@ def _switch_to_wal(cursor: Any) -> None:
 
     On a new file the switch writes the header from inside a read transaction, and SQLite never runs the busy
     handler for such an upgrade (it could deadlock): two processes creating one database at once (two
-    studies started together on a new store) saw one of them fail at once with "database is locked" in
-    about 2 % of tries here. Once one switch has committed, the retry finds the file in WAL mode already.
+    studies started together on a new store) saw one of them fail at once with "database is locked" now
+    and then. Once one switch has committed, the retry finds the file in WAL mode already.
     """
     deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
     delay = 0.002
@@ -302,7 +302,8 @@ def _create_engine(url: URL) -> Engine:
             raise DatabaseError(f"cannot open {describe_url(url)}: folder {folder} does not exist")
         if use_arrow_sqlite():
             # no idle connection may keep the file open while the other SQLite library opens it (see
-            # one_sqlite_library): each transaction connects and closes (a whole read transaction so: about 0.5 ms here)
+            # one_sqlite_library): each transaction connects and closes (a whole read transaction so: still
+            # cheap)
             engine = sa.create_engine(url, poolclass=NullPool)
         else:
             engine = sa.create_engine(url, pool_size=8, max_overflow=16, pool_timeout=120)

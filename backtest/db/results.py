@@ -5,7 +5,7 @@ chunk. Every write first deletes what the same run already holds for the chunk's
 chunk (a retried flow run persisting again) replaces it instead of failing on the primary key or doubling
 it. Runs are identified by their Prefect flow run id, so persisting the same flow run twice reuses its row.
 
-Out-of-sample returns are the only large table (about 15 million rows for the reference workload W): they
+Out-of-sample returns are the only large table (millions of rows for the reference workload W): they
 are written only when asked (``include_oos``), since the study's Parquet output already holds them and
 writing them costs seconds per million rows on SQLite (see benchmarks/README.md).
 

@@ -186,10 +186,9 @@ def _driver_value(value: Any) -> Any:
 def sqlite_arrow(engine: Engine, statement: sa.Select) -> pa.Table:
     """A SQLite query compiled by SQLAlchemy, run by Arrow's ADBC SQLite driver into an Arrow table.
 
-    Python's sqlite3 builds a tuple per row (about half a million rows a second); ADBC decodes the rows in C,
-    several times faster, which is what brings a cold chunk load near the Parquet store's. It opens its own
-    short-lived connection to the same file (WAL: it reads the last committed state without blocking
-    writers), with the same busy timeout.
+    Python's sqlite3 builds a tuple per row; ADBC decodes the rows in C, several times faster, which is what
+    brings a cold chunk load near the Parquet store's. It opens its own short-lived connection to the same
+    file (WAL: it reads the last committed state without blocking writers), with the same busy timeout.
     """
     assert adbc.driver is not None
     compiled = statement.compile(dialect=engine.dialect, compile_kwargs={"render_postcompile": True})

@@ -35,7 +35,7 @@ def metrics_table(
     returns = np.ascontiguousarray(returns, dtype=np.float64)
     if returns.ndim == 1:
         returns = returns[None, :]
-    # zeros only where a series is missing: a chunk's arrays are ~10 MB, and this runs once per fold
+    # zeros only where a series is missing: a chunk's arrays are large, and this runs once per fold
     traded = (
         np.zeros_like(returns)
         if traded is None

@@ -1,8 +1,8 @@
 """Planning a study over a store: the universe, its chunks, and each chunk's cache key.
 
-Cache keys are built from cheap identifiers only (DESIGN.md section 3): the fingerprint of the chunk's stored
-data (from the catalog, no prices read), the study's dates and folds, the configuration, the strategy's source
-and the core's code. Anything that could change a chunk's numbers is in its key; nothing else is, so an
+Cache keys are built from cheap identifiers only (docs/design.md section 3): the fingerprint of the chunk's
+stored data (from the catalog, no prices read), the study's dates and folds, the configuration, the strategy's
+source and the core's code. Anything that could change a chunk's numbers is in its key; nothing else is, so an
 unchanged chunk is served from cache and a changed symbol recomputes only its own chunk.
 """
 
@@ -31,34 +31,27 @@ _NUMERIC_MODULES = (
     "config.py",
     "results/chunkio.py",
 )
-# -- what a chunk costs: the one source of these figures for the chooser and the recommendations. Measured
+# -- what a chunk costs: the one source of these figures for the chooser and the recommendations. Calibrated
 # on this project's 2-core machine with 2 workers, the thread runner and a Prefect server on loopback, while
-# other work ran beside (load average 7 to 13: on a quiet machine the times are smaller, in about the same
-# ratio). Times are worker-seconds: one worker busy that long.
-#: orchestration per chunk: its task run, the chunk result's persistence and the server's records. Measured
-#: as the slope of the flow's backtest step against the chunk count at fixed work (96 symbols x 2
-#: combinations in 2 to 96 chunks, 3 alternating rounds) with one task per chunk (commit 0cde525): 0.07 (best)
-#: to 0.10 (median) worker-seconds a chunk at load average 2-3, 0.14-0.15 at 8; the earlier flow with a load
-#: task and a backtest task per chunk cost 0.21 at 7-13. A trivial task alone is 4-10 ms (PREFECT_NOTES.md);
-#: the profile's ``per_task_overhead_seconds`` is larger (0.2 s for 16-symbol chunks, 1.5 s for 250), as it
-#: also holds the prices' loading and the result encoding, which grow with the chunk.
+# other work ran beside (on a quiet machine the times are smaller, in about the same ratio; docs/benchmarks.md
+# has the measurements). Times are worker-seconds: one worker busy that long.
+#: orchestration per chunk: its task run, the chunk result's persistence and the server's records. Taken as
+#: the slope of the flow's backtest step against the chunk count at fixed work, with one task per chunk (a
+#: load task and a backtest task per chunk cost clearly more). The profile's
+#: ``per_task_overhead_seconds`` is larger and grows with the chunk, as it also holds the prices' loading and
+#: the result encoding.
 TASK_OVERHEAD_SECONDS = 0.1
-#: work per bar and grid combination (the numba kernels of the three phases): ``run_chunk`` on 100 symbols
-#: x 5,040 bars, 2 against 100 combinations, best of 3
+#: work per bar and grid combination (the numba kernels of the three phases): ``run_chunk`` at a small and a
+#: large grid, best of 3
 SECONDS_PER_BAR_COMBO = 3.2e-9
-#: work per bar whatever the grid: loading the prices from the store (0.38 us) and the rest of ``run_chunk``
-#: (0.32 us: returns, out-of-sample tables, metrics). With the above, W is 5.1 ms of work a symbol, about
-#: 200 M bars x combinations a second on 2 workers.
+#: work per bar whatever the grid: loading the prices from the store and the rest of ``run_chunk`` (returns,
+#: out-of-sample tables, metrics)
 SECONDS_PER_BAR = 0.7e-6
 #: the largest chunk, in symbols x bars (250 symbols of 20 years), for memory and no measured gain beyond:
-#: the flow on W with 2 workers peaked at 0.88-1.09 GiB with chunks of 250 symbols and 1.22-1.43 GiB with
-#: 500 (the design's peak target is 1 GB), and was not reliably faster with bigger chunks (backtest step,
-#: alternating rounds on a busy machine: at commit dd15510 250 symbols were fastest in 3 of 3 rounds, median
-#: 37.6 s against 41.3 s with 334 and 53.0 s with 500; after b089fa1 cut run_chunk's working set, 46.2,
-#: 34.2, 13.5 s against 45.5, 26.7, 29.2 s with 500: within the noise)
+#: bigger chunks took the flow on W with 2 workers past the design's peak target of 1 GB, and were not
+#: reliably faster
 MAX_CHUNK_SYMBOL_BARS = 1_300_000
-#: peak memory a chunk in flight adds, per symbol and bar: least squares over those 7 runs after b089fa1
-#: (190 B over the 10 before it)
+#: peak memory a chunk in flight adds, per symbol and bar: least squares over measured runs of the flow
 CHUNK_BYTES_PER_SYMBOL_BAR = 153
 #: orchestration at most this share of a chunk's work
 MAX_TASK_OVERHEAD_SHARE = 0.10
@@ -230,7 +223,8 @@ def estimate_bars(first: dt.date, last: dt.date) -> int:
 
 def plan_identity(plan: StudyPlan, code: str) -> bytes:
     """What every chunk key of a study shares: configuration, strategy and its source, combinations, folds, and
-    the core's code. Made once per study: making it for each chunk, W's 16 keys took 20 ms; now 1 ms."""
+    the core's code. Made once per study, not once per chunk: it hashes the strategy's source and the folds,
+    which every chunk's key would otherwise pay for again."""
     parts = (
         plan.config.digest(),
         plan.strategy.name,

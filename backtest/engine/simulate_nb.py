@@ -1,6 +1,6 @@
 """Numba kernels that turn target weights into daily returns, window scores and metrics.
 
-Accounting (DESIGN.md section 2), for one symbol over its own bars ``j`` (compact: no missing days):
+Accounting (docs/design.md section 2), for one symbol over its own bars ``j`` (compact: no missing days):
 
 * ``execution="close"``: the weight decided at the close of bar j is filled at that close, so
   ``r[j] = (1 + w[j-1] * (c[j] / c[j-1] - 1)) * (1 - cost * |w[j] - w[j-1]|) - 1``.

@@ -1,4 +1,4 @@
-"""The three-phase walk-forward study (DESIGN.md section 2) for one chunk of symbols, and the merge of chunks.
+"""The three-phase walk-forward study (docs/design.md section 2) of a chunk of symbols, and the chunks' merge.
 
 Phase 1 scores every combination of the grid on each fold's train window and keeps the top K per symbol;
 phase 2 picks, among those K, the best on the validate window; phase 3 applies it on the test window and
@@ -599,9 +599,8 @@ def run_study(
     """The whole study with the core alone: chunks of symbols on a thread pool (the kernels release the GIL).
 
     ``load`` returns the prices of a chunk; ``first``/``last`` are the dates of the whole universe, which fix
-    the folds for every chunk. The out-of-sample rows are most of a study's memory (W: 11.7 M rows, about
-    420 MB): with ``oos_sink`` they go to it chunk by chunk, in universe order (a Parquet writer, say), and
-    the result's ``oos_returns`` is None.
+    the folds for every chunk. The out-of-sample rows are most of a study's memory: with ``oos_sink`` they go
+    to it chunk by chunk, in universe order (a Parquet writer, say), and the result's ``oos_returns`` is None.
     """
     plan = StudyPlan.create(config, first, last)
 

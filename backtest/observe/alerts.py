@@ -122,7 +122,7 @@ def startup_chunks(spans: Mapping[str, tuple[float, float]]) -> frozenset[str]:
 
     Such a chunk is the first its worker ran (no worker had finished one yet), so its time includes the
     one-time start-up of a fresh worker: numba loading its kernels from the on-disk cache, or compiling them,
-    at the first call in the process (about 8 s on a fresh machine against a median chunk of 0.2 s). Threads
+    at the first call in the process (on a fresh machine, many times a median chunk's time). Threads
     share one process's kernels, so every chunk in flight while they load waits for them; each process of a
     process pool or Dask cluster loads its own, on its first chunk. Chunks started after the first end are
     judged like any other: with threads the kernels are loaded by then; a worker process that starts its first

@@ -1,8 +1,8 @@
 """Importing a heavy module ahead of time, on a background thread, while the process waits on other things.
 
-The report builder pulls in matplotlib (about 0.3 s of CPU here, as much as drawing a warm run's plots): a
-flow that starts that import when it starts pays for it while its workers compute and its API calls wait,
-instead of at the end, where every second of the report is a second of the run.
+The report builder pulls in matplotlib (as much CPU as drawing a warm run's plots): a flow that starts that
+import when it starts pays for it while its workers compute and its API calls wait, instead of at the end,
+where every second of the report is a second of the run.
 """
 
 from __future__ import annotations

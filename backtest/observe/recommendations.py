@@ -286,7 +286,7 @@ def threads_waiting(p: RunProfile) -> Recommendation | None:
 
     Only chunks after the start-up ones are judged: while numba loads or compiles the kernels, once per
     process, every chunk in flight waits for it (on a fresh machine the README's demo, two chunks, had one
-    blocked 8.7 s of its 10.3 s while the other compiled), and each process of a pool would wait as long."""
+    blocked most of its time while the other compiled), and each process of a pool would wait as long."""
     if p.runner != "threads" or p.workers < 2:
         return None
     shares = _shares(p, _steady(p))

@@ -59,8 +59,8 @@ class ReportFiles:
 @dataclass(frozen=True)
 class Margins:
     """Room around the axes, in inches: fixed per plot instead of ``tight_layout``, which lays out every tick
-    label once more before the real drawing (about a quarter of the report's cost, measured on W's). Sized
-    for the labels each plot carries; ``hspace``/``wspace`` are matplotlib's fractions of the axes size."""
+    label once more before the real drawing (a large share of the report's cost). Sized for the labels
+    each plot carries; ``hspace``/``wspace`` are matplotlib's fractions of the axes size."""
 
     left: float = 0.8
     right: float = 0.2
@@ -108,7 +108,7 @@ def write_png(image: Image.Image, path: Path) -> Path:
 def _title(ax: Axes, text: str) -> None:
     """A title at the top of the axes. Placed explicitly: matplotlib otherwise measures every tick label of
     the axes (and its twins) at draw time to see whether the title must move up, which none of these plots
-    need (no tick labels on top) and which was an eighth of the report's cost (cProfile, W's report)."""
+    need (no tick labels on top) and which was a sizeable share of the report's cost (cProfile)."""
     ax.set_title(text, y=1.0)
 
 

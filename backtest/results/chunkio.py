@@ -7,17 +7,16 @@ Parquet footer's key-value metadata, each as a compressed Arrow IPC stream (base
 values are text), beside the chunk's symbols and timings (JSON). It stays plain Parquet: no pickle, so a cache
 folder received from elsewhere cannot run code when read.
 
-Why this layout (measured on 250-symbol chunks of the reference workload W, 734 k out-of-sample rows, old and
-new side by side in one script on a shared 2-core machine): the earlier layout, one row whose columns were the
-tables as ``list<struct>``, cost about 100 ms of CPU to encode and 50 ms to decode per chunk, most of it in
-the nested writer and reader; top-level non-nullable columns with NaN kept as NaN (no validity bitmaps, no
-definition levels), no statistics, a dictionary only for dates and symbols and lz4 take about 25 ms and 13 ms,
-for a file of the same size (4.1 MB). Every chunk is encoded in a worker thread beside the numba kernels:
-Parquet and IPC writers into Arrow's own buffers run outside the GIL, so the encode holds it for about 10 ms
-a chunk (``py-spy --gil``; the old encode, writing into a Python ``BytesIO``, held it for about 35 ms). The
-small tables in the footer cost nothing to the row data, and a reader that needs only them (the database
-writer) reads only the footer; padding them into the row data instead (extra row groups, or columns of nulls)
-was several times slower than the whole encode.
+Why this layout (measured on 250-symbol chunks of the reference workload W, old and new side by side in one
+script on a shared 2-core machine): the earlier layout, one row whose columns were the tables as
+``list<struct>``, cost several times more CPU to encode and to decode, most of it in the nested writer and
+reader, than top-level non-nullable columns with NaN kept as NaN (no validity bitmaps, no definition levels),
+no statistics, a dictionary only for dates and symbols and lz4, for a file of the same size. Every chunk is
+encoded in a worker thread beside the numba kernels: Parquet and IPC writers into Arrow's own buffers run
+outside the GIL, so the encode holds it only briefly (``py-spy --gil``; the old encode, writing into a Python
+``BytesIO``, held it several times longer). The small tables in the footer cost nothing to the row data, and
+a reader that needs only them (the database writer) reads only the footer; padding them into the row data
+instead (extra row groups, or columns of nulls) was several times slower than the whole encode.
 
 A file of another format (format 1, the nested layout of earlier versions) is refused with a DataError. The
 cache never meets one: a chunk's cache key covers this module's code, so its files are misses and pruned.
@@ -46,7 +45,7 @@ _TABLE_PREFIX = "backtest.table."
 #: every table but the out-of-sample returns: small, kept in the footer
 SMALL_TABLES: tuple[str, ...] = tuple(name for name in ChunkResult.TABLES if name != "oos_returns")
 #: lz4 for the rows: each chunk is encoded once and decoded at least once (collect); on W, zstd level 1
-#: writes the returns 10 % smaller for twice the time
+#: writes the returns a little smaller but takes much longer
 _COMPRESSION = "lz4"
 _IPC_OPTIONS = ipc.IpcWriteOptions(compression="lz4")
 

@@ -1,9 +1,9 @@
 """Chunk results handed from a chunk task to the merge in the same process, instead of read back from a file.
 
 With the thread runner the chunk tasks run in the flow's own process: the result a task has just encoded into
-its file is still in memory when the flow's ahead-collector merges that chunk. Decoding it again cost 20-45 ms
-a chunk of W for the out-of-sample rows (0.3-0.7 CPU-seconds a run, taken from the cores the other chunks
-compute on) and, for the small tables in the file's footer, 0.17 s of the GIL over W's 16 chunks (py-spy).
+its file is still in memory when the flow's ahead-collector merges that chunk. Decoding it again cost CPU
+for the out-of-sample rows of every chunk, taken from the cores the other chunks compute on, and, for the
+small tables in the file's footer, time holding the GIL (py-spy).
 
 A consumer first says which chunks it will merge (``expect``), and a task's result is kept only when some
 consumer expects it, so nothing piles up in a process where nobody merges (process and Dask workers, a task
@@ -12,9 +12,9 @@ when it is done. The result offered is the one encoded into the file, its ``oos_
 rows the file holds, so a merge from here writes what a merge from the file writes (tested byte for byte).
 
 The merge takes chunks in universe order, so the results of chunks that finish ahead of a slow one wait here;
-at most ``max_bytes`` of rows (W's chunks hold 24-25 MiB each, measured; the small tables are a few hundred
-KB): beyond that an offer is refused and that chunk is read from its file, so a chunk retried after a long
-backoff cannot make the whole study's rows pile up.
+at most ``max_bytes`` of rows (room for a few of W's chunks; the small tables are a few hundred KB): beyond
+that an offer is refused and that chunk is read from its file, so a chunk retried after a long backoff cannot
+make the whole study's rows pile up.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ Parquet file chunk by chunk while the small tables are merged in memory.
 
 The merged tables are a pure function of the chunk results, which are a pure function of their cache keys, so
 ``collect_cached`` keeps them in the cache under a key made of the chunks' keys: a re-run with unchanged inputs
-hard-links the files into its output folder instead of re-reading every chunk and re-merging (DESIGN.md
+hard-links the files into its output folder instead of re-reading every chunk and re-merging (docs/design.md
 section 4: a warm run costs a small fraction of a cold one).
 """
 
@@ -58,10 +58,10 @@ def read_chunks(paths: Iterable[Path]) -> Iterator[ChunkResult]:
         yield read_chunk(Path(path), oos_as_arrow=True)
 
 
-#: how the merged returns are written: encoding them is most of a collect's work. On W (11.7 M rows, 16
-#: chunks) lz4 without a dictionary for the numbers took 0.57 s of CPU against 0.76 s for zstd (level 1) with
-#: dictionaries for all but the returns, for a file 12 % larger (57.5 MB instead of 51.2 MB); zstd with the
-#: same dictionaries as here saved no time. Statistics only where a reader filters (dates, symbols, folds).
+#: how the merged returns are written: encoding them is most of a collect's work. On W, lz4 without a
+#: dictionary for the numbers took clearly less CPU than zstd (level 1) with dictionaries for all but the
+#: returns, for a slightly larger file; zstd with the same dictionaries as here saved no time. Statistics
+#: only where a reader filters (dates, symbols, folds).
 _OOS_WRITE: dict[str, Any] = {
     "compression": "lz4",
     "use_dictionary": ["date", "symbol"],

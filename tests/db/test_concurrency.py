@@ -114,7 +114,7 @@ def test_processes_write_and_read_the_same_file(db_store, tmp_path):
 
 def test_connections_creating_one_database_at_once(tmp_path):
     # Two studies started together on a new store both create its database. Switching a new file to WAL
-    # upgrades a read transaction, for which SQLite never waits: without the retry about 2 % of these
+    # upgrades a read transaction, for which SQLite never waits: without the retry some of these
     # connections failed at once with "database is locked" (threads race as processes do).
     from backtest.db.engine import _sqlite_connect
 

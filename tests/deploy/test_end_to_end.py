@@ -106,7 +106,7 @@ def test_the_server_refuses_parameters_of_the_wrong_type_or_range(deployed, api_
 
 
 #: one run, to show a refusal fails the run before any task: every reason is checked without a server in
-#: test_params.py, and each run here is another Python process importing Prefect on the worker (5-6 CPU-s)
+#: test_params.py, and each run here is another Python process importing Prefect on the worker (costly)
 BAD = {"unknown strategy": {"strategy": "no_such_strategy"}}
 
 

@@ -1,4 +1,4 @@
-"""One Prefect test server for every flow test of the run (starting one costs about ten seconds)."""
+"""One Prefect test server for every flow test of the run (starting one is slow)."""
 
 from __future__ import annotations
 
