@@ -1,7 +1,7 @@
-"""The recorded benchmark results as a markdown table (regenerated into benchmarks/README.md between marker
+"""The recorded benchmark results as a markdown table (regenerated into docs/benchmarks.md between marker
 comments, never edited by hand) and as a plot of the scaling curves.
 
-The JSON files are the record; the README and the PNG are views of them, so they are rebuilt from all the
+The JSON files are the record; the page and the PNG are views of them, so they are rebuilt from all the
 ``bench-*.json`` files every time rather than patched, and cannot drift from what was measured.
 """
 

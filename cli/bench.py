@@ -1,5 +1,5 @@
-"""``backtest bench``: the benchmark suite (``benchmarks.suite``) from the command line, and the README table
-of its recorded results (``benchmarks.report``)."""
+"""``backtest bench``: the benchmark suite (``benchmarks.suite``) from the command line, and the table of its
+recorded results in docs/benchmarks.md (``benchmarks.report``)."""
 
 from __future__ import annotations
 
@@ -46,7 +46,10 @@ def bench(
         typer.Option("--quick", help="Reduced sizes (1,000 symbols x 10 years): every ratio in < 3 min."),
     ] = False,
     table: Annotated[
-        bool, typer.Option("--table", help="Only regenerate the README table and plot from the JSON results.")
+        bool,
+        typer.Option(
+            "--table", help="Only regenerate the results table and plot of --readme from the JSON results."
+        ),
     ] = False,
     symbols: Annotated[
         int | None, typer.Option(min=8, help="Symbols of the universe (default: 4,000; --quick 1,000).")
@@ -61,11 +64,11 @@ def bench(
         "benchmarks/.data"
     ),
     results: Annotated[Path, typer.Option(help="Folder of the JSON results.")] = Path("benchmarks/results"),
-    readme: Annotated[Path, typer.Option(help="Markdown file whose results section is regenerated.")] = Path(
-        "benchmarks/README.md"
-    ),
+    readme: Annotated[
+        Path, typer.Option(help="Markdown page whose recorded-results section is regenerated.")
+    ] = Path("docs/benchmarks.md"),
     no_save: Annotated[
-        bool, typer.Option("--no-save", help="Write no JSON result and leave the README alone.")
+        bool, typer.Option("--no-save", help="Write no JSON result and leave the --readme page alone.")
     ] = False,
     rebuild: Annotated[bool, typer.Option("--rebuild", help="Generate and ingest the data again.")] = False,
     keep_runs: Annotated[
