@@ -87,7 +87,9 @@ def optimize(
             "--full", help="Complete ANALYZE of every table instead of a sampled one of the result tables."
         ),
     ] = False,
-    vacuum: Annotated[bool, typer.Option("--vacuum", help="VACUUM when worthwhile (free pages).")] = True,
+    vacuum: Annotated[
+        bool, typer.Option("--vacuum/--no-vacuum", help="VACUUM when worthwhile (free pages).")
+    ] = True,
     force_vacuum: Annotated[
         bool, typer.Option("--force-vacuum", help="VACUUM whatever the free pages.")
     ] = False,

@@ -52,6 +52,15 @@ def test_ingest_into_a_database_then_inspect_it(db_csv, tmp_path):
     one_error_line(runner.invoke(app, ["results", "--db", url]), "no runs yet")
 
 
+def test_optimize_vacuums_only_when_asked_to(tmp_path):
+    url = f"sqlite:///{tmp_path / 'v.db'}"
+    assert runner.invoke(app, ["db", "upgrade", "--db", url]).exit_code == 0
+    skipped = runner.invoke(app, ["db", "optimize", "--db", url, "--no-vacuum"])
+    assert skipped.exit_code == 0 and skipped.output.rstrip().endswith("vacuum: skipped"), skipped.output
+    forced = runner.invoke(app, ["db", "optimize", "--db", url, "--no-vacuum", "--force-vacuum"])
+    assert forced.exit_code == 0 and forced.output.rstrip().endswith("vacuum: done"), forced.output
+
+
 def test_upgrade_creates_a_new_database(tmp_path):
     url = f"sqlite:///{tmp_path / 'new.db'}"
     result = runner.invoke(app, ["db", "upgrade", "--db", url, "--to", "1"])
