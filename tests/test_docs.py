@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import re
 import subprocess
+from collections.abc import Iterator
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -41,33 +43,32 @@ def long_options(command: Any) -> list[str]:
     return names
 
 
-def outside_code(text: str) -> list[tuple[int, str]]:
-    """The lines of a markdown text that are not inside fenced code blocks, with their line numbers."""
-    lines, fenced = [], False
+def markdown_lines(text: str) -> Iterator[tuple[int, str, bool]]:
+    """Each line of a markdown text with its number and whether it lies inside a fenced code block (the
+    fences themselves count as inside): headings and links are only read outside."""
+    fenced = False
     for number, line in enumerate(text.splitlines(), 1):
-        if FENCE.match(line.strip()):
-            fenced = not fenced
-        elif not fenced:
-            lines.append((number, line))
-    return lines
+        fence = bool(FENCE.match(line.strip()))
+        fenced ^= fence
+        yield number, line, fenced or fence
 
 
-def command_sections(text: str) -> dict[str, str]:
+def outside_code(text: str) -> list[tuple[int, str]]:
+    return [(number, line) for number, line, code in markdown_lines(text) if not code]
+
+
+@cache
+def cli_sections() -> dict[str, str]:
     """docs/cli.md cut at its ``backtest ...`` headings: each command's text up to the next command heading
     (a group's section ends where its first sub-command's begins)."""
     sections: dict[str, list[str]] = {}
-    current: list[str] | None = None
-    fenced = False
-    for line in text.splitlines():
-        if FENCE.match(line.strip()):
-            fenced = not fenced
-        heading = None if fenced else HEADING.match(line)
-        if heading:
-            title = heading.group(2).strip("` ")
-            current = sections.setdefault(title, []) if title.startswith("backtest") else current
-            if title.startswith("backtest"):
-                continue
-        if current is not None:
+    current: list[str] = []
+    for _, line, code in markdown_lines((DOCS / "cli.md").read_text()):
+        heading = None if code else HEADING.match(line)
+        title = heading.group(2).strip("` ") if heading else ""
+        if title.startswith("backtest"):
+            current = sections.setdefault(title, [])
+        else:
             current.append(line)
     return {title: "\n".join(lines) for title, lines in sections.items()}
 
@@ -79,8 +80,11 @@ def slug(heading: str) -> str:
     return text.replace(" ", "-")
 
 
-def anchors(path: Path) -> set[str]:
-    return {slug(m.group(2)) for _, line in outside_code(path.read_text()) if (m := HEADING.match(line))}
+@cache
+def anchors(path: Path) -> frozenset[str]:
+    return frozenset(
+        slug(m.group(2)) for _, line in outside_code(path.read_text()) if (m := HEADING.match(line))
+    )
 
 
 def markdown_files() -> list[Path]:
@@ -101,7 +105,7 @@ def test_the_cli_walk_finds_the_commands():
 
 @pytest.mark.parametrize("path,command", COMMANDS, ids=[" ".join(p) for p, _ in COMMANDS])
 def test_every_command_and_option_is_in_the_cli_manual(path, command):
-    sections = command_sections((DOCS / "cli.md").read_text())
+    sections = cli_sections()
     title = "backtest " + " ".join(path)
     assert title in sections, f"docs/cli.md has no heading '{title}'"
     missing = [
@@ -113,7 +117,7 @@ def test_every_command_and_option_is_in_the_cli_manual(path, command):
 
 
 def test_the_cli_manual_describes_no_command_that_does_not_exist():
-    titles = set(command_sections((DOCS / "cli.md").read_text()))
+    titles = set(cli_sections())
     assert titles - {"backtest"} - {"backtest " + " ".join(p) for p, _ in COMMANDS} == set()
 
 
