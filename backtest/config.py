@@ -27,6 +27,22 @@ EXECUTIONS: tuple[str, ...] = D.EXECUTIONS
 #: A grid bigger than this is refused: it is almost always a typo in a range, and it would run for hours.
 MAX_COMBINATIONS = 20_000
 PERIODS_PER_YEAR = 252
+#: configuration fields that change only how the chunks' results are merged, not any chunk's numbers
+MERGE_ONLY = ("pbo_blocks",)
+
+
+def check_blocks(blocks: int) -> None:
+    """The PBO's CSCV halves its blocks: an even number, and few enough for C(S, S/2) halvings to be cheap."""
+    if (
+        isinstance(blocks, bool)
+        or not isinstance(blocks, int)
+        or blocks < 2
+        or blocks % 2
+        or blocks > D.MAX_PBO_BLOCKS
+    ):
+        raise ConfigError(
+            f"pbo_blocks must be an even whole number from 2 to {D.MAX_PBO_BLOCKS}, got {blocks!r} (16 is usual)"
+        )
 
 
 @dataclass(frozen=True)
@@ -113,8 +129,11 @@ class StudyConfig:
     execution: Execution = D.EXECUTION  # type: ignore[assignment]
     start: dt.date | None = None
     end: dt.date | None = None
+    #: CSCV blocks of the PBO: it changes only the merge of the chunks, so chunk keys leave it out
+    pbo_blocks: int = D.PBO_BLOCKS
 
     def __post_init__(self) -> None:
+        check_blocks(self.pbo_blocks)
         if self.top_k < D.MIN_TOP_K:
             raise ConfigError(f"top_k must be at least {D.MIN_TOP_K}, got {self.top_k}")
         if self.objective not in OBJECTIVES:
@@ -147,6 +166,11 @@ class StudyConfig:
         return data
 
     def digest(self) -> str:
-        """A stable hash of the configuration, part of every cache key."""
-        text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        """A stable hash of what decides a chunk's numbers, part of every chunk's cache key."""
+        data = {k: v for k, v in self.to_dict().items() if k not in MERGE_ONLY}
+        text = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+    def merge_digest(self) -> str:
+        """What else decides the merged results (the chunks' keys decide the rest): part of their cache key."""
+        return json.dumps({k: getattr(self, k) for k in MERGE_ONLY}, sort_keys=True)

@@ -23,6 +23,15 @@ MIN_TOP_K = 1
 MIN_TRADES = 1
 MIN_BARS = 20
 
+# -- the statistics of luck (docs/design.md section 7): CSCV blocks, an even number from 2 to MAX_PBO_BLOCKS,
+# and the SPA bootstrap's repetitions and seed (fixed, so a re-run gives the same p-value)
+PBO_BLOCKS = 16
+MAX_PBO_BLOCKS = 20
+SPA_REPS = 1000
+SPA_SEED = 0
+#: trading days summed into each observation of the SPA test (backtest.overfitting.snooping says why)
+SPA_PERIOD = 5
+
 # -- costs and fills, in basis points of traded notional: from 0 up to (not including) MAX_BPS
 FEES_BPS = 0.0
 SLIPPAGE_BPS = 0.0

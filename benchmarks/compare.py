@@ -99,6 +99,8 @@ def core_total_returns(panel: PricePanel, combos: np.ndarray, cost: float) -> np
         False,
         OBJ_TOTAL_RETURN,
         0,
+        np.zeros((0, 0)),  # no trials' returns wanted
+        np.zeros((0, 0, 0)),
     )
     return scores[:, :, 0]
 

@@ -27,6 +27,7 @@ RATIO_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("core vs vectorbt (slice / at scale)", "", ""),
     ("flow vs vectorbt (slice / at scale)", "", ""),
     ("core vs naive pandas", "core_study_vs_naive", "{:,.0f}x"),
+    ("statistics of luck / core", "luck_share_of_core", "{:.1%}"),
 )
 
 

@@ -74,6 +74,8 @@ VECTORBT_FLOW_GOAL = 30.0
 OVERHEAD_GOAL = 1.2
 WORKERS_GOAL = 1.7
 SYMBOLS_GOAL = 4.4
+#: the statistics of luck (trials' returns in the grid kernel, CSCV, SPA) at most this share of W in the core
+LUCK_GOAL = 0.05
 #: fees of the comparison slice, so the fee conventions are part of what must agree
 COMPARISON_FEES_BPS = 10.0
 COMPARISON_GRID = 16
@@ -104,6 +106,8 @@ RATIO_KEYS: tuple[str, ...] = (
     "core_study_vs_naive",
     "core_kernel_vs_naive",
     "flow_vs_naive",
+    "luck_kernel_overhead",
+    "luck_share_of_core",
 )
 
 
@@ -299,6 +303,12 @@ def measure_core(store: Any, sizes: BenchSizes, log: Log) -> dict[str, Any]:
     one = best_of(lambda r: time_core(store, config, 1, chunk_size=main["chunk_size"], release=r))
     log(f"core: {n:,} symbols, 1 worker:  {_core_line(one)}")
     out["main"], out["one_worker"] = main, one
+    out["luck_kernel"] = measure_luck_kernel(store, config, symbols[: main["chunk_size"]])
+    log(
+        f"core: the trials' returns cost the grid kernel {out['luck_kernel']['overhead']:.1%} "
+        f"({out['luck_kernel']['with_seconds']:.3f} s vs {out['luck_kernel']['without_seconds']:.3f} s on one "
+        f"chunk); the merge's statistics of luck {main['thread_seconds'].get('overfitting', 0.0):.2f} s"
+    )
 
     by_size = []
     for count in sizes.scaling_symbols:
@@ -322,6 +332,57 @@ def measure_core(store: Any, sizes: BenchSizes, log: Log) -> dict[str, Any]:
         log(f"core: {sizes.grid_symbols:,} symbols x {size} combinations: {_core_line(run)}")
     out["grid_scaling"] = by_grid
     return out
+
+
+def measure_luck_kernel(store: Any, config: Any, symbols: Sequence[str]) -> dict[str, float]:
+    """The grid kernel on one chunk with and without the trials' returns it adds up for the overfitting
+    statistics, interleaved, best of 3 each: the share of phase 1 those statistics cost."""
+    import datetime as dt
+
+    from backtest.engine.folds import FoldLayout
+    from backtest.engine.simulate_nb import grid_scores_nb, trial_days_nb
+    from backtest.engine.study import StudyPlan
+
+    panel = store.load(symbols)
+    plan = StudyPlan.create(config, panel.dates[0].astype(dt.date), panel.dates[-1].astype(dt.date))
+    layout = FoldLayout.build(plan.folds, panel.dates)
+    kernel = plan.strategy.kernel
+
+    def once(with_trials: bool) -> float:
+        n_combo = len(plan.combos)
+        trials = np.zeros((n_combo, panel.n_bars) if with_trials else (0, 0))
+        full = np.zeros((panel.n_symbols, n_combo, 3) if with_trials else (0, 0, 0))
+        t0 = time.perf_counter()
+        grid_scores_nb(
+            kernel, plan.combos, panel.open, panel.high, panel.low, panel.close,
+            layout.seg_bounds, layout.win_segs, config.cost, False, 0, config.min_bars, trials, full,
+        )  # fmt: skip
+        if with_trials:
+            trial_days_nb(panel.close, layout.seg_bounds)
+        return time.perf_counter() - t0
+
+    with_s, without_s = [], []
+    for _ in range(3):
+        without_s.append(once(False))
+        with_s.append(once(True))
+    best_with, best_without = min(with_s), min(without_s)
+    return {
+        "symbols": len(symbols),
+        "with_seconds": best_with,
+        "without_seconds": best_without,
+        "overhead": best_with / best_without - 1.0,
+    }
+
+
+def _luck_share(core: dict[str, Any]) -> float | None:
+    """What the statistics of luck cost W in the core, as a share of its wall time: the kernel's extra work
+    (its measured overhead on phase 1's thread seconds, spread over the workers) plus the merge's statistics."""
+    main, kernel = core["main"], core.get("luck_kernel")
+    if not kernel or not main.get("wall_seconds"):
+        return None
+    threads = main["thread_seconds"]
+    extra = kernel["overhead"] / (1.0 + kernel["overhead"]) * threads.get("optimise", 0.0) / main["workers"]
+    return (extra + threads.get("overfitting", 0.0)) / main["wall_seconds"]
 
 
 def _core_line(run: dict[str, Any]) -> str:
@@ -719,6 +780,8 @@ def compute_ratios(p: dict[str, Any]) -> dict[str, float | None]:
         "core_study_vs_naive": _ratio(sl["study"]["bars_x_combinations_per_second"], naive_rate),
         "core_kernel_vs_naive": _ratio(sl["kernel"]["bars_x_combinations_per_second"], naive_rate),
         "flow_vs_naive": _ratio(slice_flow_rate, naive_rate),
+        "luck_kernel_overhead": (core.get("luck_kernel") or {}).get("overhead"),
+        "luck_share_of_core": _luck_share(core),
     }
 
 
@@ -813,6 +876,16 @@ def judge(p: dict[str, Any], sizes: BenchSizes) -> list[Goal]:
                 f"{x['symbols']:,}: {x['wall_seconds']:.2f} s ({x['chunks']} chunks)"
                 for x in core["symbols_scaling"]
             ),
+        ),
+        ratio_goal(
+            "statistics of luck, share of W in the core",
+            f"<= {LUCK_GOAL:.0%}",
+            r["luck_share_of_core"],
+            lambda v: v <= LUCK_GOAL,
+            f"the grid kernel with the trials' returns {r['luck_kernel_overhead'] or math.nan:.1%} slower "
+            f"on one chunk; the merge's PBO, deflated Sharpe and SPA "
+            f"{core['main']['thread_seconds'].get('overfitting', math.nan):.2f} s of "
+            f"{core['main']['wall_seconds']:.2f} s",
         ),
     ]
     vb = p["slice"].get("vectorbt") or {}

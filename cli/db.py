@@ -202,10 +202,17 @@ def results(
             f"{record.started_at:%Y-%m-%d %H:%M:%S}, prices from {record.price_source}",
             markup=False,
         )
+        luck = record.overfitting
+        if luck:
+            console.print(
+                f"luck: {luck['trials']} trials, PBO {_fmt(luck['pbo'])}, deflated Sharpe {_fmt(luck['dsr'])}, "
+                f"SPA p {_fmt(luck['spa_pvalue'])} - {luck['verdict']}",
+                markup=False,
+            )
     if metrics.empty and (selections is None or selections.empty):
         typer.echo("no results" + (f" for symbol {symbol!r}" if symbol else ""))
         return
-    shown = ["run_id", "symbol", "sharpe", "total_return", "cagr", "max_drawdown", "trades", "folds"]
+    shown = ["run_id", "symbol", "sharpe", "dsr", "total_return", "cagr", "max_drawdown", "trades", "folds"]
     rows = [[_fmt(v) for v in row] for row in metrics[shown].head(limit).itertuples(index=False)]
     console.print(_table(f"Out-of-sample metrics ({len(metrics):,} rows)", shown, rows))
     if selections is not None and not selections.empty:

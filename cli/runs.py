@@ -106,8 +106,20 @@ def print_summary(summary: dict[str, Any], console: Console) -> None:
             f"selected combinations: mean score in sample {_fmt(figures['mean_in_sample_score'])}, "
             f"validation {_fmt(figures['mean_validation_score'])}, test {_fmt(figures['mean_test_score'])}"
         )
+        luck = figures.get("overfitting")
+        if luck:
+            console.print(Text(luck_line(luck)))
     print_monitoring(summary, console)
     console.print(f"results in {summary['out']}")
+
+
+def luck_line(luck: dict[str, Any]) -> str:
+    """The statistics of luck in one line, then what they mean in words (from summary.json's figures)."""
+    return (
+        f"luck: {luck['trials']} trials, PBO {_fmt(luck.get('pbo'))}, deflated Sharpe {_fmt(luck.get('dsr'))} "
+        f"(PSR {_fmt(luck.get('psr'))}), SPA p {_fmt(luck.get('spa_pvalue'))}, degradation slope "
+        f"{_fmt(luck.get('degradation_slope'))} - {luck.get('verdict', '')}"
+    )
 
 
 def read_summary(out: Path) -> dict[str, Any]:

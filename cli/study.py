@@ -53,6 +53,12 @@ def run(
     symbols: Annotated[str | None, typer.Option(help="Comma-separated symbols (default: all).")] = None,
     start: Annotated[str | None, typer.Option(help="First date of the study, YYYY-MM-DD.")] = None,
     end: Annotated[str | None, typer.Option(help="Last date of the study, YYYY-MM-DD.")] = None,
+    pbo_blocks: Annotated[
+        int,
+        typer.Option(
+            min=2, max=D.MAX_PBO_BLOCKS, help="Blocks of the PBO's cross-validation (even; 16 is usual)."
+        ),
+    ] = D.PBO_BLOCKS,
     verbose: Annotated[
         bool, typer.Option("--verbose", help="Show Prefect's run logs in the terminal.")
     ] = False,
@@ -111,6 +117,7 @@ def run(
         symbols=[s.strip() for s in symbols.split(",") if s.strip()] if symbols else None,
         start=start,
         end=end,
+        pbo_blocks=pbo_blocks,
         db=db,
         persist=persist,
         persist_oos=persist_oos,

@@ -63,6 +63,14 @@ class StudyParams(BaseModel):
         None, description="First date of the study (default: first date in the store)."
     )
     end: dt.date | None = Field(None, description="Last date of the study (default: last date in the store).")
+    pbo_blocks: int = Field(
+        D.PBO_BLOCKS,
+        ge=2,
+        le=D.MAX_PBO_BLOCKS,
+        multiple_of=2,
+        description="Blocks the trials' history is cut into for the probability of backtest overfitting "
+        "(CSCV: every half of them in sample once).",
+    )
     symbols: list[str] | None = Field(None, description="Symbols to study (default: all in the store).")
     runner: Runner = Field(D.RUNNER, description="Task runner: threads, processes, or dask.")
     workers: int | None = Field(None, ge=1, description="Concurrent chunks (default: the number of CPUs).")
@@ -137,6 +145,7 @@ class StudyParams(BaseModel):
             execution=self.execution,
             start=self.start,
             end=self.end,
+            pbo_blocks=self.pbo_blocks,
         )
 
     def worker_count(self) -> int:

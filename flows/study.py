@@ -87,6 +87,11 @@ class StudyRun:
     out: Path
     workers: int
 
+    @property
+    def merged_key(self) -> str:
+        """The cache key of the merged tables of these chunks (and of the merge-only options)."""
+        return collected_key([s.key for s in self.specs], self.plan.config.merge_digest())
+
 
 def _run_study(params: StudyParams, watch: RunWatch) -> Any:
     clock = PhaseClock()
@@ -112,7 +117,7 @@ def _run_study(params: StudyParams, watch: RunWatch) -> Any:
             collect(run, watch, summary, collected_ahead)
     with clock.phase("prune"):
         limits = CacheLimits(int(params.cache_max_gb * 1e9), params.cache_max_age_days * 86400.0)
-        summary.pruned = prune_cache(run.cache, limits, [s.key for s in run.specs]).to_dict()
+        summary.pruned = prune_cache(run.cache, limits, [s.key for s in run.specs], run.merged_key).to_dict()
     if params.persist:  # the run and its results into the database, then light maintenance
         with clock.phase("db"):
             summary.wall_seconds = clock.elapsed()
@@ -172,7 +177,7 @@ def submit_chunks(params: StudyParams, run: StudyRun, watch: RunWatch, summary: 
         [s.name for s in specs],
         [cache.result_file(k) for k in keys],
         cache.collected,
-        collected_key(keys),
+        run.merged_key,
         handoff=RESULTS,  # the results of chunks computed on this process's threads, without decoding them again
     )
     position = {spec.name: i for i, spec in enumerate(specs)}

@@ -26,7 +26,9 @@ def collect_results(
         files = read_chunks(cache.result_file(key) for key in keys)
         yield from zip((s.name for s in specs), files, strict=True)
 
-    done = collect_cached(plan, chunks(), Path(out), cache.collected, collected_key(keys))
+    done = collect_cached(
+        plan, chunks(), Path(out), cache.collected, collected_key(keys, plan.config.merge_digest())
+    )
     return {
         "figures": done.figures,
         "chunks": done.chunks,
@@ -37,8 +39,9 @@ def collect_results(
 
 
 @task(name="prune-cache", persist_result=False)
-def prune_cache(cache: CacheLayout, limits: CacheLimits, keep: Sequence[str]) -> PruneReport:
-    """Keep the cache under its size limit and expiry (the current run's entries are kept).
+def prune_cache(cache: CacheLayout, limits: CacheLimits, keep: Sequence[str], merged: str) -> PruneReport:
+    """Keep the cache under its size limit and expiry (the current run's entries are kept: its chunks
+    ``keep`` and its merged tables ``merged``).
 
     The merged tables share the size limit: they get what the chunk results and price files leave.
     """
@@ -51,5 +54,5 @@ def prune_cache(cache: CacheLayout, limits: CacheLimits, keep: Sequence[str]) ->
         extra=(cache.prices,),
     )
     left = max(0, limits.max_bytes - report.bytes_after)
-    prune_collected(cache.collected, collected_key(list(keep)), left, limits.max_age_seconds)
+    prune_collected(cache.collected, merged, left, limits.max_age_seconds)
     return report

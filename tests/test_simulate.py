@@ -215,6 +215,24 @@ def reference_grid(kind, params, o, h, lo, c, seg_bounds, win_segs, cost, execut
     return scores, trades, per_window
 
 
+#: the kernels' optional outputs left empty: no trials' returns wanted
+NO_TRIALS, NO_FULL = np.zeros((0, 0)), np.zeros((0, 0, 0))
+NO_ROW = (np.zeros(0), np.zeros((0, 0)))
+
+
+def assert_trials_match(kind, params, o, h, lo, c, seg_bounds, cost, execution, trials, full):
+    """The trials' returns the grid kernel adds up in passing equal the reference's calendar returns, summed
+    over symbols, on the days between the first and last segment boundary (elsewhere: 0)."""
+    span = np.zeros(c.shape[1], dtype=bool)
+    span[seg_bounds[0] : seg_bounds[-1]] = True
+    for k, row in enumerate(params):
+        w = builtin_weights_nb(kind, np.tile(row, (c.shape[0], 1)), h, lo, c)
+        r = np.where(span, ref.calendar_returns(w, o, c, cost, execution), np.nan)
+        np.testing.assert_allclose(trials[k], np.nansum(r, axis=0), rtol=1e-12, atol=1e-15)
+        expected = np.stack([np.isfinite(r).sum(1), np.nansum(r, 1), np.nansum(r * r, 1)], axis=1)
+        np.testing.assert_allclose(full[:, k], expected, rtol=1e-10, atol=1e-15)
+
+
 def no_ties(kind, params, h, lo, c) -> bool:
     """True when no bar is too close to call (see reference.ambiguous_bars); continuous prices: always."""
     for row in params:
@@ -241,9 +259,25 @@ def test_grid_scores_match_reference(name, data, prices, cost, execution, min_ba
     seg_bounds, win_segs = data.draw(layouts(c.shape[1]))
     assume(no_ties(kind, params, h, lo, c))
     for objective, obj_id in OBJECTIVE_IDS.items():
+        trials = np.zeros((len(params), c.shape[1]))
+        full = np.zeros((c.shape[0], len(params), 3))
         scores, trades = grid_scores_nb(
-            kind, params, o, h, lo, c, seg_bounds, win_segs, cost, execution == "next_open", obj_id, min_bars
+            kind,
+            params,
+            o,
+            h,
+            lo,
+            c,
+            seg_bounds,
+            win_segs,
+            cost,
+            execution == "next_open",
+            obj_id,
+            min_bars,
+            trials,
+            full,
         )
+        assert_trials_match(kind, params, o, h, lo, c, seg_bounds, cost, execution, trials, full)
         exp_scores, exp_trades, per_window = reference_grid(
             kind, params, o, h, lo, c, seg_bounds, win_segs, cost, execution, objective, min_bars
         )
@@ -253,9 +287,22 @@ def test_grid_scores_match_reference(name, data, prices, cost, execution, min_ba
         # the path of Python strategies: the same weights, given as an array, score the same
         for k in range(len(params)):
             w = builtin_weights_nb(kind, np.tile(params[k], (c.shape[0], 1)), h, lo, c)
+            w_trials, w_full = np.zeros(c.shape[1]), np.zeros((c.shape[0], 3))
             w_scores, w_trades = weights_scores_nb(
-                w, o, c, seg_bounds, win_segs, cost, execution == "next_open", obj_id, min_bars
+                w,
+                o,
+                c,
+                seg_bounds,
+                win_segs,
+                cost,
+                execution == "next_open",
+                obj_id,
+                min_bars,
+                w_trials,
+                w_full,
             )
+            np.testing.assert_array_equal(w_trials, trials[k])
+            np.testing.assert_array_equal(w_full, full[:, k])
             np.testing.assert_array_equal(w_scores, scores[:, k])
             np.testing.assert_array_equal(w_trades, trades[:, k])
 
@@ -286,6 +333,8 @@ def test_grid_scores_on_fold_layout():
                 execution == "next_open",
                 obj_id,
                 20,
+                NO_TRIALS,
+                NO_FULL,
             )
             exp_scores, exp_trades, per_window = reference_grid(
                 kind, params, o, h, lo, c, layout.seg_bounds, layout.win_segs, 0.001, execution, objective, 20
@@ -304,7 +353,7 @@ def test_trades_example():
     w = np.array([[1.0, 1.0, 0.0, 1.0, 0.0, 0.0]])
     seg_bounds = np.array([0, 1, 2, 3, 6], np.int64)
     win_segs = np.array([[0, 4], [1, 4], [2, 4], [3, 4], [1, 2]], np.int64)
-    _, trades = weights_scores_nb(w, c, c, seg_bounds, win_segs, 0.0, False, 0, 1)
+    _, trades = weights_scores_nb(w, c, c, seg_bounds, win_segs, 0.0, False, 0, 1, *NO_ROW)
     # [0,6): enter, (bar 1 holds), bar 4 exits -> 2; [1,6): open at bar 1 -> 1, exit -> 2;
     # [2,6): first own bar is 3 (holding) -> 1, exit -> 2; [3,6): same; [1,2): the open position -> 1
     np.testing.assert_array_equal(trades[0], [2, 2, 2, 2, 1])
@@ -319,7 +368,7 @@ def test_trades_per_window_match_reference(data, prices, seed):
     r = ref.calendar_returns(w, o, c, 0.0, "close")
     _, exp_trades = ref.window_scores(w, r, c, seg_bounds, win_segs, "total_return", 1)
     for next_open in (False, True):
-        _, trades = weights_scores_nb(w, o, c, seg_bounds, win_segs, 0.0, next_open, 2, 1)
+        _, trades = weights_scores_nb(w, o, c, seg_bounds, win_segs, 0.0, next_open, 2, 1, *NO_ROW)
         np.testing.assert_array_equal(trades, exp_trades)
 
 
@@ -340,7 +389,7 @@ def test_weights_scores_match_reference(data, prices, seed, cost, execution, min
     r = ref.calendar_returns(w, o, c, cost, execution)
     for objective, obj_id in OBJECTIVE_IDS.items():
         scores, _ = weights_scores_nb(
-            w, o, c, seg_bounds, win_segs, cost, execution == "next_open", obj_id, min_bars
+            w, o, c, seg_bounds, win_segs, cost, execution == "next_open", obj_id, min_bars, *NO_ROW
         )
         exp_scores, _ = ref.window_scores(w, r, c, seg_bounds, win_segs, objective, min_bars)
         assert_scores_close(scores, exp_scores, objective, ref.window_returns(r, c, seg_bounds, win_segs))
@@ -365,7 +414,9 @@ def test_window_scores_after_a_wipe_out(objective):
     r = ref.calendar_returns(w, c, c, 0.0, "close")
     assert r[0, 2] == -1.0
     expected, _ = ref.window_scores(w, r, c, seg_bounds, win_segs, objective, 1)
-    scores, _ = weights_scores_nb(w, c, c, seg_bounds, win_segs, 0.0, False, OBJECTIVE_IDS[objective], 1)
+    scores, _ = weights_scores_nb(
+        w, c, c, seg_bounds, win_segs, 0.0, False, OBJECTIVE_IDS[objective], 1, *NO_ROW
+    )
     assert_scores_close(scores, expected, objective, ref.window_returns(r, c, seg_bounds, win_segs))
 
 
@@ -384,7 +435,7 @@ def test_sharpe_of_identical_returns_is_nan():
     assert r[0] == r[1] == r[2] != 0.0
     seg_bounds = np.array([1, 4], np.int64)
     win_segs = np.array([[0, 1]], np.int64)
-    scores, _ = weights_scores_nb(np.ones_like(c), c, c, seg_bounds, win_segs, 0.0, False, 0, 1)
+    scores, _ = weights_scores_nb(np.ones_like(c), c, c, seg_bounds, win_segs, 0.0, False, 0, 1, *NO_ROW)
     assert np.isnan(scores[0, 0]), f"sharpe of three returns of {r[0]!r}: got {scores[0, 0]!r}, expected NaN"
 
 
@@ -400,5 +451,7 @@ def test_total_return_when_equity_goes_below_zero():
     expected, _ = ref.window_scores(w, r, c, seg_bounds, win_segs, "total_return", 1)
     np.testing.assert_allclose(expected[0], [-0.5 * 1.04 - 1.0] * 2, rtol=1e-12)
     assert series_metrics(r[0])["total_return"] == pytest.approx(expected[0, 0], rel=1e-12)
-    scores, _ = weights_scores_nb(w, c, c, seg_bounds, win_segs, 0.0, False, OBJECTIVE_IDS["total_return"], 1)
+    scores, _ = weights_scores_nb(
+        w, c, c, seg_bounds, win_segs, 0.0, False, OBJECTIVE_IDS["total_return"], 1, *NO_ROW
+    )
     assert_scores_close(scores, expected, "total_return", ref.window_returns(r, c, seg_bounds, win_segs))

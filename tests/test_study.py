@@ -32,6 +32,9 @@ def assert_same_results(a, b):
     pd.testing.assert_frame_equal(a.portfolio, b.portfolio, rtol=1e-12)
     shared = [c for c in a.grid_scores.columns if c in b.grid_scores.columns]
     pd.testing.assert_frame_equal(a.grid_scores[shared], b.grid_scores[shared], rtol=1e-12)
+    # the statistics of luck: the same trials' returns, whatever the chunking or the strategy's path
+    pd.testing.assert_frame_equal(a.trials.to_frame(), b.trials.to_frame(), rtol=1e-12)
+    assert a.overfitting.cscv.pbo == b.overfitting.cscv.pbo
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +106,17 @@ def test_phases_follow_their_definitions(panel):
         w = strategy.weights(panel, plan.combo_params(k))
         all_scores.append(
             weights_scores_nb(
-                w, panel.open, panel.close, layout.seg_bounds, layout.win_segs, config.cost, False, 0, 20
+                w,
+                panel.open,
+                panel.close,
+                layout.seg_bounds,
+                layout.win_segs,
+                config.cost,
+                False,
+                0,
+                20,
+                np.zeros(0),
+                np.zeros((0, 0)),
             )
         )
     for row in chosen.itertuples():

@@ -23,6 +23,7 @@ from backtest.engine.metrics import metrics_table
 from backtest.engine.simulate_nb import METRIC_NAMES, ranges_metrics_nb, series_metrics_nb
 from backtest.engine.strategies import register, sma_crossover, strategy_from_function
 from backtest.engine.study import StudyPlan, date_range, run_chunk, run_study
+from backtest.results.outputs import OUTPUT_TABLES
 from tests.panels import random_panel
 
 FOLDS = FoldSpec(train_years=2, validate_years=1, test_years=1)
@@ -115,7 +116,7 @@ def test_oos_sink_receives_the_rows_the_result_would_hold(panel, tmp_path):
     # saving: a result that kept its rows writes them too; a streamed one writes the other tables only
     kept_files = kept.save(tmp_path / "kept")
     streamed_files = streamed.save(tmp_path / "streamed")
-    assert set(kept_files) == {"selections", "oos_returns", "oos_metrics", "portfolio", "grid_scores"}
+    assert set(kept_files) == set(OUTPUT_TABLES)
     assert set(streamed_files) == set(kept_files) - {"oos_returns"}
     pd.testing.assert_frame_equal(
         pd.read_parquet(kept_files["oos_returns"]).astype(as_text), kept.oos_returns.astype(as_text)

@@ -25,6 +25,7 @@ from sqlalchemy.schema import CreateIndex, CreateTable
 
 from backtest.db import schema as s
 from backtest.db.engine import DatabaseError, db_errors, describe_url, write_txn
+from backtest.engine.metrics import METRIC_NAMES
 
 __all__ = ["LATEST", "MIGRATIONS", "Migration", "check_version", "current_version", "upgrade"]
 
@@ -61,6 +62,25 @@ _runs_v1 = sa.Table(
 )
 
 
+#: symbol_metrics as migration 1 created it (frozen: migration 4 adds psr and dsr to ``schema.symbol_metrics``)
+_symbol_metrics_v1 = sa.Table(
+    "symbol_metrics",
+    _runs_v1.metadata,  # beside the runs table its foreign key names
+    sa.Column("run_id", sa.Integer, sa.ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("symbol", sa.Text, primary_key=True),
+    *(sa.Column(name, sa.Double) for name in METRIC_NAMES),
+    sa.Column("folds", sa.Integer, nullable=False),
+    sqlite_with_rowid=False,
+)
+
+
+def _v4(conn: Connection) -> None:
+    for name in ("psr", "dsr"):
+        kind = s.symbol_metrics.c[name].type.compile(dialect=conn.dialect)
+        conn.execute(sa.text(f"ALTER TABLE symbol_metrics ADD COLUMN {name} {kind}"))
+    conn.execute(CreateTable(s.run_overfitting))
+
+
 def _v3(conn: Connection) -> None:
     for name in ("results_key", "results_of"):
         column = s.runs.c[name]
@@ -81,13 +101,14 @@ MIGRATIONS: tuple[Migration, ...] = (
         1,
         "prices, symbols, runs, chunks, selections, metrics, out-of-sample returns",
         _create_tables(
-            s.symbols, s.prices, _runs_v1, s.chunks, s.selections, s.symbol_metrics, s.oos_returns
+            s.symbols, s.prices, _runs_v1, s.chunks, s.selections, _symbol_metrics_v1, s.oos_returns
         ),
     ),
     Migration(2, "portfolio table; indexes for look-ups by symbol, strategy and run date", _v2),
     Migration(
         3, "runs.results_key and runs.results_of: a warm re-run points at identical earlier results", _v3
     ),
+    Migration(4, "statistics of luck: run_overfitting, and psr and dsr per symbol in symbol_metrics", _v4),
 )
 LATEST = MIGRATIONS[-1].version
 _OURS = frozenset(s.metadata.tables)

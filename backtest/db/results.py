@@ -142,7 +142,29 @@ def _metric_columns(run_id: int, frame: pd.DataFrame) -> dict[str, Any]:
     for name in METRIC_NAMES:
         columns[name] = frame[name].to_numpy(dtype=np.float64)
     columns["folds"] = frame["folds"].to_numpy(dtype=np.int64)
+    for name in ("psr", "dsr"):
+        columns[name] = frame[name].to_numpy(dtype=np.float64)
     return columns
+
+
+def _overfitting_row(run_id: int, luck: dict[str, Any]) -> dict[str, Any]:
+    """The run's statistics of luck (summary.json's ``figures.overfitting``) as a ``run_overfitting`` row."""
+    inputs = luck.get("inputs", {})
+    row = {name: luck.get(name) for name in ("trials", "sharpe_variance", "psr", "dsr", "pbo")}
+    row.update(
+        run_id=run_id,
+        degradation_slope=luck.get("degradation_slope"),
+        spa_pvalue=luck.get("spa_pvalue"),
+        observations=inputs.get("T"),
+        skewness=inputs.get("skewness"),
+        kurtosis=inputs.get("kurtosis"),
+        daily_sharpe=inputs.get("daily_sharpe"),
+        sharpe_star=inputs.get("sharpe_star"),
+        blocks=inputs.get("S"),
+        splits=inputs.get("splits"),
+        verdict=luck.get("verdict"),
+    )
+    return {k: _clean(v) for k, v in row.items()}
 
 
 def _oos_columns(run_id: int, frame: pd.DataFrame) -> dict[str, Any]:
@@ -261,8 +283,15 @@ def finish_run(
     summary: dict[str, Any],
     results_key: str | None = None,
     results_of: int | None = None,
+    replace: bool = True,
 ) -> None:
+    """The run's final state, summary and statistics of luck (``replace=False``: a new run, nothing to delete)."""
+    luck = (summary.get("figures") or {}).get("overfitting")
     with conn.begin():
+        if replace:
+            conn.execute(sa.delete(s.run_overfitting).where(s.run_overfitting.c.run_id == run_id))
+        if luck and state == "Completed":
+            conn.execute(sa.insert(s.run_overfitting).values(**_overfitting_row(run_id, luck)))
         conn.execute(
             sa.update(s.runs)
             .where(s.runs.c.id == run_id)
@@ -423,6 +452,7 @@ def persist_run(
                 summary=summary,
                 results_key=key,
                 results_of=holder,
+                replace=not new,
             )
             return PersistReport(
                 run_id, len(chunks), sel, met, oos, portfolio_rows, time.perf_counter() - t0, [], holder
@@ -441,6 +471,7 @@ def persist_run(
             wall_seconds=summary.get("wall_seconds"),
             summary=summary,
             results_key=key,
+            replace=not new,
         )
     return PersistReport(
         run_id,
@@ -472,6 +503,8 @@ class RunRecord:
     results_key: str | None = None
     #: the earlier run holding this run's results (identical results are stored once), or None
     results_of: int | None = None
+    #: its ``run_overfitting`` row (the statistics of luck), None for a failed run
+    overfitting: dict[str, Any] | None = None
 
 
 def latest_run_query() -> sa.Select:
@@ -502,7 +535,9 @@ def read_run(url: str, run: int | str | None = None) -> RunRecord:
     with db_errors(url, "read runs from"), read_txn(engine) as conn:
         run_id = _resolve_run(conn, run)
         row = conn.execute(sa.select(s.runs).where(s.runs.c.id == run_id)).one()
-    return RunRecord(**row._asdict())
+        o = s.run_overfitting
+        luck = conn.execute(sa.select(o).where(o.c.run_id == run_id)).one_or_none()
+    return RunRecord(**row._asdict(), overfitting=None if luck is None else luck._asdict())
 
 
 def _holder(conn: Connection, run_id: int) -> int:

@@ -37,6 +37,7 @@ __all__ = [
     "oos_returns",
     "portfolio",
     "prices",
+    "run_overfitting",
     "runs",
     "schema_version",
     "selections",
@@ -167,7 +168,32 @@ symbol_metrics = sa.Table(
     sa.Column("symbol", sa.Text, primary_key=True),
     *(sa.Column(name, sa.Double) for name in METRIC_NAMES),
     sa.Column("folds", sa.Integer, nullable=False),
+    # migration 4: the probabilistic and deflated Sharpe ratio of the symbol's out-of-sample series
+    sa.Column("psr", sa.Double),
+    sa.Column("dsr", sa.Double),
     sqlite_with_rowid=False,
+)
+
+#: migration 4: a run's statistics of luck (docs/design.md section 7), one row per completed run
+run_overfitting = sa.Table(
+    "run_overfitting",
+    metadata,
+    sa.Column("run_id", sa.Integer, sa.ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("trials", sa.Integer, nullable=False),
+    sa.Column("sharpe_variance", sa.Double),
+    sa.Column("psr", sa.Double),
+    sa.Column("dsr", sa.Double),
+    sa.Column("pbo", sa.Double),
+    sa.Column("degradation_slope", sa.Double),
+    sa.Column("spa_pvalue", sa.Double),
+    sa.Column("observations", sa.Integer),
+    sa.Column("skewness", sa.Double),
+    sa.Column("kurtosis", sa.Double),
+    sa.Column("daily_sharpe", sa.Double),
+    sa.Column("sharpe_star", sa.Double),
+    sa.Column("blocks", sa.Integer),
+    sa.Column("splits", sa.Integer),
+    sa.Column("verdict", sa.Text),
 )
 
 oos_returns = sa.Table(

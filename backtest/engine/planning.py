@@ -30,6 +30,9 @@ _NUMERIC_MODULES = (
     "engine/folds.py",
     "config.py",
     "results/chunkio.py",
+    "overfitting/moments_nb.py",
+    "overfitting/sharpe.py",
+    "overfitting/trials.py",
 )
 # -- what a chunk costs: the one source of these figures for the chooser and the recommendations. Calibrated
 # on this project's 2-core machine with 2 workers, the thread runner and a Prefect server on loopback, while

@@ -149,15 +149,20 @@ def segment_stats_nb(
     next_open: bool,
     need_dd: bool,
     seg: np.ndarray,
+    idx: np.ndarray,
+    trial_row: np.ndarray,
 ) -> None:
     """One pass over the bars of all segments: additive statistics per segment into ``seg`` (S x stats).
 
     Segment s covers compact bars ``cb[s] <= j < cb[s+1]``. ``_TRADES`` counts decisions that change the
     weight; ``_CORR`` corrects the first bar of the segment so that a window starting there counts an open
     position as one trade (the window convention: flat before the window). With ``need_dd`` the segment's
-    growth, running extremes and max drawdown are kept for the drawdown monoid of Calmar.
+    growth, running extremes and max drawdown are kept for the drawdown monoid of Calmar. A non-empty
+    ``trial_row`` (calendar length) gets each bar's return added at its calendar position ``idx[j]``: the
+    combination's contribution to the trials' return matrix of the overfitting statistics.
     """
     n_seg = cb.shape[0] - 1
+    accumulate = trial_row.shape[0] > 0
     for s in range(n_seg):
         a = cb[s]
         b = cb[s + 1]
@@ -176,6 +181,8 @@ def segment_stats_nb(
             r = step_return_nb(w[j], wp, wpp, ret[j], gap[j], intra[j], cost, next_open)
             if w[j] != wp:
                 trades += 1.0
+            if accumulate:
+                trial_row[idx[j]] += r
             n += 1.0
             s1 += r
             s2 += r * r
@@ -322,11 +329,17 @@ def grid_scores_nb(
     next_open: bool,
     objective: int,
     min_bars: int,
+    trials: np.ndarray,
+    full_stats: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Scores and trades of every (symbol, combination, window) for a built-in strategy.
 
     ``params`` is combinations x parameters; ``seg_bounds`` are calendar indices of the S+1 segment
-    boundaries; ``win_segs`` (windows x 2) are half-open ranges of segments.
+    boundaries; ``win_segs`` (windows x 2) are half-open ranges of segments. Unless empty, ``trials``
+    (combinations x calendar days) gets every symbol's daily returns of each combination added, and
+    ``full_stats`` (symbols x combinations x 3) the bars, sum and sum of squares of each (symbol,
+    combination)'s returns over all segments: the raw material of the overfitting statistics, taken in the
+    same pass.
     """
     n_sym, n_bars = close.shape
     n_combo = params.shape[0]
@@ -358,9 +371,50 @@ def grid_scores_nb(
         compact_bounds_nb(idx, m, seg_bounds, cb)
         for k in range(n_combo):
             weights_row_nb(kind, params[k], hc[:m], lc[:m], cc[:m], prefix, prefix_sq, w[:m], scratch)
-            segment_stats_nb(w[:m], ret, gap, intra, cb, cost, next_open, need_dd, seg)
+            trial_row = trials[k] if trials.shape[0] > 0 else trials.ravel()
+            segment_stats_nb(w[:m], ret, gap, intra, cb, cost, next_open, need_dd, seg, idx, trial_row)
             window_scores_nb(seg, win_segs, objective, min_bars, scores[i, k], trades[i, k])
+            if full_stats.shape[0] > 0:
+                full_sums_nb(seg, full_stats[i, k])
     return scores, trades
+
+
+@njit(nogil=True, cache=True)
+def full_sums_nb(seg: np.ndarray, out: np.ndarray) -> None:
+    """Bars, sum and sum of squares of the returns over all segments (``out``: 3 values)."""
+    n = 0.0
+    s1 = 0.0
+    s2 = 0.0
+    for s in range(seg.shape[0]):
+        n += seg[s, _N]
+        s1 += seg[s, _S1]
+        s2 += seg[s, _S2]
+    out[0] = n
+    out[1] = s1
+    out[2] = s2
+
+
+@njit(nogil=True, cache=True)
+def trial_days_nb(close: np.ndarray, seg_bounds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per calendar day within the segments: how many symbols have a bar, and the sum of their bar returns.
+
+    The denominators of the trials' equal-weight returns, and the buy-and-hold benchmark beside them (the
+    symbols' own close-to-close returns, 0 on a symbol's first bar, as the strategies' returns start flat).
+    """
+    n_sym, n_bars = close.shape
+    count = np.zeros(n_bars, np.int64)
+    bench = np.zeros(n_bars)
+    idx = np.empty(n_bars, np.int64)
+    cb = np.empty(seg_bounds.shape[0], np.int64)
+    for i in range(n_sym):
+        m = compact_row_nb(close[i], idx)
+        compact_bounds_nb(idx, m, seg_bounds, cb)
+        for j in range(cb[0], cb[cb.shape[0] - 1]):
+            t = idx[j]
+            count[t] += 1
+            if j >= 1:
+                bench[t] += close[i, t] / close[i, idx[j - 1]] - 1.0
+    return count, bench
 
 
 @njit(nogil=True, cache=True)
@@ -374,10 +428,14 @@ def weights_scores_nb(
     next_open: bool,
     objective: int,
     min_bars: int,
+    trial_row: np.ndarray,
+    full_stats: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Scores and trades of every (symbol, window) for one combination's weights (calendar layout).
 
     The path for strategies written in Python: they produce a symbols x bars weights array per combination.
+    ``trial_row`` and ``full_stats`` (symbols x 3) are ``grid_scores_nb``'s ``trials[k]`` and
+    ``full_stats[:, k]``, filled unless empty.
     """
     n_sym, n_bars = close.shape
     n_win = win_segs.shape[0]
@@ -405,8 +463,10 @@ def weights_scores_nb(
             w[j] = weights[i, t]
         bar_returns_nb(oc[:m], cc[:m], ret, gap, intra)
         compact_bounds_nb(idx, m, seg_bounds, cb)
-        segment_stats_nb(w[:m], ret, gap, intra, cb, cost, next_open, need_dd, seg)
+        segment_stats_nb(w[:m], ret, gap, intra, cb, cost, next_open, need_dd, seg, idx, trial_row)
         window_scores_nb(seg, win_segs, objective, min_bars, scores[i], trades[i])
+        if full_stats.shape[0] > 0:
+            full_sums_nb(seg, full_stats[i])
     return scores, trades
 
 

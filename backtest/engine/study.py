@@ -22,6 +22,7 @@ import pandas as pd
 from backtest.atomic import atomic_path
 from backtest.config import OBJECTIVES, ParamGrid, StudyConfig
 from backtest.data.panel import PricePanel
+from backtest.defaults import SPA_REPS, SPA_SEED
 from backtest.engine.folds import WINDOWS, Fold, FoldLayout, check_warmup, make_folds
 from backtest.engine.heap import release_free_memory
 from backtest.engine.metrics import metrics_table
@@ -31,10 +32,19 @@ from backtest.engine.simulate_nb import (
     oos_layout_nb,
     oos_nb,
     ranges_metrics_nb,
+    trial_days_nb,
     weights_scores_nb,
 )
 from backtest.engine.strategies import Strategy, get_strategy
 from backtest.errors import ConfigError, DataError
+from backtest.overfitting.moments_nb import ranges_moments_nb
+from backtest.overfitting.sharpe import (
+    deflated_sharpe,
+    probabilistic_sharpe,
+    sharpe_from_sums,
+    trial_sharpe_variance,
+)
+from backtest.overfitting.trials import Overfitting, TrialMatrix, TrialSums, assess, trial_parts_frame
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -97,18 +107,32 @@ class ChunkResult:
     symbol_metrics: pd.DataFrame
     portfolio_parts: pd.DataFrame
     grid_scores: pd.DataFrame
+    trial_parts: pd.DataFrame
     timings: dict[str, float] = field(default_factory=dict)
 
-    TABLES = ("selections", "oos_returns", "symbol_metrics", "portfolio_parts", "grid_scores")
+    TABLES = ("selections", "oos_returns", "symbol_metrics", "portfolio_parts", "grid_scores", "trial_parts")
 
 
-def _grid_phase(plan: StudyPlan, panel: PricePanel, layout: FoldLayout) -> tuple[np.ndarray, np.ndarray]:
-    """Scores and trade counts of every (symbol, combination, window): phase 1 and 2's raw material."""
+@dataclass(frozen=True, eq=False)
+class GridPhase:
+    """Phase 1 and 2's raw material, and the trials' returns the overfitting statistics need."""
+
+    scores: np.ndarray  # symbols x combinations x windows
+    trades: np.ndarray
+    trials: np.ndarray  # combinations x calendar days: sums over the chunk's symbols
+    full_stats: np.ndarray  # symbols x combinations x (bars, sum, sum of squares) over the study period
+
+
+def _grid_phase(plan: StudyPlan, panel: PricePanel, layout: FoldLayout) -> GridPhase:
+    """Scores and trade counts of every (symbol, combination, window), and each combination's returns."""
     cfg = plan.config
     next_open = cfg.execution == "next_open"
     objective = OBJECTIVE_IDS[cfg.objective]
+    n_combo = len(plan.combos)
+    trials = np.zeros((n_combo, panel.n_bars))
+    full = np.zeros((panel.n_symbols, n_combo, 3))
     if plan.strategy.kernel is not None:
-        return grid_scores_nb(
+        scores, trades = grid_scores_nb(
             plan.strategy.kernel,
             plan.combos,
             panel.open,
@@ -121,11 +145,15 @@ def _grid_phase(plan: StudyPlan, panel: PricePanel, layout: FoldLayout) -> tuple
             next_open,
             objective,
             cfg.min_bars,
+            trials,
+            full,
         )
+        return GridPhase(scores, trades, trials, full)
     n_win = layout.win_segs.shape[0]
-    scores = np.full((panel.n_symbols, len(plan.combos), n_win), np.nan)
+    scores = np.full((panel.n_symbols, n_combo, n_win), np.nan)
     trades = np.zeros_like(scores)
-    for k in range(len(plan.combos)):
+    for k in range(n_combo):
+        full_k = np.zeros((panel.n_symbols, 3))  # a symbol without bars leaves its row untouched: zeros
         w = plan.strategy.weights(panel, plan.combo_params(k))
         scores[:, k], trades[:, k] = weights_scores_nb(
             w,
@@ -137,8 +165,11 @@ def _grid_phase(plan: StudyPlan, panel: PricePanel, layout: FoldLayout) -> tuple
             next_open,
             objective,
             cfg.min_bars,
+            trials[k],
+            full_k,
         )
-    return scores, trades
+        full[:, k] = full_k
+    return GridPhase(scores, trades, trials, full)
 
 
 def _select(
@@ -218,7 +249,14 @@ def run_chunk(panel: PricePanel, plan: StudyPlan) -> ChunkResult:
     n_sym = panel.n_symbols
     n_folds = len(plan.folds)
 
-    scores, trades = _grid_phase(plan, panel, layout)
+    grid = _grid_phase(plan, panel, layout)
+    scores, trades = grid.scores, grid.trades
+    day_count, bench_sum = trial_days_nb(panel.close, layout.seg_bounds)
+    trial_parts = trial_parts_frame(dates.astype(RESULT_DATE), day_count, bench_sum, grid.trials)
+    trial_sharpes = sharpe_from_sums(
+        grid.full_stats[..., 0], grid.full_stats[..., 1], grid.full_stats[..., 2]
+    )
+    del grid
     t = _timed(timings, "optimise", t)
 
     chosen = np.full((n_sym, n_folds), -1, dtype=np.int64)
@@ -310,6 +348,7 @@ def run_chunk(panel: PricePanel, plan: StudyPlan) -> ChunkResult:
     symbol_metrics = pd.DataFrame(metrics, columns=list(METRIC_NAMES))
     symbol_metrics.insert(0, "symbol", list(symbols))
     symbol_metrics["folds"] = (per_fold > 0).sum(axis=1).astype(np.int64)  # test windows with rows
+    _add_luck(symbol_metrics, rows.ret, starts[first_row], starts[first_row + n_folds], trial_sharpes)
     symbol_metrics = symbol_metrics[symbol_metrics["days"] > 0].reset_index(drop=True)
 
     days = rows.count > 0
@@ -334,8 +373,23 @@ def run_chunk(panel: PricePanel, plan: StudyPlan) -> ChunkResult:
         symbol_metrics=symbol_metrics,
         portfolio_parts=portfolio_parts,
         grid_scores=grid_scores,
+        trial_parts=trial_parts,
         timings=timings,
     )
+
+
+def _add_luck(
+    metrics: pd.DataFrame, rets: np.ndarray, lo: np.ndarray, hi: np.ndarray, trial_sharpes: np.ndarray
+) -> None:
+    """Each symbol's probabilistic and deflated Sharpe ratio of its stitched out-of-sample series.
+
+    The deflation uses the symbol's own trials: the grid's combinations (all tried on it), and the variance
+    of their daily Sharpe ratios over the study period on that symbol's bars.
+    """
+    n, sharpe, skew, kurt = ranges_moments_nb(rets, lo, hi).T
+    variance = trial_sharpe_variance(trial_sharpes, axis=1)
+    metrics["psr"] = probabilistic_sharpe(sharpe, n, skew, kurt)
+    metrics["dsr"] = deflated_sharpe(sharpe, n, skew, kurt, trial_sharpes.shape[1], variance)
 
 
 def _cut(panel: PricePanel, end: np.datetime64) -> PricePanel:
@@ -431,6 +485,8 @@ class StudyResult:
     benchmark_metrics: dict[str, float]
     grid_scores: pd.DataFrame
     timings: dict[str, float]
+    trials: TrialMatrix
+    overfitting: Overfitting
 
     def save(self, out: Path) -> dict[str, Path]:
         """Write the result tables as Parquet into ``out`` (atomically, file by file)."""
@@ -441,6 +497,8 @@ class StudyResult:
             "oos_metrics": self.symbol_metrics,
             "portfolio": self.portfolio,
             "grid_scores": self.grid_scores,
+            "trials": self.trials.to_frame(),
+            "cscv": self.overfitting.splits_frame(),
         }
         paths = {}
         for name, frame in files.items():
@@ -514,12 +572,14 @@ def combine(
     portfolio_parts: list[pd.DataFrame] = []
     grid_parts: list[pd.DataFrame] = []
     oos_parts = _OosParts() if oos_sink is None else None
+    trial_sums = TrialSums(len(plan.combos))
     timings: dict[str, float] = {}
     for r in results:
         selections_parts.append(r.selections)
         metric_parts.append(r.symbol_metrics)
         portfolio_parts.append(r.portfolio_parts)
         grid_parts.append(r.grid_scores)
+        trial_sums.add(r.trial_parts)
         if oos_parts is not None:
             oos = r.oos_returns
             oos_parts.add(oos if isinstance(oos, pd.DataFrame) else oos.to_pandas())
@@ -561,6 +621,10 @@ def combine(
     for j, p in enumerate(plan.strategy.params):
         grid[f"param_{p}"] = plan.combos[grid["combo"].to_numpy(), j]
 
+    t = time.perf_counter()
+    trials = trial_sums.matrix()
+    luck = assess(trials, portfolio["ret"].to_numpy(), plan.config.pbo_blocks, SPA_REPS, SPA_SEED)
+    timings["overfitting"] = time.perf_counter() - t
     return StudyResult(
         plan=plan,
         selections=selections,
@@ -571,6 +635,8 @@ def combine(
         benchmark_metrics=dict(zip(METRIC_NAMES, map(float, bench_row), strict=True)),
         grid_scores=grid,
         timings=timings,
+        trials=trials,
+        overfitting=luck,
     )
 
 

@@ -307,6 +307,64 @@ def plot_selections(tables: RunTables) -> Figure | str:
     return fig
 
 
+def plot_luck(tables: RunTables) -> Figure | str:
+    """CSCV's halvings (cscv.parquet): the logits of the in-sample winner's out-of-sample rank, and its Sharpe
+    in sample against out of sample with the fitted degradation line."""
+    splits = tables["cscv.parquet"]
+    if splits is None or splits.empty:
+        return "no cscv.parquet (too few trials or days for the probability of backtest overfitting)"
+    logits = splits["logit"].to_numpy(dtype=float)
+    fig = _figure(10, 4.2, Margins(left=0.75, bottom=0.55, top=0.45, right=0.3))
+    ax1, ax2 = fig.subplots(1, 2, gridspec_kw={"wspace": 0.28})
+    ax1.hist(logits[np.isfinite(logits)], bins=40, color="#4c72b0")
+    ax1.axvline(0.0, color="#c44e52", linewidth=1.2)
+    pbo = float((logits <= 0).mean())
+    ax1.set_xlabel("logit of the in-sample winner's out-of-sample rank")
+    ax1.set_ylabel("halvings")
+    _title(ax1, f"PBO {pbo:.2f}: share of halvings left of the red line")
+    x, y = splits["is_sharpe"].to_numpy(dtype=float), splits["oos_sharpe"].to_numpy(dtype=float)
+    ok = np.isfinite(x) & np.isfinite(y)
+    ax2.scatter(x[ok], y[ok], s=4, alpha=0.3, rasterized=True)
+    if ok.sum() >= 2 and np.ptp(x[ok]) > 0:
+        slope, intercept = np.polyfit(x[ok], y[ok], 1)
+        xs = np.array([x[ok].min(), x[ok].max()])
+        ax2.plot(xs, slope * xs + intercept, color="#c44e52", label=f"slope {slope:.2f}")
+        ax2.legend(loc="upper left")
+    ax2.axhline(0, color="black", linewidth=0.6)
+    ax2.set_xlabel("in-sample Sharpe of the winner")
+    ax2.set_ylabel("its out-of-sample Sharpe")
+    _title(ax2, "Performance degradation across halvings")
+    ax2.grid(alpha=0.3)
+    return fig
+
+
+def luck_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """The statistics of luck as (statistic, value, meaning) rows, for the HTML and the markdown."""
+    luck = (summary.get("figures") or {}).get("overfitting")
+    if not luck:
+        return []
+    inputs = luck.get("inputs", {})
+    rows = [
+        ("trials (combinations tried)", luck.get("trials"), "each one's full-history returns are a trial"),
+        (
+            "probability of backtest overfitting",
+            luck.get("pbo"),
+            "above 0.5: the winner is a coin toss or worse",
+        ),
+        ("degradation slope", luck.get("degradation_slope"), "out- on in-sample Sharpe; near 1 carries over"),
+        ("probabilistic Sharpe (vs 0)", luck.get("psr"), "probability the true Sharpe is above 0"),
+        ("deflated Sharpe", luck.get("dsr"), f"the same against the luck of {luck.get('trials')} trials"),
+        ("SPA p-value", luck.get("spa_pvalue"), "best trial against buy-and-hold; below 0.05: not luck"),
+        (
+            "observations T, skewness, kurtosis",
+            f"{inputs.get('T')}, {_fmt(inputs.get('skewness'), 3)}, {_fmt(inputs.get('kurtosis'), 3)}",
+            "of the stitched out-of-sample portfolio",
+        ),
+        ("CSCV blocks S, halvings", f"{inputs.get('S')}, {inputs.get('splits')}", ""),
+    ]
+    return [{"statistic": a, "value": b, "meaning": c} for a, b, c in rows]
+
+
 def plot_resources(tables: RunTables) -> Figure | str:
     res = tables[RESOURCES_FILE]
     if res is None or len(res) < 2:
@@ -458,6 +516,7 @@ PLOT_TITLES = {
     "scores": "Out-of-sample vs in-sample score per fold",
     "grid": "Parameter grid heat map",
     "selections": "Selected parameters over time",
+    "luck": "How much could be luck: CSCV logits and degradation",
     "resources": "Resource use over time",
     "phases": "Time per phase",
 }
@@ -488,6 +547,10 @@ def render_html(
             for k in fig["portfolio"]
         ]
         parts += [f"<h2>Out of sample, {fig.get('oos_start')} to {fig.get('oos_end')}</h2>", _table(rows)]
+    luck = luck_rows(summary)
+    if luck:
+        verdict = fig["overfitting"].get("verdict", "")
+        parts += ["<h2>How much could be luck</h2>", f"<p>{html.escape(verdict)}.</p>", _table(luck)]
     if summary.get("failed_chunks"):
         parts += ["<h2>Failed chunks</h2>", _table(summary["failed_chunks"])]
     if doc:
@@ -553,7 +616,7 @@ def _block_rows(blocks: dict[str, dict[str, Any]], label: str) -> list[dict[str,
 
 
 #: the plots drawn only from the result tables: identical for identical results, so they can be reused
-RESULT_PLOTS = ("equity", "scores", "grid", "selections")
+RESULT_PLOTS = ("equity", "scores", "grid", "selections", "luck")
 _SKIPPED_SUFFIX = ".skipped.txt"
 
 
@@ -624,6 +687,7 @@ def build_report(out: Path, plot_cache: Path | None = None) -> ReportFiles:
         "scores": functools.partial(plot_scores, tables),
         "grid": functools.partial(plot_grid, tables),
         "selections": functools.partial(plot_selections, tables),
+        "luck": functools.partial(plot_luck, tables),
         "resources": functools.partial(plot_resources, tables),
         "phases": functools.partial(plot_phases, summary, doc),
     }
@@ -670,6 +734,16 @@ def report_markdown(summary: dict[str, Any], doc: dict[str, Any] | None, html_pa
     lines = [f"# Run report: {summary.get('config', {}).get('strategy', '')}", ""]
     lines += ["| figure | value |", "| --- | --- |"]
     lines += [f"| {r['figure']} | {r['value']} |" for r in headline_rows(summary)]
+    luck = luck_rows(summary)
+    if luck:
+        lines += [
+            "",
+            "## How much could be luck",
+            "",
+            "| statistic | value | meaning |",
+            "| --- | --- | --- |",
+        ]
+        lines += [f"| {r['statistic']} | {_fmt(r['value'])} | {r['meaning']} |" for r in luck]
     if doc:
         lines += [
             "",

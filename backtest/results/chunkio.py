@@ -18,7 +18,8 @@ outside the GIL, so the encode holds it only briefly (``py-spy --gil``; the old 
 a reader that needs only them (the database writer) reads only the footer; padding them into the row data
 instead (extra row groups, or columns of nulls) was several times slower than the whole encode.
 
-A file of another format (format 1, the nested layout of earlier versions) is refused with a DataError. The
+A file of another format (format 1, the nested layout of earlier versions; format 2, without the trials'
+returns) is refused with a DataError. The
 cache never meets one: a chunk's cache key covers this module's code, so its files are misses and pruned.
 """
 
@@ -39,7 +40,7 @@ import pyarrow.parquet as pq
 from backtest.engine.study import ChunkResult
 from backtest.errors import DataError
 
-FORMAT = "backtest.chunk-result/2"
+FORMAT = "backtest.chunk-result/3"
 _META = b"backtest"
 _TABLE_PREFIX = "backtest.table."
 #: every table but the out-of-sample returns: small, kept in the footer

@@ -33,6 +33,8 @@ import pyarrow.parquet as pq
 from backtest.atomic import abandoned, atomic_path, json_safe, temporary_for, write_json
 from backtest.engine.study import ChunkResult, StudyPlan, StudyResult, combine
 from backtest.observe.profiling import wall_timings
+from backtest.overfitting import cscv as cscv_module
+from backtest.overfitting import snooping as snooping_module
 from backtest.results.chunkio import read_chunk
 from backtest.results.handoff import ResultHandoff
 
@@ -142,6 +144,7 @@ def study_figures(result: StudyResult) -> dict[str, Any]:
         "mean_degradation": float(chosen["degradation"].mean()) if len(chosen) else None,
         "portfolio": result.portfolio_metrics,
         "benchmark": result.benchmark_metrics,
+        "overfitting": result.overfitting.to_dict(),
         "oos_start": str(result.portfolio["date"].iloc[0].date()) if len(result.portfolio) else None,
         "oos_end": str(result.portfolio["date"].iloc[-1].date()) if len(result.portfolio) else None,
     }
@@ -162,20 +165,40 @@ def chunk_row(name: str, r: ChunkResult) -> dict[str, Any]:
 
 
 #: the merged tables of a study, by file stem (what ``StudyResult.save`` and ``collect`` write)
-OUTPUT_TABLES: tuple[str, ...] = ("selections", "oos_returns", "oos_metrics", "portfolio", "grid_scores")
+OUTPUT_TABLES: tuple[str, ...] = (
+    "selections",
+    "oos_returns",
+    "oos_metrics",
+    "portfolio",
+    "grid_scores",
+    "trials",
+    "cscv",
+)
 COLLECTED_FORMAT = "backtest.collected/1"
 _MANIFEST = "collected.json"
 
 
-def collected_key(chunk_keys: Sequence[str]) -> str:
-    """The cache key of a study's merged tables: its chunks' keys in order, and the code that merges them.
+#: the code that decides the merged tables beyond the chunks' own (the chunk keys cover the rest)
+_MERGE_MODULES = (
+    Path(__file__),
+    Path(cscv_module.__file__),
+    Path(snooping_module.__file__),
+)
+
+
+def collected_key(chunk_keys: Sequence[str], merge: str = "") -> str:
+    """The cache key of a study's merged tables: its chunks' keys in order, the merge-only options
+    (``StudyConfig.merge_digest``) and the code that merges them.
 
     A chunk key already covers the data, configuration, folds and numeric code of its chunk; what this adds is
-    the chunk order and this module, which decides how the merged files are written.
+    the chunk order, the options that only the merge reads (the PBO's blocks) and the modules that decide how
+    the merged files are written and what the statistics of luck are.
     """
     digest = hashlib.blake2b(digest_size=20)
     digest.update(COLLECTED_FORMAT.encode() + b"\n")
-    digest.update(Path(__file__).read_bytes())
+    for module in _MERGE_MODULES:
+        digest.update(module.read_bytes())
+    digest.update(merge.encode() + b"\n")
     for key in chunk_keys:
         digest.update(key.encode("utf-8", "surrogatepass") + b"\n")
     return f"collected-{digest.hexdigest()}"

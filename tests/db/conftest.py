@@ -43,16 +43,24 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return str(request.getfixturevalue("pg_url"))
 
 
+CHUNK_CONFIG = StudyConfig(
+    strategy="sma_crossover",
+    grid=ParamGrid.from_mapping({"fast": [5, 10], "slow": [40, 60]}),
+    folds=FoldSpec(3.0, 1.0, 1.0, False),
+)
+
+
 @pytest.fixture(scope="session")
-def chunk_results(db_store, tmp_path_factory):
+def chunk_plan(db_store):
+    """The plan of ``chunk_results``."""
+    return make_plan(CHUNK_CONFIG, resolve_universe(db_store.catalog()))
+
+
+@pytest.fixture(scope="session")
+def chunk_results(db_store, chunk_plan, tmp_path_factory):
     """Two chunks of the small universe computed for real, persisted as the flow persists them."""
-    config = StudyConfig(
-        strategy="sma_crossover",
-        grid=ParamGrid.from_mapping({"fast": [5, 10], "slow": [40, 60]}),
-        folds=FoldSpec(3.0, 1.0, 1.0, False),
-    )
     universe = resolve_universe(db_store.catalog())
-    plan = make_plan(config, universe)
+    plan = chunk_plan
     folder = tmp_path_factory.mktemp("chunk-results")
     out = []
     for i, symbols in enumerate((universe.symbols[:5], universe.symbols[5:])):

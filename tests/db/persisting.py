@@ -14,6 +14,7 @@ def persist(
     flow_run_id: str = "flow-1",
     include_oos: bool = True,
     state: str = "Completed",
+    summary: dict | None = None,
 ) -> PersistReport:
     return persist_run(
         url,
@@ -24,6 +25,6 @@ def persist(
         started_at=dt.datetime.now(dt.UTC),
         chunks=chunks,
         state=state,
-        summary={"state": state, "wall_seconds": 1.5, "nan": float("nan")},
+        summary=summary or {"state": state, "wall_seconds": 1.5, "nan": float("nan")},
         include_oos=include_oos,
     )

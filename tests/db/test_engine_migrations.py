@@ -107,6 +107,28 @@ def test_an_old_database_upgrades_in_place_keeping_its_data(tmp_path):
     assert upgrade(engine, url) == []  # idempotent
 
 
+def test_migration_4_adds_the_statistics_of_luck_keeping_the_metrics(tmp_path):
+    url = f"sqlite:///{tmp_path / 'v3.db'}"
+    engine = get_engine(url)
+    assert upgrade(engine, url, target=3) == [1, 2, 3]
+    assert "run_overfitting" not in _tables_and_indexes(engine)[0]
+    with engine.begin() as conn:
+        run_id = conn.execute(
+            sa.insert(s.runs).values(
+                strategy="sma_crossover", state="Completed", started_at=sa.func.current_timestamp(), config={}
+            )
+        ).inserted_primary_key[0]
+        conn.execute(
+            sa.text("INSERT INTO symbol_metrics (run_id, symbol, sharpe, folds) VALUES (:r, 'A', 1.5, 2)"),
+            {"r": run_id},
+        )
+    assert upgrade(engine, url) == [4]
+    assert "run_overfitting" in _tables_and_indexes(engine)[0]
+    with engine.connect() as conn:
+        row = conn.execute(sa.select(s.symbol_metrics)).one()
+    assert (row.symbol, row.sharpe, row.folds, row.psr, row.dsr) == ("A", 1.5, 2, None, None)
+
+
 def test_a_newer_database_is_refused_and_left_alone(tmp_path):
     path = tmp_path / "new.db"
     url = f"sqlite:///{path}"

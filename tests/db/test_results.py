@@ -137,3 +137,33 @@ def test_nothing_is_written_for_an_unreadable_chunk_file(tmp_path, db_url):
 
 def test_results_path_is_a_path(chunk_results):
     assert Path(chunk_results[0][0].result_path).exists()
+
+
+def test_statistics_of_luck_are_stored_with_the_run(chunk_results, chunk_plan, db_url):
+    """The run's PBO, deflated Sharpe, SPA p-value and their inputs in run_overfitting; each symbol's PSR and
+    DSR beside its metrics; a re-persisted run keeps one row."""
+    from backtest.engine.study import combine
+    from backtest.results.outputs import study_figures
+
+    results = [res for _, res in chunk_results]
+    study = combine(chunk_plan, results)
+    luck = study_figures(study)["overfitting"]
+    summary = {"state": "Completed", "wall_seconds": 2.0, "figures": {"overfitting": luck}}
+    records = [c for c, _ in chunk_results]
+    for _ in range(2):
+        report = persist(db_url, records, flow_run_id="flow-luck", summary=summary)
+    run = r.read_run(db_url, "flow-luck")
+    assert run.overfitting is not None and run.overfitting["run_id"] == report.run_id
+    assert run.overfitting["trials"] == luck["trials"] == 4
+    for name in ("pbo", "dsr", "psr", "spa_pvalue", "degradation_slope", "sharpe_variance"):
+        assert run.overfitting[name] == pytest.approx(luck[name], rel=1e-12, nan_ok=True), name
+    assert run.overfitting["observations"] == luck["inputs"]["T"] and run.overfitting["blocks"] == 16
+    assert run.overfitting["verdict"] == luck["verdict"]
+    assert _count(open_db(db_url), s.run_overfitting, run_id=report.run_id) == 1
+    metrics = r.read_metrics(db_url, run.id)
+    expected = pd.concat([res.symbol_metrics for res in results], ignore_index=True)
+    for name in ("psr", "dsr"):
+        np.testing.assert_allclose(metrics[name].to_numpy(float), expected[name].to_numpy(float), rtol=1e-12)
+    # a failed run has no statistics of luck
+    persist(db_url, records[:1], flow_run_id="flow-failed", state="Failed", summary=summary)
+    assert r.read_run(db_url, "flow-failed").overfitting is None

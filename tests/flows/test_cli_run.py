@@ -33,12 +33,15 @@ def test_run_on_real_data_end_to_end_then_from_cache(sp500_dir, tmp_path):
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "Completed" in result.output and "sharpe" in result.output
+    assert "luck: 6 trials, PBO" in result.output and "deflated Sharpe" in result.output
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["counts"]["symbols"] == 505 and summary["counts"]["combinations"] == 6
     assert summary["counts"]["folds"] == 2 and summary["cache"]["hits"] == 0
     assert summary["config"]["grid"] == {"fast": [5.0, 20.0], "slow": [50.0, 100.0, 150.0]}
-    for name in ("selections", "oos_returns", "oos_metrics", "portfolio", "grid_scores"):
+    for name in ("selections", "oos_returns", "oos_metrics", "portfolio", "grid_scores", "trials", "cscv"):
         assert len(pd.read_parquet(tmp_path / "out" / f"{name}.parquet")) > 0
+    luck = summary["figures"]["overfitting"]
+    assert luck["trials"] == 6 and 0.0 <= luck["pbo"] <= 1.0 and 0.0 <= luck["spa_pvalue"] <= 1.0
     oos = pd.read_parquet(tmp_path / "out" / "oos_returns.parquet")
     assert oos["date"].min() == pd.Timestamp("2016-02-08")  # the first test window starts after 2 + 1 years
 
@@ -61,6 +64,10 @@ def test_run_refuses_bad_input_with_one_clear_line(tmp_path):
         app, ["run", "--store", str(tmp_path / "s"), "--out", str(tmp_path / "o"), "--strategy", "nope"]
     )
     assert bad.exit_code == 1 and "unknown strategy 'nope'" in bad.output
+    base = ["run", "--store", str(tmp_path / "s"), "--out", str(tmp_path / "o")]
+    odd = runner.invoke(app, [*base, "--pbo-blocks", "7"])
+    assert odd.exit_code == 1 and "pbo_blocks" in odd.output and "multiple of 2" in odd.output
+    assert runner.invoke(app, [*base, "--pbo-blocks", "22"]).exit_code == 2  # outside 2..20: a usage error
     assert "Traceback" not in bad.output
 
 

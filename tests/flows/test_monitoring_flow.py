@@ -87,8 +87,8 @@ def test_run_leaves_artifacts_report_and_alert_notifications(store, tmp_path):
         assert summary["report"] == str(out / "report.html")
         assert summary["profile"]["publish_seconds"] > 0  # the report's own cost is on record
         page = (out / "report.html").read_text()
-        assert page.count("<img ") == 6 and all(
-            (out / "report" / f"{n}.png").exists() for n in ("equity", "grid")
+        assert page.count("<img ") == 7 and all(
+            (out / "report" / f"{n}.png").exists() for n in ("equity", "grid", "luck")
         )
         doc = json.loads((out / "profile.json").read_text())
         assert [c["status"] for c in doc["chunks"]] == ["computed"] * 4

@@ -12,7 +12,7 @@ from flows.params import StudyParams
 from flows.study import three_phase_study
 
 GRID = {"fast": [5, 20], "slow": [60, 120]}
-TABLES = ("selections", "oos_returns", "oos_metrics", "portfolio", "grid_scores")
+TABLES = ("selections", "oos_returns", "oos_metrics", "portfolio", "grid_scores", "trials", "cscv")
 
 
 def params(store, out, **kw):
@@ -52,6 +52,8 @@ def core_tables(store, p):
         "oos_metrics": r.symbol_metrics,
         "portfolio": r.portfolio,
         "grid_scores": r.grid_scores,
+        "trials": r.trials.to_frame(),
+        "cscv": r.overfitting.splits_frame(),
     }
 
 
@@ -72,6 +74,31 @@ def test_cold_then_warm_run_is_served_from_cache(store, tmp_path):
     flow = tables(tmp_path / "cold")
     for name in TABLES:
         pd.testing.assert_frame_equal(flow[name], core[name].reset_index(drop=True), check_categorical=False)
+
+
+def test_statistics_of_luck_in_the_summary_and_another_s_reuses_every_chunk(store, tmp_path):
+    """The flow reports the core's statistics of luck; a re-run with other PBO blocks recomputes only the merge."""
+    import numpy as np
+
+    from backtest.overfitting.cscv import cscv
+
+    first = three_phase_study(params(store, tmp_path / "s16"), return_state=True)
+    assert first.is_completed(), first.message
+    luck = read_summary(tmp_path / "s16")["figures"]["overfitting"]
+    assert luck["trials"] == 4 and luck["inputs"]["S"] == 16 and luck["inputs"]["splits"] == 12870
+    trials = pd.read_parquet(tmp_path / "s16" / "trials.parquet")
+    matrix = trials[[f"trial_{k}" for k in range(4)]].to_numpy()
+    assert luck["pbo"] == cscv(matrix, 16).pbo
+    assert np.isfinite(luck["dsr"]) and "PBO" in luck["verdict"]
+    assert (tmp_path / "s16" / "report" / "luck.png").exists()
+
+    eight = three_phase_study(params(store, tmp_path / "s8", pbo_blocks=8), return_state=True)
+    assert eight.is_completed(), eight.message
+    s8 = read_summary(tmp_path / "s8")
+    assert s8["cache"]["misses"] == 0 and s8["cache"]["collect_reused"] is False
+    assert s8["figures"]["overfitting"]["inputs"]["S"] == 8
+    assert s8["figures"]["overfitting"]["pbo"] == cscv(matrix, 8).pbo
+    assert len(pd.read_parquet(tmp_path / "s8" / "cscv.parquet")) == 70
 
 
 def test_one_changed_symbol_recomputes_only_its_chunk(store, synthetic_csv, tmp_path):

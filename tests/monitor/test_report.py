@@ -105,8 +105,10 @@ def test_report_renders_every_plot_as_a_png_with_content(run_folder, built):
     page = files.html.read_text()
     assert page.count("<img ") == len(PLOT_TITLES)
     assert "chunk-retried" in page and "Recommendations" in page and "parallel efficiency" in page
+    assert "How much could be luck" in page and "probability of backtest overfitting" in page
     markdown = report_markdown(json.loads((run_folder / "summary.json").read_text()), None, files.html)
     assert "| peak RSS (whole process tree) |" in markdown
+    assert "## How much could be luck" in markdown and "| deflated Sharpe |" in markdown
 
 
 def test_report_skips_what_it_cannot_draw_and_says_why(run_folder, tmp_path):
@@ -116,6 +118,7 @@ def test_report_skips_what_it_cannot_draw_and_says_why(run_folder, tmp_path):
     files = build_report(partial)
     assert files.plots.keys() == {"phases"}
     assert "no portfolio.parquet" in files.skipped["equity"]
+    assert "no cscv.parquet" in files.skipped["luck"]
     assert "not drawn: no portfolio.parquet" in files.html.read_text()
 
 
@@ -125,7 +128,7 @@ def test_cli_report_rebuilds_and_refuses_a_non_run_folder(run_folder, built, tmp
     (copy / "report.html").unlink()
     result = CliRunner().invoke(app, ["report", str(copy)])
     assert result.exit_code == 0, result.output
-    assert "6 plots" in result.output and (copy / "report" / "equity.png").exists()
+    assert "7 plots" in result.output and (copy / "report" / "equity.png").exists()
     assert (copy / "report.html").read_text() == built.html.read_text()  # same files, same report
     bad = CliRunner().invoke(app, ["report", str(tmp_path)])
     assert bad.exit_code == 1 and "not the output folder of a run" in bad.output
