@@ -202,13 +202,12 @@ def results(
             f"{record.started_at:%Y-%m-%d %H:%M:%S}, prices from {record.price_source}",
             markup=False,
         )
-        luck = record.overfitting
-        if luck:
-            console.print(
-                f"luck: {luck['trials']} trials, PBO {_fmt(luck['pbo'])}, deflated Sharpe {_fmt(luck['dsr'])}, "
-                f"SPA p {_fmt(luck['spa_pvalue'])} - {luck['verdict']}",
-                markup=False,
-            )
+        if record.overfitting:
+            from rich.text import Text
+
+            from cli.runs import luck_line
+
+            console.print(Text(luck_line(record.overfitting)))
     if metrics.empty and (selections is None or selections.empty):
         typer.echo("no results" + (f" for symbol {symbol!r}" if symbol else ""))
         return

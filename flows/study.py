@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,7 +88,7 @@ class StudyRun:
     out: Path
     workers: int
 
-    @property
+    @functools.cached_property
     def merged_key(self) -> str:
         """The cache key of the merged tables of these chunks (and of the merge-only options)."""
         return collected_key([s.key for s in self.specs], self.plan.config.merge_digest())
@@ -218,7 +219,7 @@ def submit_chunks(params: StudyParams, run: StudyRun, watch: RunWatch, summary: 
 def collect(run: StudyRun, watch: RunWatch, summary: RunSummary, collected_ahead: bool) -> None:
     """The study's tables in ``out``, merged from the chunks' persisted results (or reused from the cache)."""
     # quoted: Prefect would walk every symbol of every chunk twice to look for futures
-    collected = collect_results(quote(run.plan), quote(run.specs), run.cache, str(run.out))
+    collected = collect_results(quote(run.plan), quote(run.specs), run.cache, str(run.out), run.merged_key)
     # a cache entry made by ``ahead`` during this run is this run's collect, not a reused one
     summary.collect_reused = collected["reused"] and not collected_ahead
     summary.collected_key = collected["key"]

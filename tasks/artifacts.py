@@ -17,6 +17,7 @@ from prefect.artifacts import (
 )
 
 from backtest.engine.metrics import HEADLINE_METRICS
+from backtest.overfitting.trials import luck_table
 
 
 def start_progress(total: int) -> UUID | None:
@@ -80,25 +81,9 @@ def summary_text(summary: dict[str, Any]) -> str:
         ]
     luck = fig.get("overfitting")
     if luck:
-        inputs = luck.get("inputs", {})
-        lines += [
-            "",
-            "## How much could be luck",
-            "",
-            f"{luck.get('verdict', '')}.",
-            "",
-            "| statistic | value | from |",
-            "| --- | --- | --- |",
-            f"| trials | {luck['trials']} | combinations of the grid |",
-            f"| probability of backtest overfitting | {_fmt(luck.get('pbo'))} | CSCV, S = {inputs.get('S')}, "
-            f"{inputs.get('splits')} splits |",
-            f"| degradation slope | {_fmt(luck.get('degradation_slope'))} | out- on in-sample Sharpe of the winner |",
-            f"| probabilistic Sharpe | {_fmt(luck.get('psr'))} | stitched out-of-sample portfolio, "
-            f"T = {inputs.get('T')} |",
-            f"| deflated Sharpe | {_fmt(luck.get('dsr'))} | against SR* = {_fmt(inputs.get('sharpe_star'))} "
-            f"(daily), trial Sharpe variance {_fmt(luck.get('sharpe_variance'))} |",
-            f"| SPA p-value | {_fmt(luck.get('spa_pvalue'))} | best trial against buy-and-hold |",
-        ]
+        lines += ["", "## How much could be luck", "", f"{luck.get('verdict', '')}.", ""]
+        lines += ["| statistic | value | meaning |", "| --- | --- | --- |"]
+        lines += [f"| {r['statistic']} | {_fmt(r['value'])} | {r['meaning']} |" for r in luck_table(luck)]
     lines += ["", "| phase | seconds |", "| --- | --- |"]
     lines += [f"| {k} | {v:.2f} |" for k, v in summary.get("phase_seconds", {}).items()]
     return "\n".join(lines)

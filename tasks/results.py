@@ -11,24 +11,23 @@ from prefect import task
 from backtest.engine.planning import ChunkSpec
 from backtest.engine.study import ChunkResult, StudyPlan
 from backtest.results.cache import CacheLayout, CacheLimits, PruneReport, prune
-from backtest.results.outputs import collect_cached, collected_key, prune_collected, read_chunks
+from backtest.results.outputs import collect_cached, prune_collected, read_chunks
 
 
 @task(name="collect-results", persist_result=False)
 def collect_results(
-    plan: StudyPlan, specs: Sequence[ChunkSpec], cache: CacheLayout, out: str
+    plan: StudyPlan, specs: Sequence[ChunkSpec], cache: CacheLayout, out: str, key: str
 ) -> dict[str, Any]:
     """The merged tables in ``out``: linked from the cache when these exact chunks were merged before,
-    otherwise each chunk's persisted result is read once, in universe order, and merged into the cache."""
+    otherwise each chunk's persisted result is read once, in universe order, and merged into the cache.
+    ``key`` is the merged tables' cache key (``collected_key`` of the chunks' keys and the merge options)."""
     keys = [s.key for s in specs]
 
     def chunks() -> Iterator[tuple[str, ChunkResult]]:
         files = read_chunks(cache.result_file(key) for key in keys)
         yield from zip((s.name for s in specs), files, strict=True)
 
-    done = collect_cached(
-        plan, chunks(), Path(out), cache.collected, collected_key(keys, plan.config.merge_digest())
-    )
+    done = collect_cached(plan, chunks(), Path(out), cache.collected, key)
     return {
         "figures": done.figures,
         "chunks": done.chunks,

@@ -42,6 +42,7 @@ from backtest.observe.profiling import (
     describe_bottleneck,
     fmt_bytes,
 )
+from backtest.overfitting.trials import luck_table
 from backtest.results.outputs import link_into
 
 PLOT_DIR = "report"
@@ -339,30 +340,9 @@ def plot_luck(tables: RunTables) -> Figure | str:
 
 
 def luck_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
-    """The statistics of luck as (statistic, value, meaning) rows, for the HTML and the markdown."""
+    """The statistics of luck of a run's summary as table rows (none when it has none)."""
     luck = (summary.get("figures") or {}).get("overfitting")
-    if not luck:
-        return []
-    inputs = luck.get("inputs", {})
-    rows = [
-        ("trials (combinations tried)", luck.get("trials"), "each one's full-history returns are a trial"),
-        (
-            "probability of backtest overfitting",
-            luck.get("pbo"),
-            "above 0.5: the winner is a coin toss or worse",
-        ),
-        ("degradation slope", luck.get("degradation_slope"), "out- on in-sample Sharpe; near 1 carries over"),
-        ("probabilistic Sharpe (vs 0)", luck.get("psr"), "probability the true Sharpe is above 0"),
-        ("deflated Sharpe", luck.get("dsr"), f"the same against the luck of {luck.get('trials')} trials"),
-        ("SPA p-value", luck.get("spa_pvalue"), "best trial against buy-and-hold; below 0.05: not luck"),
-        (
-            "observations T, skewness, kurtosis",
-            f"{inputs.get('T')}, {_fmt(inputs.get('skewness'), 3)}, {_fmt(inputs.get('kurtosis'), 3)}",
-            "of the stitched out-of-sample portfolio",
-        ),
-        ("CSCV blocks S, halvings", f"{inputs.get('S')}, {inputs.get('splits')}", ""),
-    ]
-    return [{"statistic": a, "value": b, "meaning": c} for a, b, c in rows]
+    return luck_table(luck) if luck else []
 
 
 def plot_resources(tables: RunTables) -> Figure | str:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from backtest.config import check_blocks
+from backtest.overfitting.sharpe import sharpe_from_sums
 
 PERIODS = 252.0
 _BATCH = 4096
@@ -66,14 +67,6 @@ def halvings(blocks: int) -> np.ndarray:
     return mask
 
 
-def _sharpe(n: np.ndarray, s1: np.ndarray, s2: np.ndarray) -> np.ndarray:
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = s1 / n
-        var = (s2 - s1 * mean) / (n - 1.0)
-        ok = var > 1e-14 * np.abs(s2 / n)
-        return np.where(ok, mean / np.sqrt(np.where(ok, var, 1.0)) * math.sqrt(PERIODS), np.nan)
-
-
 def cscv(returns: np.ndarray, blocks: int = 16) -> CscvResult:
     """PBO of the trials whose daily returns are the columns of ``returns`` (T x N, no NaN)."""
     check_blocks(blocks)
@@ -90,8 +83,8 @@ def cscv(returns: np.ndarray, blocks: int = 16) -> CscvResult:
     for lo in range(0, len(mask), _BATCH):
         ins = mask[lo : lo + _BATCH]
         outs = 1.0 - ins
-        sr_in = _sharpe((ins @ counts)[:, None], ins @ s1, ins @ s2)
-        sr_out = _sharpe((outs @ counts)[:, None], outs @ s1, outs @ s2)
+        sr_in = sharpe_from_sums((ins @ counts)[:, None], ins @ s1, ins @ s2) * math.sqrt(PERIODS)
+        sr_out = sharpe_from_sums((outs @ counts)[:, None], outs @ s1, outs @ s2) * math.sqrt(PERIODS)
         key_in = np.where(np.isnan(sr_in), -np.inf, sr_in)
         key_out = np.where(np.isnan(sr_out), -np.inf, sr_out)
         winner = np.argmax(key_in, axis=1)  # ties: the earlier trial, as the study's selection breaks them

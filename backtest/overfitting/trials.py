@@ -93,6 +93,35 @@ class TrialSums:
         )
 
 
+def luck_table(luck: dict[str, Any]) -> list[dict[str, Any]]:
+    """The statistics of luck of a summary (``figures.overfitting``) as (statistic, value, meaning) rows:
+    the one table the report and the Prefect summary artifact both show."""
+    inputs = luck.get("inputs", {})
+    rows = [
+        ("trials (combinations tried)", luck.get("trials"), "each one's full-history returns are a trial"),
+        (
+            "probability of backtest overfitting",
+            luck.get("pbo"),
+            "above 0.5: the winner is a coin toss or worse",
+        ),
+        ("degradation slope", luck.get("degradation_slope"), "out- on in-sample Sharpe; near 1 carries over"),
+        ("probabilistic Sharpe (vs 0)", luck.get("psr"), "probability the true Sharpe is above 0"),
+        ("deflated Sharpe", luck.get("dsr"), f"the same against the luck of {luck.get('trials')} trials"),
+        ("SPA p-value", luck.get("spa_pvalue"), "best trial against buy-and-hold; below 0.05: not luck"),
+        (
+            "observations T, skewness, kurtosis",
+            f"{inputs.get('T')}, {_round(inputs.get('skewness'))}, {_round(inputs.get('kurtosis'))}",
+            "of the stitched out-of-sample portfolio",
+        ),
+        ("CSCV blocks S, halvings", f"{inputs.get('S')}, {inputs.get('splits')}", ""),
+    ]
+    return [{"statistic": a, "value": b, "meaning": c} for a, b, c in rows]
+
+
+def _round(value: Any) -> str:
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
 def series_moments(returns: np.ndarray) -> tuple[float, float, float, float]:
     """(days, daily Sharpe, skewness, kurtosis) of one return series, NaN days skipped."""
     r = np.ascontiguousarray(returns, dtype=float)
@@ -106,7 +135,6 @@ class Overfitting:
 
     trials: int
     trial_days: int
-    trial_sharpes: np.ndarray  # daily, per trial, over the whole study period
     sharpe_variance: float
     sharpe_star: float  # the daily Sharpe the best of ``trials`` reaches by luck
     days: int  # of the stitched out-of-sample portfolio
@@ -197,7 +225,6 @@ def assess(
         return Overfitting(
             trials=matrix.n_trials,
             trial_days=len(r),
-            trial_sharpes=sharpes,
             sharpe_variance=variance,
             sharpe_star=star,
             days=int(days),

@@ -164,6 +164,14 @@ def test_statistics_of_luck_are_stored_with_the_run(chunk_results, chunk_plan, d
     expected = pd.concat([res.symbol_metrics for res in results], ignore_index=True)
     for name in ("psr", "dsr"):
         np.testing.assert_allclose(metrics[name].to_numpy(float), expected[name].to_numpy(float), rtol=1e-12)
+    # and `backtest results` prints them in the command's own luck line
+    from typer.testing import CliRunner
+
+    from cli.app import app
+
+    shown = CliRunner().invoke(app, ["results", "--db", db_url, "--run", "flow-luck"])
+    assert shown.exit_code == 0, shown.output
+    assert "luck: 4 trials, PBO" in shown.output and luck["verdict"][:20] in shown.output.replace("\n", " ")
     # a failed run has no statistics of luck
     persist(db_url, records[:1], flow_run_id="flow-failed", state="Failed", summary=summary)
     assert r.read_run(db_url, "flow-failed").overfitting is None
