@@ -8,6 +8,7 @@ import numpy as np
 
 from backtest.config import MAX_COMBINATIONS, ParamGrid
 from backtest.errors import ConfigError
+from backtest.ranking.portfolio import CHOICES, encode_choice
 
 
 def parse_param(spec: str) -> tuple[str, list[float]]:
@@ -16,6 +17,8 @@ def parse_param(spec: str) -> tuple[str, list[float]]:
     name = name.strip()
     if not sep or not name or not values.strip():
         raise ConfigError(f"bad --param {spec!r}: write name=v1,v2,... or name=start:stop:step")
+    if name in CHOICES:  # side=long,long_short / weighting=equal,inverse_vol: by name
+        return name, [encode_choice(name, v.strip()) for v in values.split(",") if v.strip()]
     try:
         if ":" in values:
             parts = [float(p) for p in values.split(":")]

@@ -98,7 +98,9 @@ def print_summary(summary: dict[str, Any], console: Console) -> None:
         table = Table(title=f"Out of sample {figures['oos_start']} to {figures['oos_end']}")
         table.add_column("metric")
         table.add_column("portfolio", justify="right")
-        table.add_column("buy and hold", justify="right")
+        # a ranking study's benchmark is the equal-weight universe, rebalanced on its days
+        ranking = figures.get("kind") == "cross_sectional"
+        table.add_column("equal weight" if ranking else "buy and hold", justify="right")
         for key in HEADLINE_METRICS:
             table.add_row(key, _fmt(figures["portfolio"].get(key)), _fmt(figures["benchmark"].get(key)))
         console.print(table)

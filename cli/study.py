@@ -59,6 +59,26 @@ def run(
             min=2, max=D.MAX_PBO_BLOCKS, help="Blocks of the PBO's cross-validation (even; 16 is usual)."
         ),
     ] = D.PBO_BLOCKS,
+    top: Annotated[
+        int | None, typer.Option(min=1, help="Ranking strategies: hold the N best (default 50).")
+    ] = None,
+    quantile: Annotated[
+        float | None, typer.Option(min=0.0, max=1.0, help="Ranking strategies: hold the best share instead.")
+    ] = None,
+    side: Annotated[str, typer.Option(help="Ranking strategies: long or long_short.")] = "long",
+    weighting: Annotated[
+        str, typer.Option(help="Ranking strategies: equal, score (by rank) or inverse_vol.")
+    ] = "equal",
+    max_weight: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Ranking strategies: largest weight of one symbol.")
+    ] = 1.0,
+    rebalance: Annotated[
+        int, typer.Option(min=1, help="Ranking strategies: trading days between rebalances.")
+    ] = 21,
+    universe: Annotated[
+        Path | None,
+        typer.Option(help="Ranking strategies: membership file symbol,start,end (point in time)."),
+    ] = None,
     verbose: Annotated[
         bool, typer.Option("--verbose", help="Show Prefect's run logs in the terminal.")
     ] = False,
@@ -118,6 +138,13 @@ def run(
         start=start,
         end=end,
         pbo_blocks=pbo_blocks,
+        top=top,
+        quantile=quantile,
+        side=side,
+        weighting=weighting,
+        max_weight=max_weight,
+        rebalance=rebalance,
+        universe=str(universe) if universe else None,
         db=db,
         persist=persist,
         persist_oos=persist_oos,

@@ -17,8 +17,13 @@ from backtest.config import Execution, FoldSpec, Objective, ParamGrid, StudyConf
 from backtest.engine.strategies import get_strategy
 from backtest.errors import BacktestError
 from backtest.observe.alerts import AlertThresholds
+from backtest.ranking.portfolio import DEFAULT_REBALANCE, DEFAULT_TOP, SIDES, WEIGHTINGS, Construction
 
 Runner = Literal[D.RUNNERS]  # type: ignore[valid-type] - the choices, written once in backtest.defaults
+Side = Literal[SIDES]  # type: ignore[valid-type]
+Weighting = Literal[WEIGHTINGS]  # type: ignore[valid-type]
+#: the parameters of cross-sectional studies only
+RANKING_ONLY = ("top", "quantile", "side", "weighting", "max_weight", "rebalance", "universe")
 #: a Monday: train windows are measured in weekdays from here, as ``check_warmup`` counts them
 _NOMINAL_START = dt.date(2001, 1, 1)
 
@@ -72,6 +77,33 @@ class StudyParams(BaseModel):
         "(CSCV: every half of them in sample once).",
     )
     symbols: list[str] | None = Field(None, description="Symbols to study (default: all in the store).")
+    # -- cross-sectional studies (a ranking strategy): how the scores become a portfolio (docs/cross_sectional.md)
+    top: int | None = Field(
+        None,
+        ge=1,
+        description="Ranking strategies: hold the N best scores (default 50 unless quantile is given).",
+    )
+    quantile: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="Ranking strategies: hold the best share of the eligible symbols instead.",
+    )
+    side: Side = Field("long", description="Ranking strategies: long, or long_short (the worst shorted).")
+    weighting: Weighting = Field(
+        "equal", description="Ranking strategies: equal, score (by rank) or inverse_vol."
+    )
+    max_weight: float = Field(
+        1.0, gt=0, le=1, description="Ranking strategies: largest weight of one symbol."
+    )
+    rebalance: int = Field(
+        DEFAULT_REBALANCE, ge=1, description="Ranking strategies: trading days between rebalances."
+    )
+    universe: str | None = Field(
+        None,
+        description="Ranking strategies: a point-in-time membership file (CSV symbol,start,end; end empty = "
+        "still a member).",
+    )
     runner: Runner = Field(D.RUNNER, description="Task runner: threads, processes, or dask.")
     workers: int | None = Field(None, ge=1, description="Concurrent chunks (default: the number of CPUs).")
     dask_address: str | None = Field(None, description="Address of an existing Dask scheduler (runner dask).")
@@ -110,8 +142,21 @@ class StudyParams(BaseModel):
     def _check(self) -> StudyParams:
         try:
             strategy = get_strategy(self.strategy)
-            _, combos = strategy.combinations(self.grid_spec())
             config = self.to_config()
+            if strategy.kind == "ranking":
+                from backtest.ranking.study import construction_rows, split_grid
+
+                score_axes, build_axes = split_grid(strategy, self.grid_spec())
+                _, combos = strategy.combinations(ParamGrid(score_axes) if score_axes else None)
+                construction_rows(self.construction(), build_axes)
+            else:
+                _, combos = strategy.combinations(self.grid_spec())
+                given = [n for n in RANKING_ONLY if getattr(self, n) != StudyParams.model_fields[n].default]
+                if given:
+                    raise ValueError(
+                        f"{', '.join(given)} apply to ranking strategies only (momentum_rank, ...); "
+                        f"{strategy.name} is a timing strategy"
+                    )
         except BacktestError as exc:
             raise ValueError(str(exc)) from None
         # The exact check needs the data's calendar (backtest.engine.folds.check_warmup, at plan time); the same rule
@@ -146,6 +191,21 @@ class StudyParams(BaseModel):
             start=self.start,
             end=self.end,
             pbo_blocks=self.pbo_blocks,
+        )
+
+    def kind(self) -> str:
+        """``ranking`` for a cross-sectional study, ``timing`` otherwise (the strategy says which)."""
+        return get_strategy(self.strategy).kind
+
+    def construction(self) -> Construction:
+        """The portfolio options of a ranking strategy (each one also a possible grid parameter)."""
+        return Construction(
+            top=self.top if self.top is not None else (0 if self.quantile else DEFAULT_TOP),
+            quantile=self.quantile or 0.0,
+            side=self.side,
+            weighting=self.weighting,
+            max_weight=self.max_weight,
+            rebalance=self.rebalance,
         )
 
     def worker_count(self) -> int:

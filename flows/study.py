@@ -72,6 +72,13 @@ def three_phase_study(params: StudyParams = StudyParams()) -> Any:  # noqa: B008
         preload_report()  # matplotlib's import overlaps the run instead of delaying the report
     watch = RunWatch(get_run_context().flow_run, params.alerts, params.monitor_interval)
     with watch:  # the resource monitor samples the run's process tree until the flow returns or fails
+        if params.kind() == "ranking":
+            from flows.cross_sectional import run_cross_sectional
+
+            workers = params.worker_count()
+            return run_cross_sectional(
+                params, watch, lambda: make_task_runner(params.runner, workers, params.dask_address)
+            )
         return _run_study(params, watch)
 
 

@@ -45,6 +45,8 @@ class Strategy:
     check: ComboCheck | None = None
     warmup_params: tuple[str, ...] = ()
     description: str = ""
+    #: "timing" (weights per symbol) or "ranking" (scores across the market: docs/cross_sectional.md)
+    kind: str = "timing"
     _extra_sources: tuple[str, ...] = field(default=(), repr=False)
 
     def combinations(self, grid: ParamGrid | None) -> tuple[ParamGrid, np.ndarray]:
@@ -99,6 +101,35 @@ class Strategy:
                 f"strategy {self.name!r} failed with {kwargs}: {type(exc).__name__}: {exc}"
             ) from exc
         return check_weights(self.name, w, prices, kwargs)
+
+    def scores(self, prices: PricePanel, combo: Mapping[str, float]) -> np.ndarray:
+        """A ranking strategy's scores of one combination, checked: right shape, no infinities; float32."""
+        kwargs = {name: (int(v) if name in self.integer_params else v) for name, v in combo.items()}
+        try:
+            raw = self.func(prices, **kwargs)
+        except Exception as exc:
+            raise StrategyError(
+                f"strategy {self.name!r} failed with {kwargs}: {type(exc).__name__}: {exc}"
+            ) from exc
+        expected = (prices.n_symbols, prices.n_bars)
+        try:
+            arr = np.asarray(raw, dtype=np.float32)
+        except (TypeError, ValueError):
+            arr = None
+        if arr is None or arr.shape != expected:
+            got = None if arr is None else arr.shape
+            raise StrategyError(
+                f"ranking strategy {self.name!r} with {kwargs} returned shape {got}, expected {expected} "
+                "(symbols x bars, NaN where a symbol is not eligible)"
+            )
+        bad = np.isinf(arr)
+        if bad.any():
+            i, t = np.argwhere(bad)[0]
+            raise StrategyError(
+                f"ranking strategy {self.name!r} with {kwargs} returned {arr[i, t]} for {prices.symbols[i]} on "
+                f"{prices.dates[t]}: scores must be finite, or NaN for not eligible"
+            )
+        return np.where(prices.valid, arr, np.float32(np.nan))
 
     def source_hash(self) -> str:
         """Hash of the strategy's code (its whole module): changing it changes every cache key using it."""
@@ -162,10 +193,15 @@ def register_strategy(
     grid: Mapping[str, list[float]] | None = None,
     integer_params: tuple[str, ...] = (),
     check: ComboCheck | None = None,
+    kind: str = "timing",
 ) -> Callable[[StrategyFunc], StrategyFunc] | StrategyFunc:
-    """Decorator registering a Python strategy under ``name`` (the function's name by default)."""
+    """Decorator registering a Python strategy under ``name`` (the function's name by default).
+
+    ``kind="ranking"`` registers a ranking strategy (``backtest.ranking.ranking_strategy`` says it shorter).
+    """
 
     def wrap(f: StrategyFunc) -> StrategyFunc:
+        f.__backtest_kind__ = kind  # type: ignore[attr-defined] - read when it is named as module:function
         register(strategy_from_function(f, name=name, grid=grid, integer_params=integer_params, check=check))
         return f
 
@@ -195,6 +231,9 @@ def strategy_from_function(
         params.append(p.name)
         defaults[p.name] = float(p.default)
     default_grid = ParamGrid.from_mapping(grid or {k: [v] for k, v in defaults.items()})
+    kind = getattr(func, "__backtest_kind__", "timing")
+    if kind not in ("timing", "ranking"):
+        raise ConfigError(f"strategy {func.__qualname__}: kind must be timing or ranking, got {kind!r}")
     return Strategy(
         name=name or func.__name__,
         func=func,
@@ -204,6 +243,7 @@ def strategy_from_function(
         integer_params=frozenset(integer_params),
         check=check,
         description=(inspect.getdoc(func) or "").split("\n")[0],
+        kind=kind,
     )
 
 
@@ -222,8 +262,23 @@ def import_function(spec: str) -> Callable[..., object]:
     return func
 
 
+#: modules that register more built-in strategies in this registry (the ranking ones build on this module, so
+#: it cannot import them at its top): loaded on the first lookup
+BUILTIN_MODULES = ("backtest.ranking.strategies",)
+_loaded = False
+
+
+def _load_builtins() -> None:
+    global _loaded
+    if not _loaded:
+        _loaded = True
+        for module in BUILTIN_MODULES:
+            importlib.import_module(module)
+
+
 def get_strategy(name: str) -> Strategy:
     """A registered strategy by name, or a user function named as ``package.module:function``."""
+    _load_builtins()
     if name in _REGISTRY:
         return _REGISTRY[name]
     if ":" in name:
@@ -240,6 +295,7 @@ def get_strategy(name: str) -> Strategy:
 
 
 def available() -> list[str]:
+    _load_builtins()
     return sorted(_REGISTRY)
 
 

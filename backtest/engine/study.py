@@ -172,7 +172,7 @@ def _grid_phase(plan: StudyPlan, panel: PricePanel, layout: FoldLayout) -> GridP
     return GridPhase(scores, trades, trials, full)
 
 
-def _select(
+def select_top_k(
     plan: StudyPlan, scores: np.ndarray, trades: np.ndarray, fold: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Phases 1 and 2 for one fold: the chosen combination per symbol (-1: none), its rank, and the basis.
@@ -263,7 +263,7 @@ def run_chunk(panel: PricePanel, plan: StudyPlan) -> ChunkResult:
     rank = np.zeros((n_sym, n_folds), dtype=np.int64)
     basis = np.zeros((n_sym, n_folds), dtype=np.int64)
     for fold in plan.folds:
-        chosen[:, fold.index], rank[:, fold.index], basis[:, fold.index] = _select(
+        chosen[:, fold.index], rank[:, fold.index], basis[:, fold.index] = select_top_k(
             plan, scores, trades, fold.index
         )
     del trades

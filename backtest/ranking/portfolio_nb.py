@@ -1,0 +1,352 @@
+"""Numba kernel of one cross-sectional portfolio: select, weight, trade on rebalance days, drift between.
+
+The rules are docs/cross_sectional.md's ("Portfolio construction", "Accounting"), in value units from 1 in
+cash. Only held symbols are touched between rebalances (a list of them is kept), so a day costs the size of
+the portfolio, not of the market; a rebalance day looks at every symbol once.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+SIDES = ("long", "long_short")
+WEIGHTINGS = ("equal", "score", "inverse_vol")
+EQUAL, SCORE, INVERSE_VOL = 0, 1, 2
+
+
+@njit(nogil=True, cache=True)
+def cap_weights_nb(w: np.ndarray, budget: float, cap: float) -> None:
+    """Cap each (positive) weight at ``cap``, spreading the excess over the others in proportion, in place."""
+    m = w.shape[0]
+    if cap >= budget or m == 0:
+        return
+    if m * cap <= budget:
+        w[:] = cap
+        return
+    capped = np.zeros(m, dtype=np.bool_)
+    for _ in range(m):
+        free = 0.0
+        fixed = 0.0
+        for j in range(m):
+            if capped[j]:
+                fixed += cap
+            else:
+                free += w[j]
+        scale = (budget - fixed) / free
+        over = False
+        for j in range(m):
+            if not capped[j]:
+                w[j] *= scale
+                if w[j] > cap * (1.0 + 1e-12):
+                    over = True
+        if not over:
+            break
+        for j in range(m):
+            if not capped[j] and w[j] > cap * (1.0 + 1e-12):
+                capped[j] = True
+                w[j] = cap
+
+
+@njit(nogil=True, cache=True)
+def leg_weights_nb(
+    members: np.ndarray,
+    ranks_from_best: bool,
+    weighting: int,
+    budget: float,
+    cap: float,
+    vol_today: np.ndarray,
+) -> np.ndarray:
+    """Weights (positive, summing to ``budget``) of a leg's symbols, given best first (or worst first)."""
+    m = members.shape[0]
+    w = np.empty(m)
+    for j in range(m):
+        if weighting == SCORE:
+            w[j] = m - j  # the leg's best (for shorts: its worst score) weighs m, down to 1
+        elif weighting == INVERSE_VOL:
+            w[j] = 1.0 / vol_today[members[j]]
+        else:
+            w[j] = 1.0
+    total = w.sum()
+    for j in range(m):
+        w[j] = w[j] / total * budget
+    cap_weights_nb(w, budget, cap)
+    return w
+
+
+@njit(nogil=True, cache=True)
+def targets_nb(
+    t: int,
+    scores: np.ndarray,
+    close: np.ndarray,
+    member: np.ndarray,
+    last_bar: np.ndarray,
+    vol: np.ndarray,
+    top: int,
+    quantile: float,
+    long_short: bool,
+    weighting: int,
+    max_weight: float,
+    target: np.ndarray,
+) -> int:
+    """Target weights decided at day ``t``'s close into ``target`` (zeroed first); returns how many are set."""
+    n_sym, n_bars = close.shape
+    target[:] = 0.0
+    idx = np.empty(n_sym, dtype=np.int64)
+    key = np.empty(n_sym)
+    vol_today = np.zeros(n_sym)
+    n = 0
+    for i in range(n_sym):
+        s = scores[i, t]
+        if np.isnan(s) or np.isnan(close[i, t]):
+            continue
+        if member.shape[0] > 0 and not member[i, t]:
+            continue
+        if last_bar[i] == t and t < n_bars - 1:
+            continue  # its history ends today: sold at this close, not bought
+        if weighting == INVERSE_VOL:
+            v = vol[i, t]
+            if not (v > 0.0):
+                continue
+            vol_today[i] = v
+        idx[n] = i
+        key[n] = -float(s)
+        n += 1
+    if n == 0:
+        return 0
+    order = idx[:n][np.argsort(key[:n], kind="mergesort")]  # best first; ties keep symbol order
+    if top > 0:
+        m = min(top, n)
+    else:
+        m = max(1, int(np.floor(quantile * n + 1e-9)))
+    if long_short:
+        m = min(m, n // 2)
+    if m == 0:
+        return 0
+    budget = 0.5 if long_short else 1.0
+    w = leg_weights_nb(order[:m], True, weighting, budget, max_weight, vol_today)
+    for j in range(m):
+        target[order[j]] = w[j]
+    if long_short:
+        worst = order[n - m :][::-1].copy()  # worst first
+        w = leg_weights_nb(worst, False, weighting, budget, max_weight, vol_today)
+        for j in range(m):
+            target[worst[j]] = -w[j]
+        return 2 * m
+    return m
+
+
+@njit(nogil=True, cache=True)
+def first_rebalance_nb(
+    scores: np.ndarray,
+    close: np.ndarray,
+    member: np.ndarray,
+    last_bar: np.ndarray,
+    vol: np.ndarray,
+    need: int,
+    weighting: int,
+) -> int:
+    """The first day with at least ``need`` eligible symbols, or -1."""
+    n_sym, n_bars = close.shape
+    for t in range(n_bars):
+        n = 0
+        for i in range(n_sym):
+            s = scores[i, t]
+            if np.isnan(s) or np.isnan(close[i, t]):
+                continue
+            if member.shape[0] > 0 and not member[i, t]:
+                continue
+            if last_bar[i] == t and t < n_bars - 1:
+                continue
+            if weighting == INVERSE_VOL and not (vol[i, t] > 0.0):
+                continue
+            n += 1
+        if n >= need:
+            return t
+    return -1
+
+
+@njit(nogil=True, cache=True)
+def simulate_nb(
+    close: np.ndarray,
+    open_: np.ndarray,
+    scores: np.ndarray,
+    member: np.ndarray,
+    last_bar: np.ndarray,
+    vol: np.ndarray,
+    top: int,
+    quantile: float,
+    long_short: bool,
+    weighting: int,
+    max_weight: float,
+    rebalance: int,
+    first: int,
+    cost: float,
+    next_open: bool,
+    snap_days: np.ndarray,
+    log_mask: np.ndarray,
+    ret: np.ndarray,
+    turnover: np.ndarray,
+    n_holdings: np.ndarray,
+    snaps: np.ndarray,
+    log_targets: np.ndarray,
+    log_days: np.ndarray,
+) -> int:
+    """One portfolio over the whole calendar: daily ``ret``, ``turnover`` and ``n_holdings``.
+
+    ``first`` is the first rebalance day (``first_rebalance_nb``; -1: never). End-of-day weights of the days
+    ``snap_days`` (ascending) go to the rows of ``snaps``; the targets decided on rebalance days where
+    ``log_mask`` is set go to the rows of ``log_targets`` with their day in ``log_days``. ``member`` and
+    ``vol`` may be empty (0 x 0): everyone a member, no volatility needed. Returns the rows logged.
+    """
+    n_sym, n_bars = close.shape
+    pos = np.zeros(n_sym)  # value held in each symbol
+    last_px = np.zeros(n_sym)  # its price when last valued
+    held = np.empty(n_sym, dtype=np.int64)
+    n_held = 0
+    cash = 1.0
+    value_prev = 1.0
+    target = np.zeros(n_sym)
+    pending = False
+    n_log = 0
+    k_snap = 0
+    for t in range(n_bars):
+        traded_all = 0.0
+        value_ref = -1.0  # the value before the day's first trade: the turnover's denominator
+        fee = 0.0
+        if pending:  # next_open: yesterday's targets, traded at today's open
+            for h in range(n_held):
+                i = held[h]
+                c = close[i, t]
+                if not np.isnan(c):
+                    o = open_[i, t]
+                    px = o if not np.isnan(o) else c
+                    pos[i] *= px / last_px[i]
+                    last_px[i] = px
+            value = cash
+            for h in range(n_held):
+                value += pos[held[h]]
+            cash, traded = trade_nb(t, True, close, open_, target, pos, last_px, held, n_held, cash, value)
+            n_held = _rebuild_held(pos, held)
+            fee += cost * traded
+            traded_all += traded
+            value_ref = value
+            pending = False
+        # the close: every held symbol with a bar moves to it
+        for h in range(n_held):
+            i = held[h]
+            c = close[i, t]
+            if not np.isnan(c):
+                pos[i] *= c / last_px[i]
+                last_px[i] = c
+        value = cash
+        for h in range(n_held):
+            value += pos[held[h]]
+        traded = 0.0
+        # a history that ends before the calendar's: sold at its last close
+        if t < n_bars - 1:
+            for h in range(n_held):
+                i = held[h]
+                if last_bar[i] == t and pos[i] != 0.0:
+                    traded += abs(pos[i])
+                    cash += pos[i]
+                    pos[i] = 0.0
+        is_rebalance = first >= 0 and t >= first and (t - first) % rebalance == 0
+        if is_rebalance:
+            targets_nb(
+                t,
+                scores,
+                close,
+                member,
+                last_bar,
+                vol,
+                top,
+                quantile,
+                long_short,
+                weighting,
+                max_weight,
+                target,
+            )
+            if log_mask[t]:
+                log_targets[n_log, :] = target
+                log_days[n_log] = t
+                n_log += 1
+            if next_open:
+                pending = t + 1 < n_bars
+            else:
+                cash, done = trade_nb(t, False, close, open_, target, pos, last_px, held, n_held, cash, value)
+                traded += done
+        n_held = _rebuild_held(pos, held) if (is_rebalance or traded > 0.0) else n_held
+        fee += cost * traded
+        traded_all += traded
+        if value_ref < 0.0:
+            value_ref = value
+        cash -= fee
+        value_end = cash
+        count = 0
+        for h in range(n_held):
+            p = pos[held[h]]
+            value_end += p
+            if p != 0.0:
+                count += 1
+        ret[t] = value_end / value_prev - 1.0 if value_prev > 0.0 else np.nan
+        turnover[t] = traded_all / value_ref if value_ref > 0.0 else 0.0
+        n_holdings[t] = count
+        while k_snap < snap_days.shape[0] and snap_days[k_snap] == t:
+            if value_end > 0.0:
+                for h in range(n_held):
+                    i = held[h]
+                    snaps[k_snap, i] = pos[i] / value_end
+            k_snap += 1
+        value_prev = value_end
+    return n_log
+
+
+@njit(nogil=True, cache=True)
+def trade_nb(
+    t: int,
+    at_open: bool,
+    close: np.ndarray,
+    open_: np.ndarray,
+    target: np.ndarray,
+    pos: np.ndarray,
+    last_px: np.ndarray,
+    held: np.ndarray,
+    n_held: int,
+    cash: float,
+    value: float,
+) -> tuple[float, float]:
+    """Trade every symbol with a bar on day ``t`` to ``target x value``; returns the cash and the notional.
+
+    A held symbol without a bar cannot trade: it keeps its value, and the targets shrink by its share.
+    """
+    stuck = 0.0
+    for h in range(n_held):
+        i = held[h]
+        if np.isnan(close[i, t]):
+            stuck += abs(pos[i])
+    scale = max(0.0, 1.0 - stuck / value) if value > 0.0 else 0.0
+    traded = 0.0
+    for i in range(close.shape[0]):
+        c = close[i, t]
+        if np.isnan(c):
+            continue
+        new = target[i] * scale * value
+        if new != pos[i]:
+            traded += abs(new - pos[i])
+            cash -= new - pos[i]
+            if pos[i] == 0.0:
+                o = open_[i, t]
+                last_px[i] = o if at_open and not np.isnan(o) else c
+            pos[i] = new
+    return cash, traded
+
+
+@njit(nogil=True, cache=True)
+def _rebuild_held(pos: np.ndarray, held: np.ndarray) -> int:
+    n = 0
+    for i in range(pos.shape[0]):
+        if pos[i] != 0.0:
+            held[n] = i
+            n += 1
+    return n

@@ -1,0 +1,221 @@
+"""The cross-sectional study inside the study flow: scores per symbol chunk, portfolios per block of
+combinations, then the walk-forward (docs/cross_sectional.md). ``three_phase_study`` runs this when the
+strategy is a ranking one, so the command line, deployments and the UI form are the same for both kinds."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from prefect import get_run_logger
+from prefect.context import get_run_context
+from prefect.futures import as_completed
+from prefect.states import Completed, Failed, State
+
+from backtest.atomic import write_json
+from backtest.data.store import Store
+from backtest.db.prices import open_price_source
+from backtest.engine.planning import ChunkSpec, Universe, plan_chunks, resolve_universe
+from backtest.errors import BacktestError
+from backtest.ranking.files import block_key, ranking_code, score_key
+from backtest.ranking.study import BlockResult, RankingPlan, blocks_of, walk_forward
+from backtest.ranking.universe import members_without_prices, read_universe, universe_digest
+from backtest.results.cache import CacheLayout
+from backtest.results.summary import CACHED, ChunkOutcome, PhaseClock, RunSummary
+from flows.monitoring import RunWatch
+from flows.params import StudyParams
+from tasks import artifacts
+from tasks.chunks import PriceSource
+from tasks.ranking import BlockJob, ScoreJob, form_portfolios, score_chunk
+
+#: blocks of combinations per worker: enough for balance, few enough that each reads a score array once
+BLOCKS_PER_WORKER = 2
+
+
+@dataclass(frozen=True, eq=False)
+class RankingRun:
+    run_id: str
+    store: Store
+    universe: Universe
+    plan: RankingPlan
+    specs: list[ChunkSpec]  # keys: the chunks' score keys
+    membership: Any
+    folder: Path  # the study's intermediate files (scores, blocks) in the cache
+    out: Path
+    workers: int
+
+
+def plan_ranking(params: StudyParams) -> RankingRun | State:
+    """The universe, the plan, the chunks and their score keys; or a Failed state saying why not."""
+    logger = get_run_logger()
+    store = Store(params.store)
+    workers = params.worker_count()
+    try:
+        source = open_price_source(store.root, params.db)
+        universe = resolve_universe(source.catalog(), params.symbols)
+        membership = read_universe(params.universe) if params.universe else None
+        digest = universe_digest(membership) if membership is not None else None
+        plan = RankingPlan.create(
+            params.to_config(), params.construction(), universe.first, universe.last, digest
+        )
+        specs = plan_chunks(plan, universe, source.data_fingerprint, params.chunk_size, workers)  # type: ignore[arg-type]
+    except BacktestError as exc:
+        logger.info("the study cannot start: %s", exc)
+        return Failed(message=f"{type(exc).__name__}: {exc}")
+    if membership is not None:
+        absent = members_without_prices(membership, universe.symbols)
+        if absent:
+            logger.warning(
+                "%d members of %s have no prices in the store: %s",
+                len(absent),
+                params.universe,
+                ", ".join(absent[:20]),
+            )
+    code = ranking_code()
+    specs = [
+        ChunkSpec(
+            s.index, s.symbols, s.data_fingerprint, score_key(plan, s.symbols, s.data_fingerprint, code)
+        )
+        for s in specs
+    ]
+    run_id = str(get_run_context().flow_run.id)
+    out = Path(params.out) if params.out else store.root / "runs" / run_id
+    folder = CacheLayout.of_store(store.root).root / "ranking"
+    folder.mkdir(parents=True, exist_ok=True)
+    logger.info(
+        "cross-sectional: %d symbols from %s to %s, %d folds x %d combinations (%d scores), %d chunks",
+        len(universe.symbols),
+        universe.first,
+        universe.last,
+        len(plan.folds),
+        len(plan.combos),
+        len(plan.score_combos),
+        len(specs),
+    )
+    return RankingRun(run_id, store, universe, plan, specs, membership, folder, out, workers)
+
+
+def run_cross_sectional(params: StudyParams, watch: RunWatch, runner_factory: Any) -> Any:
+    clock = PhaseClock()
+    with clock.phase("plan"):
+        run = plan_ranking(params)
+    if not isinstance(run, RankingRun):
+        return run
+    cache = CacheLayout.of_store(run.store.root)
+    watch.plan(run.specs, cache.results)
+    summary = RunSummary(
+        flow_run_id=run.run_id,
+        config=params.public_dump(),
+        counts={
+            "symbols": len(run.universe.symbols),
+            "chunks": len(run.specs),
+            "folds": len(run.plan.folds),
+            "combinations": len(run.plan.combos),
+            "bars": 0,
+            "bars_x_combinations": run.universe.rows * len(run.plan.combos),
+        },
+        folds=[f.to_dict() for f in run.plan.folds],
+        out=str(run.out),
+    )
+    source = PriceSource(str(run.store.root), run.plan.last_date, str(cache.prices), params.db)
+    logger = get_run_logger()
+    blocks: list[BlockJob] = []
+    with clock.phase("backtest"):
+        watch.start_progress()
+        with runner_factory() as runner:
+            score_files = [str(run.folder / f"{s.key}.npy") for s in run.specs]
+            jobs = [ScoreJob(s, run.plan, source, p) for s, p in zip(run.specs, score_files, strict=True)]
+            _wait(runner, score_chunk, jobs, [s.name for s in run.specs], summary, watch, logger)
+            if not summary.failed:
+                code = ranking_code()
+                groups = blocks_of(run.plan, BLOCKS_PER_WORKER * run.workers)
+                keys = [s.key for s in run.specs]
+                for i, combos in enumerate(groups):
+                    path = run.folder / f"{block_key(run.plan, keys, combos, code)}.npz"
+                    blocks.append(
+                        BlockJob(
+                            i, combos, run.plan, run.specs, score_files, source, run.membership, str(path)
+                        )
+                    )
+                summary.counts["blocks"] = len(blocks)
+                summary.counts["chunks"] += len(
+                    blocks
+                )  # the cache's hits and misses count both kinds of task
+                _wait(
+                    runner,
+                    form_portfolios,
+                    blocks,
+                    [f"block-{b.index:02d}" for b in blocks],
+                    summary,
+                    None,
+                    logger,
+                )
+    watch.backtest_done()
+    if not summary.failed:
+        with clock.phase("collect"):
+            results = [BlockResult.load(Path(b.path)) for b in blocks]
+            result = walk_forward(run.plan, run.universe.symbols, results[0].dates, results)
+            result.save(run.out)
+            summary.figures = figures(result)
+    summary.phase_seconds = clock.phases
+    summary.wall_seconds = clock.elapsed()
+    doc = summary.to_dict()
+    doc["kind"] = "cross_sectional"
+    watch.finish(doc, summary.phase_seconds, doc["wall_seconds"], run.out, run.workers, params.runner)
+    doc["report"] = None
+    write_json(run.out / "summary.json", doc)
+    text = artifacts.summary_text(doc)
+    watch.post("the summary", lambda: artifacts.summary_markdown(text))
+    if summary.failed:
+        names = ", ".join(o.chunk for o in summary.failed)
+        return Failed(
+            message=f"{len(summary.failed)} tasks failed ({names}); re-run the same study to recompute only them."
+        )
+    return Completed(message=f"{len(run.specs)} chunks ({summary.hits} from cache)", data=doc)
+
+
+def _wait(
+    runner: Any, task: Any, jobs: list[Any], names: list[str], summary: RunSummary, watch: Any, logger: Any
+) -> None:
+    """Submit every job, note each outcome as it ends (a failure does not stop the others)."""
+    futures = [runner.submit(task, {"job": job}) for job in jobs]
+    name_of = {f.task_run_id: n for f, n in zip(futures, names, strict=True)}
+    size_of = {
+        f.task_run_id: len(j.spec.symbols) if isinstance(j, ScoreJob) else len(j.combos)
+        for f, j in zip(futures, jobs, strict=True)
+    }
+    for future in as_completed(futures):
+        name = name_of[future.task_run_id]
+        try:
+            value = future.result(raise_on_failure=True)
+            state_name, error = (CACHED if value["cached"] else "Completed"), None
+        except Exception as exc:
+            state_name, error = "Failed", f"{type(exc).__name__}: {exc}"
+            logger.error("%s failed: %s", name, error)
+        summary.outcomes.append(ChunkOutcome(name, size_of[future.task_run_id], state_name, "", error))
+        if watch is not None:
+            watch.chunk_finished(name, future.state)
+
+
+def figures(result: Any) -> dict[str, Any]:
+    """summary.json's figures, with the names the timing study's printing and artifacts read."""
+    fig = result.figures()
+    sel = result.selections[result.selections["combo"] >= 0]
+    port = result.portfolio
+    fig.update(
+        oos_start=str(port["date"].iloc[0].date()) if len(port) else None,
+        oos_end=str(port["date"].iloc[-1].date()) if len(port) else None,
+        mean_in_sample_score=_mean(sel["is_score"]),
+        mean_validation_score=_mean(sel["val_score"]),
+        mean_test_score=_mean(sel["test_score"]),
+        mean_turnover=_mean(port["turnover"]),
+    )
+    return fig
+
+
+def _mean(series: Any) -> float | None:
+    values = np.asarray(series, dtype=float)
+    values = values[np.isfinite(values)]
+    return float(values.mean()) if len(values) else None

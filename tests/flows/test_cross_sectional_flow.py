@@ -1,0 +1,95 @@
+"""The cross-sectional study through the command line and the flow: chunked scores, blocks, the cache."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+from typer.testing import CliRunner
+
+from backtest.config import FoldSpec, ParamGrid, StudyConfig
+from backtest.ranking.portfolio import Construction
+from backtest.ranking.study import run_cross_sectional
+from cli.app import app
+
+runner = CliRunner()
+ARGS = [
+    "--strategy",
+    "momentum_rank",
+    "--param",
+    "lookback=21,63",
+    "--param",
+    "skip=0,5",
+    "--param",
+    "top=3,6",
+    "--train-years",
+    "2",
+    "--validate-years",
+    "1",
+    "--test-years",
+    "1",
+    "--fees-bps",
+    "10",
+    "--chunk-size",
+    "8",
+    "--no-report",
+    "--no-persist",
+]
+
+
+def test_a_ranking_strategy_runs_a_cross_sectional_study_chunked_as_in_memory(store, tmp_path):
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["run", "--store", str(store.root), "--out", str(out), *ARGS])
+    assert result.exit_code == 0, result.output
+    assert "Completed" in result.output and "luck: 8 trials" in result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["kind"] == "cross_sectional" and summary["figures"]["kind"] == "cross_sectional"
+    assert summary["counts"]["combinations"] == 8 and summary["cache"]["hits"] == 0
+    for name in ("selections", "portfolio", "holdings", "grid_scores", "trials", "cscv"):
+        assert len(pd.read_parquet(out / f"{name}.parquet")) > 0, name
+
+    # three chunks of scores and two blocks of portfolios give the numbers of the whole market in memory
+    config = StudyConfig(
+        strategy="momentum_rank",
+        grid=ParamGrid.from_mapping({"lookback": [21, 63], "skip": [0, 5], "top": [3, 6]}),
+        folds=FoldSpec(2, 1, 1),
+        fees_bps=10,
+    )
+    whole = run_cross_sectional(config, Construction(), store.load(store.symbols()))
+    port = pd.read_parquet(out / "portfolio.parquet")
+    np.testing.assert_array_equal(port["ret"].to_numpy(), whole.portfolio["ret"].to_numpy())
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(out / "holdings.parquet"), whole.holdings, check_dtype=False
+    )
+    sel = pd.read_parquet(out / "selections.parquet")
+    assert sel["combo"].tolist() == whole.selections["combo"].tolist()
+
+    again = runner.invoke(app, ["run", "--store", str(store.root), "--out", str(out), *ARGS])
+    assert again.exit_code == 0, again.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["cache"]["misses"] == 0 and summary["cache"]["hits"] == summary["counts"]["chunks"]
+
+    # a lost score file (a failed chunk, say) is the only thing recomputed
+    files = sorted((store.root / "cache" / "ranking").glob("scores-*.npy"))
+    assert len(files) == 3
+    files[1].unlink()
+    third = runner.invoke(app, ["run", "--store", str(store.root), "--out", str(out), *ARGS])
+    assert third.exit_code == 0, third.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["cache"]["misses"] == 1
+    np.testing.assert_array_equal(pd.read_parquet(out / "portfolio.parquet")["ret"], port["ret"])
+
+
+def test_portfolio_options_are_checked_before_any_work(store, tmp_path):
+    base = ["run", "--store", str(store.root), "--out", str(tmp_path / "o")]
+    both = runner.invoke(app, [*base, "--strategy", "momentum_rank", "--top", "5", "--quantile", "0.1"])
+    assert both.exit_code == 1 and "not both" in both.output
+    timing = runner.invoke(app, [*base, "--top", "5"])
+    assert timing.exit_code == 1 and "ranking strategies only" in timing.output
+    side = runner.invoke(app, [*base, "--strategy", "momentum_rank", "--param", "side=long,sideways"])
+    assert side.exit_code == 1 and "unknown side 'sideways'" in side.output
+    universe = tmp_path / "u.csv"
+    universe.write_text("symbol,start\nA,2001-01-01\n")
+    bad = runner.invoke(app, [*base, "--strategy", "momentum_rank", "--universe", str(universe), *ARGS[2:]])
+    assert bad.exit_code == 1 and "missing end" in bad.output
