@@ -28,7 +28,7 @@ from flows.monitoring import RunWatch
 from flows.params import StudyParams
 from tasks import artifacts
 from tasks.chunks import PriceSource
-from tasks.ranking import BlockJob, ScoreJob, form_portfolios, score_chunk
+from tasks.ranking import BlockJob, ScoreJob, form_portfolios, release_market, score_chunk
 
 #: blocks of combinations per worker: enough for balance, few enough that each reads a score array once
 BLOCKS_PER_WORKER = 2
@@ -143,15 +143,11 @@ def run_cross_sectional(params: StudyParams, watch: RunWatch, runner_factory: An
                 summary.counts["chunks"] += len(
                     blocks
                 )  # the cache's hits and misses count both kinds of task
-                _wait(
-                    runner,
-                    form_portfolios,
-                    blocks,
-                    [f"block-{b.index:02d}" for b in blocks],
-                    summary,
-                    None,
-                    logger,
-                )
+                try:
+                    names = [f"block-{b.index:02d}" for b in blocks]
+                    _wait(runner, form_portfolios, blocks, names, summary, None, logger)
+                finally:
+                    release_market()
     watch.backtest_done()
     if not summary.failed:
         with clock.phase("collect"):

@@ -308,3 +308,20 @@ def test_a_grid_may_name_portfolio_parameters_by_name():
     )
     builds = [plan.construction_of(k) for k in range(len(plan.combos))]
     assert [(b.side, b.top, b.quantile) for b in builds] == [("long", 0, 0.2), ("long_short", 0, 0.2)]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    keys=st.lists(st.integers(-3, 3), min_size=1, max_size=120),
+    m=st.integers(1, 40),
+    last=st.booleans(),
+)
+def test_the_partial_selection_equals_a_full_stable_sort(keys, m, last):
+    from backtest.ranking.portfolio_nb import ends_nb
+
+    key = np.array(keys, dtype=np.float64)  # few distinct values: many ties
+    m = min(m, len(key))
+    idx = np.arange(100, 100 + len(key), dtype=np.int64)
+    order = idx[np.argsort(key, kind="stable")]
+    expected = order[:m] if not last else order[len(key) - m :][::-1]
+    np.testing.assert_array_equal(ends_nb(idx, key, m, last), expected)

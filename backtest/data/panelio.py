@@ -18,7 +18,7 @@ import threading
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -84,6 +84,32 @@ def read_panel(path: Path) -> PricePanel:
         flat = table.column(name).combine_chunks().flatten().to_numpy(zero_copy_only=False)
         arrays[name] = np.ascontiguousarray(flat.reshape(n_sym, n_bars), dtype=np.float64)
     return PricePanel(symbols=tuple(table.column("symbol").to_pylist()), dates=dates, **arrays)
+
+
+class PriceColumns(NamedTuple):
+    """Some price fields of a chunk file, as views of its memory map (nothing copied, nothing paged in)."""
+
+    symbols: tuple[str, ...]
+    dates: np.ndarray
+    fields: dict[str, np.ndarray]
+
+
+def read_columns(path: Path, fields: Sequence[str]) -> PriceColumns:
+    """Only ``fields`` of a chunk price file: a whole-market stage needs the closes of every chunk, and reading
+    whole panels pages in (and copies) the four fields it never looks at."""
+    table = _read_table(path)
+    meta = json.loads((table.schema.metadata or {}).get(b"backtest", b"{}"))
+    if meta.get("format") != FORMAT:
+        raise DataError(f"{path} is not a chunk price file (format {meta.get('format')!r})")
+    dates = np.array(meta["dates"], dtype=np.int64).astype("datetime64[D]")
+    n_sym, n_bars = table.num_rows, len(dates)
+    arrays = {}
+    for name in fields:
+        column = table.column(name)
+        chunk = column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
+        flat = chunk.flatten().to_numpy(zero_copy_only=False)
+        arrays[name] = flat.reshape(n_sym, n_bars)
+    return PriceColumns(tuple(table.column("symbol").to_pylist()), dates, arrays)
 
 
 def prices_file(cache_dir: Path, data_fingerprint: str, last: dt.date) -> Path:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ import pandas as pd
 import backtest
 from backtest.atomic import atomic_path
 from backtest.data.panel import PricePanel
+from backtest.data.panelio import read_columns
 from backtest.engine.planning import code_fingerprint
 from backtest.ranking.portfolio import Market
 from backtest.ranking.study import RankingPlan
@@ -91,18 +93,41 @@ def whole(path: Path) -> bool:
         return False
 
 
+@dataclass(frozen=True, eq=False)
+class ChunkCloses:
+    """A chunk's closes (and opens) up to the study's last day, read from its price file."""
+
+    symbols: tuple[str, ...]
+    dates: np.ndarray
+    close: np.ndarray
+    open: np.ndarray | None
+
+    @classmethod
+    def read(cls, path: Path, last: np.datetime64, opens: bool) -> ChunkCloses:
+        got = read_columns(path, ("close", "open") if opens else ("close",))
+        n = int(np.searchsorted(got.dates, last, side="right"))
+        return cls(
+            got.symbols,
+            got.dates[:n],
+            got.fields["close"][:, :n],
+            got.fields["open"][:, :n] if opens else None,
+        )
+
+
 class MarketLoader:
     """The whole universe on the union calendar of its chunks, and each score combination's array on it.
 
-    ``panels`` are the chunks' (memory-mapped) price panels, in universe order, already cut; ``score_files``
+    ``panels`` are the chunks' prices in universe order, already cut: anything with ``symbols``, ``dates``,
+    ``close`` and (with ``opens``) ``open``, such as a ``PricePanel`` or a ``ChunkCloses``; ``score_files``
     their score files. Scores are read one combination at a time (80 MB for a whole market, float32).
     """
 
     def __init__(
         self,
-        panels: Sequence[PricePanel],
+        panels: Sequence[PricePanel | ChunkCloses],
         score_files: Sequence[Path],
         membership: pd.DataFrame | None = None,
+        opens: bool = True,
     ) -> None:
         self.dates = (
             np.unique(np.concatenate([p.dates for p in panels])) if panels else np.zeros(0, "datetime64[D]")
@@ -110,13 +135,15 @@ class MarketLoader:
         self.symbols = tuple(s for p in panels for s in p.symbols)
         self._files = list(score_files)
         self._cols = [np.searchsorted(self.dates, p.dates) for p in panels]
-        self._rows = np.cumsum([0] + [p.n_symbols for p in panels])
+        self._rows = np.cumsum([0] + [len(p.symbols) for p in panels])
         close = np.full((len(self.symbols), len(self.dates)), np.nan)
-        open_ = np.full_like(close, np.nan)
+        # the opens only for next_open fills: at the close they are never read (160 MB for a whole market)
+        open_ = np.full_like(close, np.nan) if opens else close
         for k, p in enumerate(panels):
             rows = slice(self._rows[k], self._rows[k + 1])
             close[rows, self._cols[k]] = p.close
-            open_[rows, self._cols[k]] = p.open
+            if opens:
+                open_[rows, self._cols[k]] = p.open
         member = (
             np.zeros((0, 0), np.bool_)
             if membership is None

@@ -75,6 +75,30 @@ def leg_weights_nb(
 
 
 @njit(nogil=True, cache=True)
+def ends_nb(idx: np.ndarray, key: np.ndarray, m: int, last: bool) -> np.ndarray:
+    """The first ``m`` (or, ``last``, the last ``m``, from the end) of ``idx`` ordered by ``key`` ascending,
+    ties in ``idx`` order, as a full stable sort would give them.
+
+    Only the candidates up to the m-th key are sorted: a rebalance looks at the whole market, but holds
+    a few hundred symbols of thousands, and a full sort each rebalance was most of a portfolio's time.
+    """
+    n = key.shape[0]
+    if m * 4 >= n:
+        order = idx[np.argsort(key, kind="mergesort")]
+        return order[:m].copy() if not last else order[n - m :][::-1].copy()
+    if not last:
+        thr = np.partition(key, m - 1)[m - 1]
+        pick = np.flatnonzero(key <= thr)
+        order = pick[np.argsort(key[pick], kind="mergesort")]
+        return idx[order[:m]]
+    thr = np.partition(key, n - m)[n - m]
+    pick = np.flatnonzero(key >= thr)
+    order = pick[np.argsort(key[pick], kind="mergesort")]
+    k = order.shape[0]
+    return idx[order[k - m :][::-1]]
+
+
+@njit(nogil=True, cache=True)
 def targets_nb(
     t: int,
     scores: np.ndarray,
@@ -114,7 +138,6 @@ def targets_nb(
         n += 1
     if n == 0:
         return 0
-    order = idx[:n][np.argsort(key[:n], kind="mergesort")]  # best first; ties keep symbol order
     if top > 0:
         m = min(top, n)
     else:
@@ -124,11 +147,12 @@ def targets_nb(
     if m == 0:
         return 0
     budget = 0.5 if long_short else 1.0
-    w = leg_weights_nb(order[:m], True, weighting, budget, max_weight, vol_today)
+    best = ends_nb(idx[:n], key[:n], m, False)
+    w = leg_weights_nb(best, True, weighting, budget, max_weight, vol_today)
     for j in range(m):
-        target[order[j]] = w[j]
+        target[best[j]] = w[j]
     if long_short:
-        worst = order[n - m :][::-1].copy()  # worst first
+        worst = ends_nb(idx[:n], key[:n], m, True)
         w = leg_weights_nb(worst, False, weighting, budget, max_weight, vol_today)
         for j in range(m):
             target[worst[j]] = -w[j]

@@ -200,6 +200,12 @@ class BlockResult:
             return cls(**{name: data[name] for name in cls.__dataclass_fields__})
 
 
+def bench_key(first: int, rebalance: int) -> tuple[int, int]:
+    """The benchmark of a schedule: the same rebalance days, extended back to the calendar's start, so that
+    every combination on the same days (whatever its warm-up) shares one benchmark series."""
+    return (first % rebalance if first >= 0 else 0, rebalance)
+
+
 def fold_layout(plan: RankingPlan, dates: np.ndarray) -> FoldLayout:
     return FoldLayout.build(plan.folds, dates.astype("datetime64[D]"))
 
@@ -223,16 +229,19 @@ def form_block(
     logs: list[tuple[np.ndarray, ...]] = []
     benches: dict[tuple[int, int], np.ndarray] = {}
     next_open = cfg.execution == "next_open"
+    loaded: tuple[int, np.ndarray] | None = None  # the score array in use: a block's combinations share it
     for j, k in enumerate(combos):
         build = plan.construction_of(int(k))
-        sim = simulate(
-            market, scores_of(int(plan.score_index[k])), build, cfg.cost, next_open, snap_days, log_mask
-        )
+        s = int(plan.score_index[k])
+        if loaded is None or loaded[0] != s:
+            loaded = None  # let the previous array go before the next is made
+            loaded = (s, scores_of(s))
+        sim = simulate(market, loaded[1], build, cfg.cost, next_open, snap_days, log_mask)
         ret[j], turnover[j], n_holdings[j], first[j] = sim.ret, sim.turnover, sim.n_holdings, sim.first
         snaps[j] = np.where((test[:, 0] > 0)[:, None], sim.snaps, 0.0)
         day, sym = np.nonzero(sim.log_targets)
         logs.append((np.full(len(day), k), sim.log_days[day], sym, sim.log_targets[day, sym]))
-        key = (int(sim.first), build.rebalance)
+        key = bench_key(int(sim.first), build.rebalance)
         if key not in benches:
             bench = Construction(top=0, quantile=1.0, rebalance=build.rebalance)
             benches[key] = simulate(market, market.bar_scores, bench, cfg.cost, next_open, first=key[0]).ret
@@ -386,10 +395,10 @@ def walk_forward(
         switch = float(np.abs(weights_new - weights_old).sum()) if lo > 0 else 0.0
         if c >= 0:
             r, tv, nh = ret[c, lo:hi].copy(), turnover[c, lo:hi].copy(), n_holdings[c, lo:hi].copy()
-            key = (int(first[c]), int(rebalance[c]))
+            key = bench_key(int(first[c]), int(rebalance[c]))
         else:
             r, tv, nh = np.zeros(days), np.zeros(days), np.zeros(days, np.int64)
-            key = (int(first[0]), int(rebalance[0]))
+            key = bench_key(int(first[0]), int(rebalance[0]))
         if days:
             r[0] = (1.0 + r[0]) * (1.0 - cfg.cost * switch) - 1.0
             tv[0] += switch
@@ -463,7 +472,8 @@ def walk_forward(
         grid[name] = values
 
     lo, hi = int(bounds[0, 0]), int(bounds[-1, 1])  # the study period: first train day to last test day
-    key0 = (int(first[chosen_all.max() if (chosen_all >= 0).any() else 0]), int(rebalance[0]))
+    c0 = int(chosen_all[chosen_all >= 0][-1]) if (chosen_all >= 0).any() else 0
+    key0 = bench_key(int(first[c0]), int(rebalance[c0]))
     bench_trials = bench.get(key0, next(iter(bench.values())))[lo:hi]
     trials = TrialMatrix(
         dates=dates[lo:hi].astype(RESULT_DATE),
