@@ -45,6 +45,27 @@ def check_blocks(blocks: int) -> None:
         )
 
 
+def encode_choice(name: str, value: str | float) -> float:
+    """A grid value of ``side`` or ``weighting`` by name (or already as its code)."""
+    choices = D.CHOICES[name]
+    if isinstance(value, str):
+        if value not in choices:
+            raise ConfigError(f"unknown {name} {value!r}: choose one of {', '.join(choices)}")
+        return float(choices.index(value))
+    if value != int(value) or not (0 <= value < len(choices)):
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return float(value)
+
+
+def _grid_value(name: str, value: float | str) -> float:
+    if name in D.CHOICES:
+        return encode_choice(name, value)
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"parameter {name!r} takes numbers, got {value!r}") from None
+
+
 @dataclass(frozen=True)
 class ParamGrid:
     """Named parameter value lists; the grid is their cartesian product, in the order given.
@@ -55,10 +76,12 @@ class ParamGrid:
     axes: tuple[tuple[str, tuple[float, ...]], ...]
 
     @classmethod
-    def from_mapping(cls, grid: Mapping[str, Iterable[float]]) -> ParamGrid:
+    def from_mapping(cls, grid: Mapping[str, Iterable[float | str]]) -> ParamGrid:
+        """A grid from ``{name: values}``; a ranking study's ``side`` and ``weighting`` values may be given by
+        name (``"long_short"``), every other value must be a number."""
         axes = []
         for name, values in grid.items():
-            vals = tuple(float(v) for v in values)
+            vals = tuple(_grid_value(name, v) for v in values)
             if not vals:
                 raise ConfigError(f"parameter {name!r} has no values: give at least one, e.g. {name}=10,20")
             if not all(np.isfinite(vals)):

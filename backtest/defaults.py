@@ -37,6 +37,10 @@ FEES_BPS = 0.0
 SLIPPAGE_BPS = 0.0
 MAX_BPS = 10_000
 EXECUTIONS = ("close", "next_open")
+#: a ranking study's portfolio choices; as grid parameters they are given by name and stored as their position
+SIDES = ("long", "long_short")
+WEIGHTINGS = ("equal", "score", "inverse_vol")
+CHOICES = {"side": SIDES, "weighting": WEIGHTINGS}
 EXECUTION = "close"
 
 # -- how a run runs

@@ -64,6 +64,7 @@ from benchmarks.measure import (
     universe_dir,
     write_results,
 )
+from benchmarks.ranking import check_rank_run, measure_ranking, measure_ranking_vectorbt
 
 CORE_W_GOAL_SECONDS = 10.0
 FLOW_W_GOAL_SECONDS = 20.0
@@ -76,6 +77,8 @@ WORKERS_GOAL = 1.7
 SYMBOLS_GOAL = 4.4
 #: the statistics of luck (trials' returns in the grid kernel, CSCV, SPA) at most this share of W in the core
 LUCK_GOAL = 0.05
+#: the cross-sectional study of W (momentum_rank, 40 combinations) through the flow, cold
+RANK_FLOW_W_GOAL_SECONDS = 10.0
 #: fees of the comparison slice, so the fee conventions are part of what must agree
 COMPARISON_FEES_BPS = 10.0
 COMPARISON_GRID = 16
@@ -108,6 +111,11 @@ RATIO_KEYS: tuple[str, ...] = (
     "flow_vs_naive",
     "luck_kernel_overhead",
     "luck_share_of_core",
+    "rank_flow_warm_over_cold",
+    "rank_core_vs_vectorbt",
+    "rank_flow_vs_vectorbt",
+    "rank_flow_at_scale_vs_vectorbt",
+    "rank_core_vs_naive",
 )
 
 
@@ -782,6 +790,26 @@ def compute_ratios(p: dict[str, Any]) -> dict[str, float | None]:
         "flow_vs_naive": _ratio(slice_flow_rate, naive_rate),
         "luck_kernel_overhead": (core.get("luck_kernel") or {}).get("overhead"),
         "luck_share_of_core": _luck_share(core),
+        **_rank_ratios(p.get("ranking") or {}),
+    }
+
+
+def _rank_ratios(rank: dict[str, Any]) -> dict[str, float | None]:
+    """The cross-sectional study's ratios: warm / cold, and throughput against vectorbt and the naive loop."""
+    cold, warm = rank.get("cold") or {}, rank.get("warm") or {}
+    vb = rank.get("vectorbt") or {}
+    vb_rate = vb.get("bars_x_combinations_per_second")
+    return {
+        "rank_flow_warm_over_cold": _ratio(warm.get("wall_seconds"), cold.get("wall_seconds")),
+        "rank_core_vs_vectorbt": _ratio(vb.get("core_beside_rate"), vb_rate),
+        "rank_flow_vs_vectorbt": _ratio(
+            (rank.get("slice_flow") or {}).get("bars_x_combinations_per_second"), vb_rate
+        ),
+        "rank_flow_at_scale_vs_vectorbt": _ratio(cold.get("bars_x_combinations_per_second"), vb_rate),
+        "rank_core_vs_naive": _ratio(
+            (rank.get("core_kernel") or {}).get("bars_x_combinations_per_second"),
+            (rank.get("naive") or {}).get("bars_x_combinations_per_second"),
+        ),
     }
 
 
@@ -910,7 +938,57 @@ def judge(p: dict[str, Any], sizes: BenchSizes) -> list[Goal]:
             f"{(p['flow'].get('slice') or {}).get('wall_seconds', math.nan):.2f} s ({_phases(p['flow'].get('slice'))})",
         )
         goals.append(Goal(g.name, g.target, g.value, g.met, vb_note or g.note, g.why))
+    goals += _rank_goals(p, r, at_w, reduced)
     return goals
+
+
+def _rank_goals(p: dict[str, Any], r: dict[str, Any], at_w: bool, reduced: str) -> list[Goal]:
+    """The cross-sectional study's goals: W through the flow in seconds and memory, warm / cold, and its
+    throughput against vectorbt's ``from_orders``."""
+    rank = p.get("ranking")
+    if not rank:
+        return []
+    cold, warm = rank.get("cold") or {}, rank.get("warm") or {}
+    vb = rank.get("vectorbt") or {}
+    seconds, peak = cold.get("wall_seconds", math.inf), cold.get("peak_rss_with_children_mb", math.inf)
+    warm_ratio, vb_ratio = r["rank_flow_warm_over_cold"], r["rank_flow_at_scale_vs_vectorbt"]
+    combos = f"momentum_rank, {rank.get('combinations')} combinations"
+    return [
+        Goal(
+            "cross-sectional W through Prefect, cold, s",
+            f"<= {RANK_FLOW_W_GOAL_SECONDS:g} s",
+            cold.get("wall_seconds"),
+            seconds <= RANK_FLOW_W_GOAL_SECONDS if at_w else None,
+            "" if at_w else reduced,
+            f"{combos}; {_phases(cold)}",
+        ),
+        Goal(
+            "cross-sectional peak RSS of the process tree, flow cold, MB",
+            f"<= {MEMORY_GOAL_MB:g} MB",
+            cold.get("peak_rss_with_children_mb"),
+            peak <= MEMORY_GOAL_MB if at_w else None,
+            "" if at_w else reduced,
+            f"RSS before the run {cold.get('start_rss_mb', 0):,.0f} MB (imports, earlier runs)",
+        ),
+        Goal(
+            "cross-sectional warm / cold",
+            f"<= {WARM_GOAL:.0%}",
+            warm_ratio,
+            None if warm_ratio is None else warm_ratio <= WARM_GOAL,
+            "" if warm_ratio is not None else "could not be measured",
+            _phases(warm),
+        ),
+        Goal(
+            "cross-sectional vs vectorbt from_orders, end to end at scale (flow W rate / slice rate)",
+            f">= {VECTORBT_FLOW_GOAL:g}x throughput",
+            vb_ratio,
+            None if vb_ratio is None else vb_ratio >= VECTORBT_FLOW_GOAL,
+            "" if vb.get("available") else "vectorbt not measured",
+            f"vectorbt {vb.get('wall_seconds', math.nan):.2f} s on the slice; the core's portfolios beside it "
+            f"{vb.get('core_beside_seconds', math.nan):.3f} s; the flow on the slice "
+            f"{(rank.get('slice_flow') or {}).get('wall_seconds', math.nan):.2f} s",
+        ),
+    ]
 
 
 def run_bench(
@@ -972,11 +1050,17 @@ def run_bench(
     )
     try:
         p["flow"] = measure_flow(store, sizes, piece, runs_dir, log)
+        # the cross-sectional study, before vectorbt's import inflates this process's memory
+        p["ranking"], rank_piece, rank_tr = measure_ranking(
+            store, sizes.symbols, sizes.workers, sizes.comparison_symbols, runs_dir, run_flow, log
+        )
     finally:
         if not keep_runs:
             shutil.rmtree(runs_dir, ignore_errors=True)
     p["slice"]["vectorbt"] = measure_vectorbt(store, piece, sizes, core_tr, log)
-    del piece, core_tr
+    if p["slice"]["vectorbt"].get("available"):
+        p["ranking"]["vectorbt"] = measure_ranking_vectorbt(rank_piece, rank_tr, log)
+    del piece, core_tr, rank_piece, rank_tr
     release_memory()
 
     flow = p["flow"]
@@ -986,6 +1070,18 @@ def run_bench(
     bench.problems += check_flow_run(flow["warm"], chunks, 0, p["core"]["main"])
     slice_chunks = (flow["slice"].get("summary") or {}).get("counts", {}).get("chunks", 0)
     bench.problems += check_flow_run(flow["slice"], 0, slice_chunks, p["slice"]["study"])
+    rank = p["ranking"]
+    rank_tasks = ((rank["cold"].get("summary") or {}).get("counts") or {}).get("chunks", 0)
+    bench.problems += check_rank_run(rank["cold"], 0, rank_tasks, None)
+    bench.problems += check_rank_run(rank["warm"], rank_tasks, 0, None)
+    bench.problems += check_rank_run(rank["slice_flow"], None, None, rank["slice_study"])
+    for name in ("naive", "vectorbt"):
+        check = (rank.get(name) or {}).get("check")
+        if check and not check["ok"]:
+            bench.problems.append(
+                f"ranking, {name}: total returns differ from the core's by up to {check['max_abs_diff']:.3g} "
+                f"(tolerance {check['tolerance']:g}) at combination {check['worst']}"
+            )
     for name in ("naive", "vectorbt"):
         check = (p["slice"].get(name) or {}).get("check")
         if check and not check["ok"]:

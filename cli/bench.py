@@ -37,6 +37,25 @@ RATIO_TEXT: dict[str, tuple[str, str]] = {
     "core_study_vs_naive": ("throughput, core study vs naive pandas, same slice", "{:,.1f}x"),
     "core_kernel_vs_naive": ("throughput, core grid kernel vs naive pandas, same slice", "{:,.1f}x"),
     "flow_vs_naive": ("throughput, flow vs naive pandas, same slice", "{:,.1f}x"),
+    "luck_kernel_overhead": (
+        "statistics of luck: grid kernel with the trials' returns / without - 1",
+        "{:.1%}",
+    ),
+    "luck_share_of_core": ("statistics of luck, share of the core's time (goal <= 5 %)", "{:.1%}"),
+    "rank_flow_warm_over_cold": ("cross-sectional: flow warm / flow cold (goal <= 10 %)", "{:.1%}"),
+    "rank_core_vs_vectorbt": (
+        "cross-sectional: core portfolios vs vectorbt from_orders, same slice",
+        "{:,.1f}x",
+    ),
+    "rank_flow_vs_vectorbt": ("cross-sectional: flow vs vectorbt from_orders, same slice", "{:,.1f}x"),
+    "rank_flow_at_scale_vs_vectorbt": (
+        "cross-sectional: flow on N symbols vs vectorbt on the slice (goal >= 30x)",
+        "{:,.1f}x",
+    ),
+    "rank_core_vs_naive": (
+        "cross-sectional: core portfolios vs the naive pandas loop, same slice",
+        "{:,.1f}x",
+    ),
 }
 
 

@@ -174,25 +174,38 @@ def results(
 ) -> None:
     """Read a stored run back: the run, its metrics per symbol, and (with --symbol) the selections per fold.
 
-    With only --symbol, that symbol's results across all runs.
+    With only --symbol, that symbol's results across all runs. A cross-sectional run shows its portfolio
+    against the benchmark, its selection per fold and the holdings of its last rebalance.
     """
-    from backtest.db.results import read_metrics, read_run, read_selections
+    from backtest.db.results import read_holdings, read_metrics, read_run, read_selections
+    from backtest.db.schema import PORTFOLIO_SYMBOL
 
-    def act() -> tuple[Any, Any, Any]:
+    def act() -> tuple[Any, Any, Any, Any]:
         record = read_run(db, run) if run is not None or symbol is None else None
+        if record is not None and (record.summary or {}).get("kind") == "cross_sectional":
+            # one portfolio: its selections per fold (symbol PORTFOLIO_SYMBOL) and its holdings
+            return (
+                record,
+                None,
+                read_selections(db, record.id, PORTFOLIO_SYMBOL),
+                read_holdings(db, record.id),
+            )
         metrics = read_metrics(db, run, symbol)
-        selections = read_selections(db, run, symbol) if symbol is not None else None
-        return record, metrics, selections
+        return record, metrics, read_selections(db, run, symbol) if symbol is not None else None, None
 
-    record, metrics, selections = act()
+    record, metrics, selections, holdings = act()
     if json_output:
-        out: dict[str, Any] = {"metrics": json.loads(metrics.to_json(orient="records", date_format="iso"))}
+        out: dict[str, Any] = {}
+        if metrics is not None:
+            out["metrics"] = _records(metrics)
         if record is not None:
             out["run"] = {
                 k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in record.__dict__.items()
             }
         if selections is not None:
-            out["selections"] = json.loads(selections.to_json(orient="records", date_format="iso"))
+            out["selections"] = _records(selections)
+        if holdings is not None:
+            out["holdings"] = _records(holdings)
         typer.echo(json.dumps(out, indent=2, default=str))
         return
     console = _console()
@@ -208,27 +221,66 @@ def results(
             from cli.runs import luck_line
 
             console.print(Text(luck_line(record.overfitting)))
+    if holdings is not None:
+        _print_ranking(console, record, selections, holdings, limit)
+        return
     if metrics.empty and (selections is None or selections.empty):
         typer.echo("no results" + (f" for symbol {symbol!r}" if symbol else ""))
         return
     shown = ["run_id", "symbol", "sharpe", "dsr", "total_return", "cagr", "max_drawdown", "trades", "folds"]
-    rows = [[_fmt(v) for v in row] for row in metrics[shown].head(limit).itertuples(index=False)]
-    console.print(_table(f"Out-of-sample metrics ({len(metrics):,} rows)", shown, rows))
+    if not metrics.empty:
+        rows = [[_fmt(v) for v in row] for row in metrics[shown].head(limit).itertuples(index=False)]
+        console.print(_table(f"Out-of-sample metrics ({len(metrics):,} rows)", shown, rows))
     if selections is not None and not selections.empty:
-        cols = [
-            "run_id",
-            "fold",
-            "test_start",
-            "test_end",
-            "params",
-            "is_score",
-            "val_score",
-            "test_score",
-            "basis",
-        ]
-        shown_sel = selections[cols].head(limit).assign(params=lambda f: f["params"].map(_params_text))
-        rows = [[_fmt(v) for v in row] for row in shown_sel.itertuples(index=False)]
-        console.print(_table(f"Selections of {symbol}", cols, rows))
+        console.print(_selections_table(f"Selections of {symbol}", selections, limit))
+
+
+_SELECTION_COLUMNS = [
+    "run_id",
+    "fold",
+    "test_start",
+    "test_end",
+    "params",
+    "is_score",
+    "val_score",
+    "test_score",
+    "basis",
+]
+
+
+def _selections_table(title: str, selections: Any, limit: int) -> Any:
+    shown = selections[_SELECTION_COLUMNS].head(limit).assign(params=lambda f: f["params"].map(_params_text))
+    return _table(
+        title, _SELECTION_COLUMNS, [[_fmt(v) for v in row] for row in shown.itertuples(index=False)]
+    )
+
+
+def _print_ranking(console: Any, record: Any, selections: Any, holdings: Any, limit: int) -> None:
+    """A cross-sectional run: its out-of-sample portfolio beside the benchmark, the selections, the holdings
+    decided on the last rebalance day."""
+    if selections.empty:
+        typer.echo("no results (the run did not complete)")
+        return
+    figures = (record.summary or {}).get("figures") or {}
+    port, bench = figures.get("portfolio") or {}, figures.get("benchmark") or {}
+    names = ["sharpe", "total_return", "cagr", "max_drawdown", "annual_volatility", "turnover"]
+    rows = [[name, _fmt(port.get(name)), _fmt(bench.get(name))] for name in names]
+    console.print(
+        _table("Out-of-sample portfolio (cross-sectional)", ["metric", "portfolio", "benchmark"], rows)
+    )
+    console.print(_selections_table("Selections of the portfolio, per fold", selections, limit))
+    if not holdings.empty:
+        day = holdings["date"].max()
+        last = holdings[holdings["date"] == day]
+        top = last.reindex(last["weight"].abs().sort_values(ascending=False).index).head(limit)
+        # the heading on a line of its own: a table's title is wrapped to the (narrow) table's width
+        console.print(f"Holdings decided on {day:%Y-%m-%d}: {len(last)} symbols", markup=False)
+        rows = [[sym, _fmt(float(w))] for sym, w in zip(top["symbol"], top["weight"], strict=True)]
+        console.print(_table("", ["symbol", "target weight"], rows))
+
+
+def _records(frame: Any) -> list[dict[str, Any]]:
+    return json.loads(frame.to_json(orient="records", date_format="iso"))
 
 
 def _params_text(text: str) -> str:

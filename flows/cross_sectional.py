@@ -19,16 +19,20 @@ from backtest.data.store import Store
 from backtest.db.prices import open_price_source
 from backtest.engine.planning import ChunkSpec, Universe, plan_chunks, resolve_universe
 from backtest.errors import BacktestError
+from backtest.observe.profiling import RANKING_PHASES, REPORT_FILE
 from backtest.ranking.files import block_key, ranking_code, score_key
-from backtest.ranking.study import BlockResult, RankingPlan, blocks_of, walk_forward
+from backtest.ranking.study import KIND, BlockResult, RankingPlan, blocks_of, walk_forward
 from backtest.ranking.universe import members_without_prices, read_universe, universe_digest
-from backtest.results.cache import CacheLayout
+from backtest.results.cache import CacheLayout, CacheLimits
 from backtest.results.summary import CACHED, ChunkOutcome, PhaseClock, RunSummary
 from flows.monitoring import RunWatch
 from flows.params import StudyParams
 from tasks import artifacts
 from tasks.chunks import PriceSource
+from tasks.db import mark_queries, record_ranking_run
 from tasks.ranking import BlockJob, ScoreJob, form_portfolios, release_market, score_chunk
+from tasks.report import publish_report
+from tasks.results import prune_cache
 
 #: blocks of combinations per worker: enough for balance, few enough that each reads a score array once
 BLOCKS_PER_WORKER = 2
@@ -42,9 +46,32 @@ class RankingRun:
     plan: RankingPlan
     specs: list[ChunkSpec]  # keys: the chunks' score keys
     membership: Any
-    folder: Path  # the study's intermediate files (scores, blocks) in the cache
+    cache: CacheLayout
     out: Path
     workers: int
+
+    @property
+    def score_files(self) -> list[str]:
+        return [str(self.cache.ranking / f"{s.key}.npy") for s in self.specs]
+
+    def blocks(self, source: PriceSource) -> list[BlockJob]:
+        """The blocks of combinations, each named by what decides its portfolios (its file is its cache)."""
+        code = ranking_code()
+        keys = [s.key for s in self.specs]
+        groups = blocks_of(self.plan, BLOCKS_PER_WORKER * self.workers)
+        return [
+            BlockJob(
+                i,
+                combos,
+                self.plan,
+                self.specs,
+                self.score_files,
+                source,
+                self.membership,
+                str(self.cache.ranking / f"{block_key(self.plan, keys, combos, code)}.npz"),
+            )
+            for i, combos in enumerate(groups)
+        ]
 
 
 def plan_ranking(params: StudyParams) -> RankingRun | State:
@@ -82,8 +109,8 @@ def plan_ranking(params: StudyParams) -> RankingRun | State:
     ]
     run_id = str(get_run_context().flow_run.id)
     out = Path(params.out) if params.out else store.root / "runs" / run_id
-    folder = CacheLayout.of_store(store.root).root / "ranking"
-    folder.mkdir(parents=True, exist_ok=True)
+    cache = CacheLayout.of_store(store.root)
+    cache.ranking.mkdir(parents=True, exist_ok=True)
     logger.info(
         "cross-sectional: %d symbols from %s to %s, %d folds x %d combinations (%d scores), %d chunks",
         len(universe.symbols),
@@ -94,23 +121,49 @@ def plan_ranking(params: StudyParams) -> RankingRun | State:
         len(plan.score_combos),
         len(specs),
     )
-    return RankingRun(run_id, store, universe, plan, specs, membership, folder, out, workers)
+    return RankingRun(run_id, store, universe, plan, specs, membership, cache, out, workers)
+
+
+@dataclass(frozen=True)
+class BlockSpec(ChunkSpec):
+    """A block of combinations as the run watch sees a task: no symbols of its own, keyed by its file."""
+
+    @property
+    def name(self) -> str:
+        return f"block-{self.index:02d}"
+
+    def describe(self) -> str:
+        return self.name
+
+
+def _watched(run: RankingRun, blocks: list[BlockJob]) -> list[ChunkSpec]:
+    """The run's tasks as the run watch sees them: every score chunk, then every block, each keyed by its
+    file."""
+    scores = [ChunkSpec(s.index, s.symbols, s.data_fingerprint, f"{s.key}.npy") for s in run.specs]
+    return scores + [BlockSpec(b.index, (), "", Path(b.path).name) for b in blocks]
 
 
 def run_cross_sectional(params: StudyParams, watch: RunWatch, runner_factory: Any) -> Any:
     clock = PhaseClock()
+    db_mark = mark_queries()
     with clock.phase("plan"):
         run = plan_ranking(params)
     if not isinstance(run, RankingRun):
         return run
-    cache = CacheLayout.of_store(run.store.root)
-    watch.plan(run.specs, cache.results)
+    cache = run.cache
+    source = PriceSource(str(run.store.root), run.plan.last_date, str(cache.prices), params.db)
+    blocks = run.blocks(source)
+    watched = _watched(run, blocks)
+    watch.plan(watched, cache.ranking, RANKING_PHASES, footers=False)
     summary = RunSummary(
         flow_run_id=run.run_id,
         config=params.public_dump(),
         counts={
             "symbols": len(run.universe.symbols),
-            "chunks": len(run.specs),
+            # the cache's hits and misses count both kinds of task
+            "chunks": len(run.specs) + len(blocks),
+            "score_chunks": len(run.specs),
+            "blocks": len(blocks),
             "folds": len(run.plan.folds),
             "combinations": len(run.plan.combos),
             "bars": 0,
@@ -119,33 +172,16 @@ def run_cross_sectional(params: StudyParams, watch: RunWatch, runner_factory: An
         folds=[f.to_dict() for f in run.plan.folds],
         out=str(run.out),
     )
-    source = PriceSource(str(run.store.root), run.plan.last_date, str(cache.prices), params.db)
     logger = get_run_logger()
-    blocks: list[BlockJob] = []
     with clock.phase("backtest"):
         watch.start_progress()
         with runner_factory() as runner:
-            score_files = [str(run.folder / f"{s.key}.npy") for s in run.specs]
-            jobs = [ScoreJob(s, run.plan, source, p) for s, p in zip(run.specs, score_files, strict=True)]
-            _wait(runner, score_chunk, jobs, [s.name for s in run.specs], summary, watch, logger)
+            jobs = [ScoreJob(s, run.plan, source, p) for s, p in zip(run.specs, run.score_files, strict=True)]
+            _wait(runner, score_chunk, jobs, [w.name for w in watched[: len(jobs)]], summary, watch, logger)
             if not summary.failed:
-                code = ranking_code()
-                groups = blocks_of(run.plan, BLOCKS_PER_WORKER * run.workers)
-                keys = [s.key for s in run.specs]
-                for i, combos in enumerate(groups):
-                    path = run.folder / f"{block_key(run.plan, keys, combos, code)}.npz"
-                    blocks.append(
-                        BlockJob(
-                            i, combos, run.plan, run.specs, score_files, source, run.membership, str(path)
-                        )
-                    )
-                summary.counts["blocks"] = len(blocks)
-                summary.counts["chunks"] += len(
-                    blocks
-                )  # the cache's hits and misses count both kinds of task
                 try:
-                    names = [f"block-{b.index:02d}" for b in blocks]
-                    _wait(runner, form_portfolios, blocks, names, summary, None, logger)
+                    names = [w.name for w in watched[len(jobs) :]]
+                    _wait(runner, form_portfolios, blocks, names, summary, watch, logger)
                 finally:
                     release_market()
     watch.backtest_done()
@@ -155,44 +191,64 @@ def run_cross_sectional(params: StudyParams, watch: RunWatch, runner_factory: An
             result = walk_forward(run.plan, run.universe.symbols, results[0].dates, results)
             result.save(run.out)
             summary.figures = figures(result)
+            del results, result
+    with clock.phase("prune"):
+        limits = CacheLimits(int(params.cache_max_gb * 1e9), params.cache_max_age_days * 86400.0)
+        summary.pruned = prune_cache(cache, limits, [w.key for w in watched], "").to_dict()
+    if params.persist:  # the run and its results into the database, then light maintenance
+        with clock.phase("db"):
+            summary.wall_seconds = clock.elapsed()
+            doc = summary.to_dict()
+            doc["kind"] = KIND
+            summary.db = record_ranking_run(
+                params.results_db(), params.db or str(run.store.root), doc, db_mark
+            )
     summary.phase_seconds = clock.phases
     summary.wall_seconds = clock.elapsed()
     doc = summary.to_dict()
-    doc["kind"] = "cross_sectional"
+    doc["kind"] = KIND
     watch.finish(doc, summary.phase_seconds, doc["wall_seconds"], run.out, run.workers, params.runner)
-    doc["report"] = None
+    doc["report"] = str(run.out / REPORT_FILE) if params.report and not summary.failed else None
     write_json(run.out / "summary.json", doc)
     text = artifacts.summary_text(doc)
     watch.post("the summary", lambda: artifacts.summary_markdown(text))
+    if doc["report"]:
+        built = publish_report(str(run.out), None, return_state=True)
+        if built.is_failed():
+            logger.error("the report could not be built: %s", built.message)
     if summary.failed:
         names = ", ".join(o.chunk for o in summary.failed)
         return Failed(
-            message=f"{len(summary.failed)} tasks failed ({names}); re-run the same study to recompute only them."
+            message=f"{len(summary.failed)} of {len(watched)} tasks failed ({names}); the others are kept. "
+            "Re-run the same study (or retry this flow run) to recompute only them."
         )
-    return Completed(message=f"{len(run.specs)} chunks ({summary.hits} from cache)", data=doc)
+    return Completed(message=f"{len(watched)} tasks ({summary.hits} from cache)", data=doc)
 
 
 def _wait(
-    runner: Any, task: Any, jobs: list[Any], names: list[str], summary: RunSummary, watch: Any, logger: Any
+    runner: Any,
+    task: Any,
+    jobs: list[Any],
+    names: list[str],
+    summary: RunSummary,
+    watch: RunWatch,
+    logger: Any,
 ) -> None:
     """Submit every job, note each outcome as it ends (a failure does not stop the others)."""
     futures = [runner.submit(task, {"job": job}) for job in jobs]
-    name_of = {f.task_run_id: n for f, n in zip(futures, names, strict=True)}
-    size_of = {
-        f.task_run_id: len(j.spec.symbols) if isinstance(j, ScoreJob) else len(j.combos)
-        for f, j in zip(futures, jobs, strict=True)
-    }
+    by_id = {f.task_run_id: (n, j) for f, n, j in zip(futures, names, jobs, strict=True)}
     for future in as_completed(futures):
-        name = name_of[future.task_run_id]
+        name, job = by_id[future.task_run_id]
+        value: dict[str, Any] = {}
         try:
             value = future.result(raise_on_failure=True)
             state_name, error = (CACHED if value["cached"] else "Completed"), None
         except Exception as exc:
             state_name, error = "Failed", f"{type(exc).__name__}: {exc}"
             logger.error("%s failed: %s", name, error)
-        summary.outcomes.append(ChunkOutcome(name, size_of[future.task_run_id], state_name, "", error))
-        if watch is not None:
-            watch.chunk_finished(name, future.state)
+        size = len(job.spec.symbols) if isinstance(job, ScoreJob) else len(job.combos)
+        summary.outcomes.append(ChunkOutcome(name, size, state_name, "", error))
+        watch.chunk_finished(name, future.state, value.get("timings"), cached=bool(value.get("cached")))
 
 
 def figures(result: Any) -> dict[str, Any]:

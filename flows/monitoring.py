@@ -29,6 +29,7 @@ from backtest.observe.profiling import (
     COMPUTED,
     FAILED,
     FETCHED_KEY,
+    PHASES,
     PROFILE_FILE,
     RESOURCES_FILE,
     RunProfile,
@@ -92,6 +93,8 @@ class RunWatch:
         self.specs: dict[str, ChunkSpec] = {}
         self.results_dir = Path()
         self.tracker = ProgressTracker(0, 0)
+        self.phases: Mapping[str, tuple[str, ...]] = PHASES
+        self.footers = True
         self.poster: artifacts.ArtifactPoster | None = None
         self._progress_sent = float("-inf")
         self.warm = False
@@ -101,10 +104,21 @@ class RunWatch:
         self._summary: dict[str, Any] | None = None
         self._finished_at = 0.0
 
-    def plan(self, specs: Sequence[ChunkSpec], results_dir: Path) -> None:
-        """The chunks of the run; warm means the cache already held a result of one of them (a stat each)."""
+    def plan(
+        self,
+        specs: Sequence[ChunkSpec],
+        results_dir: Path,
+        phases: Mapping[str, tuple[str, ...]] = PHASES,
+        footers: bool = True,
+    ) -> None:
+        """The chunks (tasks) of the run; warm means the cache already held a result of one of them (a stat
+        each: ``results_dir / spec.key``). ``phases``: the study's phases, which the chunks' timings add up
+        to; ``footers``: a result file's footer holds its chunk's timings (else only the task's return value
+        has them, and a cached one has none)."""
         self.specs = {s.name: s for s in specs}
         self.results_dir = Path(results_dir)
+        self.phases = phases
+        self.footers = footers
         self.tracker = ProgressTracker(len(specs), sum(len(s.symbols) for s in specs))
         self.warm = any((self.results_dir / s.key).exists() for s in specs)
 
@@ -191,13 +205,15 @@ class RunWatch:
             if status == COMPUTED
         )  # fmt: skip
 
-    def chunk_finished(self, name: str, state: Any) -> Progress:
-        """Record a finished chunk (its timings from the persisted result's footer), check the chunk rules,
-        update the progress artifact and the in-process listener."""
+    def chunk_finished(
+        self, name: str, state: Any, timings: Mapping[str, float] | None = None, cached: bool = False
+    ) -> Progress:
+        """Record a finished chunk, check the chunk rules, update the progress artifact and the in-process
+        listener. Its ``timings`` are those the task returned, or else those of its persisted result's
+        footer; ``cached``: the task found its result already there (not a Prefect cache hit)."""
         spec = self.specs[name]
-        status = FAILED if state.is_failed() else CACHED if state.name == "Cached" else COMPUTED
-        timings = None
-        if status != FAILED:
+        status = FAILED if state.is_failed() else CACHED if cached or state.name == "Cached" else COMPUTED
+        if timings is None and status != FAILED and self.footers:
             try:
                 timings = read_chunk_timings(self.results_dir / spec.key)
             except (OSError, ValueError) as exc:
@@ -207,7 +223,7 @@ class RunWatch:
         if status == COMPUTED and timings:
             self._emit(self.book.check_retry(name, int(timings.get("attempts", 1))))
             self._check_slow_chunks()
-        progress = self.tracker.finished(name, len(spec.symbols), state.name)
+        progress = self.tracker.finished(name, len(spec.symbols), "Cached" if cached else state.name)
         now = time.perf_counter()
         last = len(self.finished) >= len(self.specs)
         # one update every PROGRESS_EVERY_SECONDS at most, and always the last
@@ -280,7 +296,7 @@ class RunWatch:
         chunks = []
         for name, spec in self.specs.items():
             status, timings, end = self.finished.get(name, (FAILED, None, None))
-            chunks.append(chunk_figures(name, len(spec.symbols), status, timings, end, frame))
+            chunks.append(chunk_figures(name, len(spec.symbols), status, timings, end, frame, self.phases))
         profile = analyse(
             chunks=chunks,
             steps=phases,
@@ -293,6 +309,7 @@ class RunWatch:
             warm=self.warm,
             cores=self.monitor.cores,
             monitor_overhead=self.monitor.overhead_fraction(),
+            phases=self.phases,
         )
         recs = recommend(profile, _bars_per_symbol(summary.get("counts", {})))
         alerts = self.alerts

@@ -36,9 +36,10 @@ class StudyParams(BaseModel):
     store: str = Field("data/store", description="Folder of the price store (filled by `backtest ingest`).")
     out: str | None = Field(None, description="Folder for the results; default: <store>/runs/<flow run id>.")
     strategy: str = Field(D.STRATEGY, description="A built-in strategy or package.module:function.")
-    grid: dict[str, list[float]] | None = Field(
+    grid: dict[str, list[float | str]] | None = Field(
         None,
-        description="Parameter values to search, e.g. {'fast': [5, 10], 'slow': [60, 120]}; default grid if empty.",
+        description="Parameter values to search, e.g. {'fast': [5, 10], 'slow': [60, 120]}; default grid if "
+        "empty. A ranking study's side and weighting by name: {'side': ['long', 'long_short']}.",
     )
     train_years: float = Field(D.TRAIN_YEARS, gt=0, description="Length of each train window (phase 1).")
     validate_years: float = Field(

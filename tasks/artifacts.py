@@ -49,11 +49,13 @@ def summary_text(summary: dict[str, Any]) -> str:
     fig = summary.get("figures", {})
     port, bench = fig.get("portfolio", {}), fig.get("benchmark", {})
     cfg = summary["config"]
+    ranking = summary.get("kind") == "cross_sectional"
     lines = [
-        f"# Three-phase study: {cfg['strategy']}",
+        f"# {'Cross-sectional' if ranking else 'Three-phase'} study: {cfg['strategy']}",
         "",
         f"State **{summary['state']}** in {summary['wall_seconds']:.1f} s; "
-        f"{summary['counts']['symbols']} symbols in {summary['counts']['chunks']} chunks, "
+        f"{summary['counts']['symbols']} symbols in {summary['counts']['chunks']} "
+        f"{'tasks (score chunks and portfolio blocks)' if ranking else 'chunks'}, "
         f"{summary['counts']['folds']} folds, {summary['counts']['combinations']} combinations; "
         f"cache hits {summary['cache']['hits']}, misses {summary['cache']['misses']}.",
         "",
@@ -68,7 +70,7 @@ def summary_text(summary: dict[str, Any]) -> str:
         lines += [
             f"Out of sample from {fig.get('oos_start')} to {fig.get('oos_end')}.",
             "",
-            "| metric | portfolio | buy and hold |",
+            f"| metric | portfolio | {'equal-weight universe' if ranking else 'buy and hold'} |",
             "| --- | --- | --- |",
         ]
         for key in HEADLINE_METRICS:

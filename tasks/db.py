@@ -14,7 +14,7 @@ from prefect.utilities.annotations import quote
 from backtest.db.connect import open_db
 from backtest.db.engine import QueryStat, describe_url, query_log
 from backtest.db.optimize import maintain
-from backtest.db.results import ChunkRecord, persist_run
+from backtest.db.results import ChunkRecord, persist_ranking_run, persist_run
 from backtest.engine.planning import ChunkSpec
 from backtest.results.cache import CacheLayout
 from backtest.results.summary import ChunkOutcome, RunSummary
@@ -24,7 +24,9 @@ __all__ = [
     "chunk_records",
     "maintain_db",
     "mark_queries",
+    "persist_ranking_results",
     "persist_results",
+    "record_ranking_run",
     "record_run",
     "slowest_since",
 ]
@@ -185,6 +187,53 @@ def record_run(
     report = maintain_db(db_url, light=True, slowest=slowest_since(mark))
     return {
         **done,
+        "plans_ok": all(p["uses_index"] for p in report["plans"]),
+        "optimized": report["optimized"],
+        "slowest_queries": report["slowest_queries"][:5],
+    }
+
+
+@task(
+    name="persist-ranking-results",
+    retries=2,
+    retry_delay_seconds=exponential_backoff(backoff_factor=1),
+    retry_condition_fn=retry_transient,
+    persist_result=False,
+)
+def persist_ranking_results(db_url: str, price_source: str, summary: dict[str, Any]) -> dict[str, Any]:
+    """A cross-sectional run and its results (read from its output files) in the database."""
+    config = summary["config"]
+    report = persist_ranking_run(
+        db_url,
+        flow_run_id=summary["flow_run_id"],
+        strategy=str(config.get("strategy", "")),
+        config=config,
+        price_source=describe_url(price_source) if "://" in price_source else price_source,
+        started_at=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=float(summary.get("wall_seconds") or 0.0)),
+        state=summary["state"],
+        summary=summary,
+        out=Path(summary["out"]),
+    )
+    get_run_logger().info(
+        "run %d persisted: %d fold selections, %d holdings, %d portfolio days in %.2f s",
+        report.run_id,
+        report.selections,
+        report.holdings,
+        report.portfolio_rows,
+        report.seconds,
+    )
+    return report.to_dict()
+
+
+def record_ranking_run(
+    db_url: str, price_source: str, summary: dict[str, Any], mark: Mapping[str, QueryStat]
+) -> dict[str, Any]:
+    """The cross-sectional flow's database step: persist the run, then light maintenance."""
+    persisted = persist_ranking_results(db_url, price_source, quote(summary))
+    report = maintain_db(db_url, light=True, slowest=slowest_since(mark))
+    return {
+        "url": describe_url(db_url),
+        "persisted": persisted,
         "plans_ok": all(p["uses_index"] for p in report["plans"]),
         "optimized": report["optimized"],
         "slowest_queries": report["slowest_queries"][:5],

@@ -8,18 +8,19 @@ re-run. Prefect's own result cache is not used: the return values are a path and
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.context import TaskRunContext
 from prefect.tasks import exponential_backoff
 
 from backtest.data.panel import PricePanel
 from backtest.data.panelio import prices_file
 from backtest.engine.planning import ChunkSpec
+from backtest.observe.profiling import Measured, add_task_figures, measure, wall_timings
 from backtest.ranking.files import ChunkCloses, MarketLoader, cut, save_scores, whole
 from backtest.ranking.study import RankingPlan, chunk_scores, form_block
 from tasks.chunks import PriceSource, retry_transient
@@ -117,17 +118,27 @@ def release_market() -> None:
 
 @task(name="score-chunk", task_run_name="scores-{job.index:04d}", **_TASK_OPTIONS)
 def score_chunk(job: ScoreJob) -> dict[str, Any]:
-    """The chunk's scores for every score combination, as one float32 file (symbols x the chunk's days)."""
+    """The chunk's scores for every score combination, as one float32 file (symbols x the chunk's days).
+    Returns its path, whether it was already there, and the task's timings (backtest.observe.profiling)."""
     path = Path(job.path)
     if whole(path):
-        return {"path": str(path), "cached": True, "seconds": 0.0}
-    t = time.perf_counter()
-    panel, price_file = job.source.load(job.spec)
-    panel = cut(panel, np.datetime64(job.plan.last_date, "D"))
-    save_scores(chunk_scores(job.plan, panel), path)
-    if price_file is not None:
-        price_file.result()
-    return {"path": str(path), "cached": False, "seconds": time.perf_counter() - t}
+        return {"path": str(path), "cached": True, "timings": None}
+    with measure() as total:
+        with measure() as load:
+            panel, price_file = job.source.load(job.spec)
+            panel = cut(panel, np.datetime64(job.plan.last_date, "D"))
+        with measure() as scored:
+            save_scores(chunk_scores(job.plan, panel), path)
+        with measure() as written:
+            if price_file is not None:
+                price_file.result()  # on disk before the chunk counts as done: the blocks read it
+    fetched = price_file is not None
+    timings = {
+        "fetch": load.wall + written.wall if fetched else 0.0,
+        "load": 0.0 if fetched else load.wall,
+        "scores": scored.wall,
+    }
+    return _done(path, timings, load, total, fetched)
 
 
 @task(name="form-portfolios", task_run_name="portfolios-{job.index:02d}", **_TASK_OPTIONS)
@@ -135,9 +146,25 @@ def form_portfolios(job: BlockJob) -> dict[str, Any]:
     """Every combination of the block simulated over the whole universe (docs/cross_sectional.md)."""
     path = Path(job.path)
     if whole(path):
-        return {"path": str(path), "cached": True, "seconds": 0.0}
-    t = time.perf_counter()
-    loader = shared_market(job)
-    block = form_block(job.plan, loader.market, loader.scores, job.combos)
-    block.save(path)
-    return {"path": str(path), "cached": False, "seconds": time.perf_counter() - t}
+        return {"path": str(path), "cached": True, "timings": None}
+    with measure() as total:
+        with measure() as load:
+            loader = shared_market(job)  # built by the first block of the process, the others wait for it
+        with measure() as formed:
+            block = form_block(job.plan, loader.market, loader.scores, job.combos)
+            block.save(path)
+    return _done(path, {"load": load.wall, "portfolios": formed.wall}, load, total, False)
+
+
+def _done(
+    path: Path, timings: dict[str, float], load: Measured, total: Measured, fetched: bool
+) -> dict[str, Any]:
+    add_task_figures(timings, load, total, TaskRunContext.get().task_run.run_count, fetched)
+    get_run_logger().info(
+        "%s written in %.2f s, CPU %.2f s (%s)",
+        path.name,
+        total.wall,
+        total.cpu,
+        ", ".join(f"{k} {v:.2f} s" for k, v in wall_timings(timings).items()),
+    )
+    return {"path": str(path), "cached": False, "timings": timings}

@@ -39,8 +39,8 @@ def collect_results(
 
 @task(name="prune-cache", persist_result=False)
 def prune_cache(cache: CacheLayout, limits: CacheLimits, keep: Sequence[str], merged: str) -> PruneReport:
-    """Keep the cache under its size limit and expiry (the current run's entries are kept: its chunks
-    ``keep`` and its merged tables ``merged``).
+    """Keep the cache under its size limit and expiry (the current run's entries are kept: its chunks or its
+    score and portfolio files ``keep``, and its merged tables ``merged``).
 
     The merged tables share the size limit: they get what the chunk results and price files leave.
     """
@@ -50,7 +50,7 @@ def prune_cache(cache: CacheLayout, limits: CacheLimits, keep: Sequence[str], me
         limits.max_bytes,
         limits.max_age_seconds,
         frozenset(keep),
-        extra=(cache.prices,),
+        extra=(cache.prices, cache.ranking),
     )
     left = max(0, limits.max_bytes - report.bytes_after)
     prune_collected(cache.collected, merged, left, limits.max_age_seconds)

@@ -109,6 +109,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         3, "runs.results_key and runs.results_of: a warm re-run points at identical earlier results", _v3
     ),
     Migration(4, "statistics of luck: run_overfitting, and psr and dsr per symbol in symbol_metrics", _v4),
+    Migration(5, "holdings: the target weights of cross-sectional runs", _create_tables(s.holdings)),
 )
 LATEST = MIGRATIONS[-1].version
 _OURS = frozenset(s.metadata.tables)

@@ -98,6 +98,7 @@ SYSTEM_QUERIES: dict[str, Callable[[], sa.Executable]] = {
     "selections of a run": _by_run(s.selections),
     "metrics of a run": _by_run(s.symbol_metrics),
     "portfolio of a run": _by_run(s.portfolio),
+    "holdings of a run": _by_run(s.holdings),
     "oos returns of a run and symbol": lambda: sa.select(s.oos_returns).where(
         s.oos_returns.c.run_id == 1, s.oos_returns.c.symbol == "AAA"
     ),
@@ -281,7 +282,7 @@ def optimize(engine: Engine, *, full: bool = False) -> list[str]:
     of tens of millions of rows.
     """
     quote = engine.dialect.identifier_preparer.quote
-    written = (s.runs, s.chunks, s.selections, s.symbol_metrics, s.portfolio, s.oos_returns)
+    written = (s.runs, s.chunks, s.selections, s.symbol_metrics, s.portfolio, s.oos_returns, s.holdings)
     if is_sqlite(engine) and full:
         statements = ["ANALYZE", "PRAGMA optimize"]
     elif is_sqlite(engine):

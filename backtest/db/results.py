@@ -86,11 +86,14 @@ class PersistReport:
     chunk_seconds: list[float] = field(default_factory=list)
     #: the earlier run whose identical results this run points at (nothing rewritten), or None
     results_of: int | None = None
+    holdings: int = 0  # rows of a cross-sectional run's holdings
 
     def to_dict(self) -> dict[str, Any]:
         out = {k: getattr(self, k) for k in ("run_id", "chunks", "selections", "metrics", "oos_rows")}
         out["portfolio_rows"] = self.portfolio_rows
         out["results_of"] = self.results_of
+        if self.holdings:
+            out["holdings"] = self.holdings
         out["seconds"] = round(self.seconds, 3)
         out["max_chunk_seconds"] = round(max(self.chunk_seconds, default=0.0), 3)
         return out
@@ -104,7 +107,9 @@ def read_chunk_tables(
     return symbols, {name: frame for name, frame in frames.items() if isinstance(frame, pd.DataFrame)}
 
 
-def _json_value(value: float) -> float | None:
+def _json_value(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        value = value.item()
     return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
@@ -114,7 +119,8 @@ def _selection_columns(run_id: int, frame: pd.DataFrame) -> dict[str, Any]:
     names = [c.removeprefix("param_") for c in param_cols]
     # a combination's parameters are the same on every row that selected it: one JSON text per combination
     _, first, inverse = np.unique(frame["combo"].to_numpy(), return_index=True, return_inverse=True)
-    values = frame[param_cols].to_numpy(dtype=np.float64)[first].tolist() if param_cols else [[]] * len(first)
+    # numbers, or names (a ranking study's side and weighting)
+    values = frame[param_cols].to_numpy(dtype=object)[first].tolist() if param_cols else [[]] * len(first)
     texts = [json.dumps({n: _json_value(v) for n, v in zip(names, row, strict=True)}) for row in values]
     params = np.array(texts, dtype=object)[inverse] if n else np.array([], dtype=object)
     columns: dict[str, Any] = {
@@ -483,6 +489,76 @@ def persist_run(
         time.perf_counter() - t0,
         seconds,
     )
+
+
+def persist_ranking_run(
+    url: str,
+    *,
+    flow_run_id: str | None,
+    strategy: str,
+    config: dict[str, Any],
+    price_source: str,
+    started_at: dt.datetime,
+    state: str,
+    summary: dict[str, Any],
+    out: Path,
+) -> PersistReport:
+    """A cross-sectional run from its output files: one selection row per fold (symbol ``PORTFOLIO_SYMBOL``),
+    the holdings decided on its test windows' rebalance days, the daily portfolio and the statistics of luck.
+    One transaction for the rows; persisting the same flow run again replaces them."""
+    t0 = time.perf_counter()
+    engine = open_db(url, create=True, migrate=True)
+    sel = hold = rows = 0
+    with db_errors(url, "write results to"), connection(engine, backtest_write=True) as conn:
+        run_id, new = start_run(
+            conn,
+            flow_run_id=flow_run_id,
+            strategy=strategy,
+            config=config,
+            price_source=price_source,
+            started_at=started_at,
+        )
+        done = state == "Completed" and (out / "selections.parquet").exists()
+        with conn.begin():
+            if not new:
+                for table in (s.selections, s.holdings, s.portfolio):
+                    conn.execute(sa.delete(table).where(table.c.run_id == run_id))
+            if done:
+                selections = pd.read_parquet(out / "selections.parquet")
+                selections.insert(0, "symbol", s.PORTFOLIO_SYMBOL)
+                sel = bulk_insert(conn, s.selections, _selection_columns(run_id, selections))
+                holdings = pd.read_parquet(out / "holdings.parquet")
+                hold = bulk_insert(
+                    conn,
+                    s.holdings,
+                    {
+                        "run_id": np.full(len(holdings), run_id, dtype=np.int64),
+                        "fold": holdings["fold"].to_numpy(dtype=np.int64),
+                        "date": holdings["date"].to_numpy().astype("datetime64[D]"),
+                        "symbol": holdings["symbol"].to_numpy(dtype=object),
+                        "weight": holdings["weight"].to_numpy(dtype=np.float64),
+                    },
+                )
+        if done:
+            portfolio = pd.read_parquet(out / "portfolio.parquet")
+            portfolio["n_symbols"] = portfolio["n_holdings"]  # the symbols held that day
+            portfolio["gross_exposure"] = np.nan  # not recorded by a ranking study
+            rows = write_portfolio(conn, run_id, portfolio)
+        finish_run(
+            conn,
+            run_id,
+            state=state,
+            wall_seconds=summary.get("wall_seconds"),
+            summary=summary,
+            replace=not new,
+        )
+    return PersistReport(run_id, 0, sel, 0, 0, rows, time.perf_counter() - t0, [], holdings=hold)
+
+
+def read_holdings(url: str, run: int | str | None = None) -> pd.DataFrame:
+    """A cross-sectional run's holdings (fold, date, symbol, weight), in date order."""
+    frame = _read_table(url, s.holdings, run, None)
+    return frame.sort_values(["fold", "date", "symbol"], ignore_index=True)
 
 
 # -- reading -----------------------------------------------------------------------------------------------

@@ -224,6 +224,21 @@ portfolio = sa.Table(
     sqlite_with_rowid=False,
 )
 
+#: migration 5: a cross-sectional run's target weights, decided on each rebalance day of its test windows (its
+#: selections are one row per fold in ``selections``, with the symbol ``PORTFOLIO_SYMBOL``)
+holdings = sa.Table(
+    "holdings",
+    metadata,
+    sa.Column("run_id", sa.Integer, sa.ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("fold", sa.SmallInteger, primary_key=True, autoincrement=False),
+    sa.Column("date", Day, primary_key=True),
+    sa.Column("symbol", sa.Text, primary_key=True),
+    sa.Column("weight", sa.Double, nullable=False),
+    sqlite_with_rowid=False,
+)
+#: the ``selections.symbol`` of a cross-sectional run's rows: its selections are the portfolio's, per fold
+PORTFOLIO_SYMBOL = "*"
+
 #: secondary indexes, each for a look-up the system makes (``optimize.SYSTEM_QUERIES`` checks them)
 INDEXES: tuple[sa.Index, ...] = (
     # the latest runs, and runs older than the retention (prune)

@@ -71,6 +71,13 @@ PHASES: dict[str, tuple[str, ...]] = {
     "select": ("select",),
     "persist": ("collect",),
 }
+#: a cross-sectional study's phases: its score tasks load and score, its block tasks load the market (the
+#: chunks' closes and scores) and form the portfolios
+RANKING_PHASES: dict[str, tuple[str, ...]] = {
+    "load": (FETCH_KEY, "load"),
+    "scores": ("scores",),
+    "portfolios": ("portfolios",),
+}
 
 #: files a run writes beside its results (read back by the report)
 PROFILE_FILE = "profile.json"
@@ -201,6 +208,8 @@ class ChunkFigures:
     original_wall: float | None = None
     #: seconds spent fetching its prices from the source into the chunk's price file (None: read from cache)
     fetch: float | None = None
+    #: the study's phases (``PHASES`` or ``RANKING_PHASES``): the chunk table's columns
+    phase_names: tuple[str, ...] = tuple(PHASES)
 
     @property
     def io_wait(self) -> float:
@@ -225,17 +234,19 @@ class ChunkFigures:
             "cpu_wait_s": round(self.cpu_wait, 3),
             "io_wait_s": round(self.io_wait, 3),
             "fetch_s": None if self.fetch is None else round(self.fetch, 3),
-            **{f"{p}_s": round(self.phases.get(p, 0.0), 3) for p in PHASES},
+            **{f"{p}_s": round(self.phases.get(p, 0.0), 3) for p in self.phase_names},
             "peak_rss_mib": None if self.peak_rss is None else round(self.peak_rss / 2**20, 1),
             "class": self.classification,
             "symbols_per_s": round(self.symbols / self.wall, 1) if self.wall > 0 else None,
         }
 
 
-def phase_walls(timings: Mapping[str, float]) -> dict[str, float]:
+def phase_walls(
+    timings: Mapping[str, float], phases: Mapping[str, tuple[str, ...]] = PHASES
+) -> dict[str, float]:
     """Wall seconds per study phase from a chunk's timings (unknown keys go to ``other``)."""
-    out = dict.fromkeys(PHASES, 0.0)
-    known = {key: phase for phase, keys in PHASES.items() for key in keys}
+    out = dict.fromkeys(phases, 0.0)
+    known = {key: phase for phase, keys in phases.items() for key in keys}
     for key, value in wall_timings(timings).items():
         phase = known.get(key, "other")
         out[phase] = out.get(phase, 0.0) + value
@@ -249,13 +260,16 @@ def chunk_figures(
     timings: Mapping[str, float] | None,
     end: float | None,
     samples: pd.DataFrame | None = None,
+    phases: Mapping[str, tuple[str, ...]] = PHASES,
 ) -> ChunkFigures:
     """A chunk's figures from its persisted timings (and the monitor's samples for its memory)."""
     timings = timings or {}
     walls = wall_timings(timings)
     wall = sum(walls.values())
     if status != COMPUTED:
-        return ChunkFigures(chunk, symbols, status, original_wall=wall if walls else None, end=end)
+        return ChunkFigures(
+            chunk, symbols, status, original_wall=wall if walls else None, end=end, phase_names=tuple(phases)
+        )
     peak = None
     if samples is not None and end is not None:
         peak = peak_between(samples, end - wall, end)
@@ -266,12 +280,13 @@ def chunk_figures(
         wall=wall,
         cpu=float(timings.get(CPU_KEY, 0.0)),
         cpu_wait=float(timings.get(CPU_WAIT_KEY, 0.0)),
-        phases=phase_walls(timings),
+        phases=phase_walls(timings, phases),
         load_cpu=float(timings.get(CPU_LOAD_KEY, 0.0)),
         attempts=int(timings.get(ATTEMPTS_KEY, 1)),
         end=end,
         peak_rss=peak,
         fetch=float(timings.get(FETCH_KEY, 0.0)) if timings.get(FETCHED_KEY) else None,
+        phase_names=tuple(phases),
     )
 
 
@@ -400,6 +415,7 @@ def analyse(
     cores: int | None = None,
     machine_memory: int | None = None,
     monitor_overhead: float | None = None,
+    phases: Mapping[str, tuple[str, ...]] = PHASES,
 ) -> RunProfile:
     """The bottleneck analysis of one run (see the module's definitions)."""
     samples = samples if samples is not None else pd.DataFrame()
@@ -434,16 +450,16 @@ def analyse(
         )
 
     # study phases, summed over the computed chunks (CPU: load measured, the rest apportioned by wall)
-    phase_wall = {p: sum(c.phases.get(p, 0.0) for c in computed) for p in PHASES}
+    phase_wall = {p: sum(c.phases.get(p, 0.0) for c in computed) for p in phases}
     load_cpu = sum(c.load_cpu for c in computed)
     rest_cpu = sum(max(c.cpu - c.load_cpu, 0.0) for c in computed)
-    rest_wall = sum(phase_wall[p] for p in PHASES if p != "load")
+    rest_wall = sum(phase_wall[p] for p in phases if p != "load")
     all_wall = sum(phase_wall.values())
     queued = sum(c.cpu_wait for c in computed)
     par = float(workers)
     bt_peak = peak(bt_interval)
     phase_blocks = []
-    for p in PHASES:
+    for p in phases:
         w = phase_wall[p] / par  # wall-clock equivalent with ``workers`` chunks in flight
         if not computed:
             phase_blocks.append(BlockFigures(p, 0.0, None, par, None))

@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import PercentFormatter
+from matplotlib.ticker import MaxNLocator, PercentFormatter
 from PIL import Image
 
 from backtest.atomic import atomic_path
@@ -156,7 +156,16 @@ def _line(ax: Axes, x: np.ndarray, y: np.ndarray, width: int, **style: Any) -> N
 
 #: table -> the columns the plots read from it, besides every ``param_*`` column (other tables: all columns)
 PLOT_COLUMNS: dict[str, tuple[str, ...]] = {
-    "portfolio.parquet": ("date", "equity", "benchmark_equity"),
+    "portfolio.parquet": (
+        "date",
+        "fold",
+        "ret",
+        "equity",
+        "benchmark_ret",
+        "benchmark_equity",
+        "n_holdings",
+        "turnover",
+    ),
     "selections.parquet": ("fold", "basis", "is_score", "val_score", "test_score", "test_start"),
     "grid_scores.parquet": ("window", "mean_score"),
 }
@@ -189,7 +198,7 @@ class RunTables:
         return file.read(columns=columns).to_pandas()
 
 
-def plot_equity(tables: RunTables) -> Figure | str:
+def plot_equity(tables: RunTables, ranking: bool = False) -> Figure | str:
     port = tables["portfolio.parquet"]
     if port is None or port.empty:
         return "no portfolio.parquet (the study produced no out-of-sample returns)"
@@ -197,18 +206,79 @@ def plot_equity(tables: RunTables) -> Figure | str:
     ax1, ax2 = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [2, 1]})
     dates = port["date"].to_numpy(dtype="datetime64[ns]")
     width = _pixel_width(fig)
-    for col, label in (("equity", "strategy"), ("benchmark_equity", "buy and hold")):
+    benchmark = "equal-weight universe" if ranking else "buy and hold"
+    for col, label in (("equity", "strategy"), ("benchmark_equity", benchmark)):
         if col in port:
             equity = port[col].to_numpy(dtype=float)
             drawdown = equity / np.fmax.accumulate(equity) - 1.0
             _line(ax1, dates, equity, width, label=label, linewidth=1.2)
             _line(ax2, dates, drawdown, width, label=label, linewidth=1.0)
     ax1.set_ylabel("equity (start = 1)")
-    _title(ax1, "Out-of-sample equal-weight portfolio")
+    _title(
+        ax1,
+        "Out-of-sample portfolio (test windows stitched)"
+        if ranking
+        else "Out-of-sample equal-weight portfolio",
+    )
     ax1.legend(loc="upper left")
     ax1.grid(alpha=0.3)
     ax2.set_ylabel("drawdown")
     ax2.yaxis.set_major_formatter(PercentFormatter(1.0))
+    ax2.grid(alpha=0.3)
+    return fig
+
+
+def plot_fold_equity(tables: RunTables) -> Figure | str:
+    """A cross-sectional study's test windows one by one: each fold's equity from 1, beside the benchmark's
+    on the same days, so a fold that carried (or sank) the stitched result stands out."""
+    port = tables["portfolio.parquet"]
+    if port is None or port.empty or "fold" not in port:
+        return "no portfolio.parquet with folds (the study produced no out-of-sample returns)"
+    folds = sorted(int(f) for f in port["fold"].unique())
+    cols = min(4, len(folds))
+    rows = -(-len(folds) // cols)
+    fig = _figure(
+        10, 2.1 * rows + 0.8, Margins(left=0.7, right=0.2, top=0.5, bottom=0.5, hspace=0.45, wspace=0.25)
+    )
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    for ax, f in zip(axes, folds, strict=False):
+        part = port[port["fold"] == f]
+        dates = part["date"].to_numpy(dtype="datetime64[ns]")
+        equity = np.cumprod(1.0 + part["ret"].to_numpy(dtype=float))
+        ax.plot(dates, equity, linewidth=1.1, label="strategy")
+        if "benchmark_ret" in part:
+            bench = np.cumprod(1.0 + part["benchmark_ret"].fillna(0.0).to_numpy(dtype=float))
+            ax.plot(dates, bench, linewidth=0.9, label="benchmark")
+        ax.axhline(1.0, color="black", linewidth=0.5)
+        ax.set_title(f"fold {f}: {equity[-1] - 1.0:+.1%}", fontsize="small", y=1.0)
+        ax.tick_params(labelsize="x-small")
+        ax.xaxis.set_major_locator(MaxNLocator(3))
+        ax.grid(alpha=0.3)
+    for ax in axes[len(folds) :]:
+        ax.set_visible(False)
+    axes[0].legend(loc="upper left", fontsize="x-small")
+    fig.suptitle("Equity of each fold's test window (start = 1)", y=1.0 - 0.12 / fig.get_figheight())
+    return fig
+
+
+def plot_holdings(tables: RunTables) -> Figure | str:
+    """A cross-sectional study's number of holdings and its turnover, day by day over the test windows."""
+    port = tables["portfolio.parquet"]
+    if port is None or port.empty or "n_holdings" not in port:
+        return "no portfolio.parquet with holdings (the study produced no out-of-sample returns)"
+    fig = _figure(9, 4.5, Margins(left=0.85, top=0.35, bottom=0.4, hspace=0.1))
+    ax1, ax2 = fig.subplots(2, 1, sharex=True)
+    dates = port["date"].to_numpy(dtype="datetime64[ns]")
+    ax1.step(dates, port["n_holdings"].to_numpy(dtype=float), where="post", linewidth=1.0)
+    ax1.set_ylabel("symbols held")
+    ax1.set_ylim(bottom=0.0)
+    _title(ax1, "Holdings and turnover (test windows)")
+    ax1.grid(alpha=0.3)
+    turnover = port["turnover"].to_numpy(dtype=float)
+    traded = turnover > 0
+    ax2.vlines(dates[traded], 0.0, turnover[traded], linewidth=1.0, color="tab:orange")
+    ax2.set_ylabel("turnover (traded / value)")
+    ax2.set_ylim(bottom=0.0)
     ax2.grid(alpha=0.3)
     return fig
 
@@ -250,7 +320,13 @@ def _param_columns(frame: pd.DataFrame) -> list[str]:
     return sorted(varying, key=lambda c: -frame[c].nunique(dropna=True))
 
 
-def plot_grid(tables: RunTables) -> Figure | str:
+def _label(value: Any) -> str:
+    """A parameter value as a tick label: numbers compact, names (a ranking study's side, weighting) as
+    they are."""
+    return f"{value:g}" if isinstance(value, int | float | np.number) else str(value)
+
+
+def plot_grid(tables: RunTables, ranking: bool = False) -> Figure | str:
     grid = tables["grid_scores.parquet"]
     if grid is None or grid.empty:
         return "no grid_scores.parquet"
@@ -258,11 +334,12 @@ def plot_grid(tables: RunTables) -> Figure | str:
     if not params:
         return "no parameter of the grid takes more than one value: there is no grid to map"
     train = grid[grid["window"] == "train"]
-    fig = _figure(8, 5.5, Margins(left=0.75, right=1.0, bottom=0.75, top=0.35))
+    top = 0.55 if len(params) > 2 else 0.35  # room for the title's second line
+    fig = _figure(8, 5.5, Margins(left=0.75, right=1.0, bottom=0.75, top=top))
     ax = fig.subplots()
     if len(params) == 1:
         line = train.groupby(params[0])["mean_score"].mean()
-        ax.plot(line.index, line.to_numpy(), marker="o")
+        ax.plot([_label(v) for v in line.index], line.to_numpy(), marker="o")
         ax.set_xlabel(params[0].removeprefix("param_"))
         ax.set_ylabel("mean train score")
     else:
@@ -272,19 +349,20 @@ def plot_grid(tables: RunTables) -> Figure | str:
         finite = values[np.isfinite(values)]
         vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
         image = ax.imshow(values, origin="lower", aspect="auto", cmap="viridis", vmin=vmin, vmax=vmax)
-        ax.set_xticks(range(len(table.columns)), [f"{v:g}" for v in table.columns], rotation=45)
-        ax.set_yticks(range(len(table.index)), [f"{v:g}" for v in table.index])
+        ax.set_xticks(range(len(table.columns)), [_label(v) for v in table.columns], rotation=45)
+        ax.set_yticks(range(len(table.index)), [_label(v) for v in table.index])
         ax.set_xlabel(px.removeprefix("param_"))
         ax.set_ylabel(py.removeprefix("param_"))
         fig.colorbar(image, ax=ax, label="mean train score", fraction=0.06, pad=0.03)
-    title = "Grid score heat map (train windows, mean over symbols and folds)"
+    over = "folds" if ranking else "symbols and folds"
+    title = f"Grid score heat map (train windows, mean over {over})"
     if len(params) > 2:
         title += "\n(averaged over " + ", ".join(p.removeprefix("param_") for p in params[2:]) + ")"
     _title(ax, title)
     return fig
 
 
-def plot_selections(tables: RunTables) -> Figure | str:
+def plot_selections(tables: RunTables, ranking: bool = False) -> Figure | str:
     sel = tables["selections.parquet"]
     if sel is None or sel.empty:
         return "no selections.parquet"
@@ -293,18 +371,32 @@ def plot_selections(tables: RunTables) -> Figure | str:
     if not params or chosen.empty:
         return "no selected parameters to show"
     height = 2.6 * len(params) + 0.6
-    fig = _figure(9, height, Margins(left=0.85, bottom=0.4, top=0.35, hspace=0.12))
+    fig = _figure(9, height, Margins(left=1.1, bottom=0.4, top=0.35, hspace=0.12))
     axes = fig.subplots(len(params), 1, sharex=True, squeeze=False)[:, 0]
-    grouped = chosen.groupby(pd.to_datetime(chosen["test_start"]))
+    starts = pd.to_datetime(chosen["test_start"])
     for ax, param in zip(axes, params, strict=True):
-        column = grouped[param]
-        mean, lo, hi = column.mean(), column.quantile(0.25), column.quantile(0.75)
-        ax.fill_between(mean.index, lo.to_numpy(), hi.to_numpy(), alpha=0.25, step="post", label="25-75 %")
-        ax.step(mean.index, mean.to_numpy(), where="post", label="mean", linewidth=1.5)
+        values = chosen[param]
+        numeric = pd.api.types.is_numeric_dtype(values)
+        names = [] if numeric else sorted(values.dropna().unique())
+        if not numeric:  # a choice (side, weighting): its names on the axis
+            values = values.map({n: i for i, n in enumerate(names)}).astype(float)
+        column = values.groupby(starts)
+        if ranking or not numeric:  # one selection per test window
+            ax.step(column.first().index, column.first().to_numpy(), where="post", linewidth=1.5)
+        else:  # one per symbol and test window: their spread
+            mean, lo, hi = column.mean(), column.quantile(0.25), column.quantile(0.75)
+            ax.fill_between(
+                mean.index, lo.to_numpy(), hi.to_numpy(), alpha=0.25, step="post", label="25-75 %"
+            )
+            ax.step(mean.index, mean.to_numpy(), where="post", label="mean", linewidth=1.5)
+            ax.legend(loc="upper left")
+        if names:
+            ax.set_yticks(range(len(names)), names)
+            ax.set_ylim(-0.5, len(names) - 0.5)
         ax.set_ylabel(param.removeprefix("param_"))
         ax.grid(alpha=0.3)
-        ax.legend(loc="upper left")
-    _title(axes[0], "Selected parameters over time (per test window, across symbols)")
+    where = "the portfolio's selection" if ranking else "across symbols"
+    _title(axes[0], f"Selected parameters over time (per test window, {where})")
     return fig
 
 
@@ -399,7 +491,7 @@ def plot_phases(summary: dict[str, Any], doc: dict[str, Any] | None) -> Figure |
     ax1.set_xlabel("seconds")
     _title(ax1, "Flow steps (wall time)")
     ax1.grid(alpha=0.3, axis="x")
-    pnames = [p for p in ("fetch", *PHASES) if p in phases]
+    pnames = [p for p in dict.fromkeys(("fetch", *PHASES, *phases)) if p in phases]
     walls = [phases[p]["wall"] * phases[p]["parallelism"] for p in pnames]
     cpus = [phases[p]["cpu"] or 0.0 for p in pnames]
     y = np.arange(len(pnames))
@@ -500,6 +592,54 @@ PLOT_TITLES = {
     "resources": "Resource use over time",
     "phases": "Time per phase",
 }
+#: a cross-sectional study's report: the same plots, plus each fold's test window and the holdings
+RANKING_PLOT_TITLES = {
+    "equity": PLOT_TITLES["equity"],
+    "folds": "Equity of each fold's test window",
+    "holdings": "Holdings and turnover",
+    **{k: v for k, v in PLOT_TITLES.items() if k != "equity"},
+}
+
+
+def is_ranking(summary: dict[str, Any]) -> bool:
+    return summary.get("kind") == "cross_sectional"
+
+
+def plot_titles(summary: dict[str, Any]) -> dict[str, str]:
+    """The plots of a run's report, in order, by the study's kind."""
+    return RANKING_PLOT_TITLES if is_ranking(summary) else PLOT_TITLES
+
+
+def fold_rows(tables: RunTables) -> list[dict[str, Any]]:
+    """A cross-sectional study's folds: the selection, its scores, and its test window's return, holdings
+    and turnover."""
+    sel, port = tables["selections.parquet"], tables["portfolio.parquet"]
+    if sel is None or port is None or sel.empty or "fold" not in port:
+        return []
+    by_fold = port.groupby("fold")
+    grid = tables["grid_scores.parquet"]
+    # the grid's axes: the parameters it varies (every one when the grid is not there)
+    params = _param_columns(grid) if grid is not None else [c for c in sel.columns if c.startswith("param_")]
+    rows = []
+    for row in sel.itertuples(index=False):
+        f = int(row.fold)
+        days = by_fold.get_group(f) if f in by_fold.groups else port.iloc[:0]
+        rows.append(
+            {
+                "fold": f,
+                "test window": f"{pd.Timestamp(row.test_start):%Y-%m-%d}",
+                "selected": " ".join(f"{p.removeprefix('param_')}={_label(getattr(row, p))}" for p in params)
+                if row.basis != "skipped"
+                else "none",
+                "in sample": row.is_score,
+                "validation": row.val_score,
+                "test": row.test_score,
+                "test return": float(np.prod(1.0 + days["ret"].to_numpy(float)) - 1.0) if len(days) else None,
+                "mean holdings": float(days["n_holdings"].mean()) if len(days) else None,
+                "turnover": float(days["turnover"].sum()) if len(days) else None,
+            }
+        )
+    return rows
 
 
 def render_html(
@@ -508,14 +648,18 @@ def render_html(
     plots: dict[str, Path],
     skipped: dict[str, str],
     base: Path,
+    folds: Sequence[dict[str, Any]] = (),
 ) -> str:
     cfg = summary.get("config", {})
     fig = summary.get("figures") or {}
+    ranking = is_ranking(summary)
+    kind = "Cross-sectional study" if ranking else "Three-phase study"
+    benchmark = "equal-weight universe" if ranking else "buy and hold"
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
         f"<title>Backtest report: {html.escape(str(cfg.get('strategy', '')))}</title>",
         f"<style>{_CSS}</style><script>{_SCRIPT}</script></head><body>",
-        f"<h1>Three-phase study: {html.escape(str(cfg.get('strategy', '')))}</h1>",
+        f"<h1>{kind}: {html.escape(str(cfg.get('strategy', '')))}</h1>",
         f"<p class='small'>flow run {html.escape(str(summary.get('flow_run_id')))}; results in "
         f"{html.escape(str(summary.get('out')))}</p>",
         "<h2>Summary</h2>",
@@ -523,10 +667,12 @@ def render_html(
     ]
     if fig.get("portfolio"):
         rows = [
-            {"metric": k, "portfolio": fig["portfolio"].get(k), "buy and hold": fig["benchmark"].get(k)}
+            {"metric": k, "portfolio": fig["portfolio"].get(k), benchmark: fig["benchmark"].get(k)}
             for k in fig["portfolio"]
         ]
         parts += [f"<h2>Out of sample, {fig.get('oos_start')} to {fig.get('oos_end')}</h2>", _table(rows)]
+    if folds:
+        parts += ["<h2>Folds</h2>", _table(folds)]
     luck = luck_rows(summary)
     if luck:
         verdict = fig["overfitting"].get("verdict", "")
@@ -563,7 +709,7 @@ def render_html(
             else "<p>No alert was raised.</p>"
         )
     parts.append("<h2>Plots</h2>")
-    for name, title in PLOT_TITLES.items():
+    for name, title in plot_titles(summary).items():
         if name in plots:
             rel = os.path.relpath(plots[name], base)
             parts.append(
@@ -596,7 +742,7 @@ def _block_rows(blocks: dict[str, dict[str, Any]], label: str) -> list[dict[str,
 
 
 #: the plots drawn only from the result tables: identical for identical results, so they can be reused
-RESULT_PLOTS = ("equity", "scores", "grid", "selections", "luck")
+RESULT_PLOTS = ("equity", "folds", "holdings", "scores", "grid", "selections", "luck")
 _SKIPPED_SUFFIX = ".skipped.txt"
 
 
@@ -662,15 +808,19 @@ def build_report(out: Path, plot_cache: Path | None = None) -> ReportFiles:
     plot_dir = out / PLOT_DIR
     plot_dir.mkdir(parents=True, exist_ok=True)
     tables = RunTables(out)
-    makers: dict[str, Callable[[], Figure | str]] = {
-        "equity": functools.partial(plot_equity, tables),
+    ranking = is_ranking(summary)
+    every: dict[str, Callable[[], Figure | str]] = {
+        "equity": functools.partial(plot_equity, tables, ranking),
+        "folds": functools.partial(plot_fold_equity, tables),
+        "holdings": functools.partial(plot_holdings, tables),
         "scores": functools.partial(plot_scores, tables),
-        "grid": functools.partial(plot_grid, tables),
-        "selections": functools.partial(plot_selections, tables),
+        "grid": functools.partial(plot_grid, tables, ranking),
+        "selections": functools.partial(plot_selections, tables, ranking),
         "luck": functools.partial(plot_luck, tables),
         "resources": functools.partial(plot_resources, tables),
         "phases": functools.partial(plot_phases, summary, doc),
     }
+    makers = {name: every[name] for name in plot_titles(summary)}
     results: dict[str, Path | str] = {}
     reused: set[str] = set()  # taken from the plot cache
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="report-png") as writer:
@@ -704,7 +854,8 @@ def build_report(out: Path, plot_cache: Path | None = None) -> ReportFiles:
             _keep_in_cache(plot_cache, name, result)
     page = out / REPORT_FILE
     with atomic_path(page) as tmp:
-        tmp.write_text(render_html(summary, doc, plots, skipped, out), encoding="utf-8")
+        folds = fold_rows(tables) if ranking else []
+        tmp.write_text(render_html(summary, doc, plots, skipped, out, folds), encoding="utf-8")
     return ReportFiles(html=page, plots=plots, skipped=skipped)
 
 

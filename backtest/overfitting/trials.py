@@ -107,7 +107,11 @@ def luck_table(luck: dict[str, Any]) -> list[dict[str, Any]]:
         ("degradation slope", luck.get("degradation_slope"), "out- on in-sample Sharpe; near 1 carries over"),
         ("probabilistic Sharpe (vs 0)", luck.get("psr"), "probability the true Sharpe is above 0"),
         ("deflated Sharpe", luck.get("dsr"), f"the same against the luck of {luck.get('trials')} trials"),
-        ("SPA p-value", luck.get("spa_pvalue"), "best trial against buy-and-hold; below 0.05: not luck"),
+        (
+            "SPA p-value",
+            luck.get("spa_pvalue"),
+            f"best trial against {luck.get('benchmark', 'buy-and-hold')}; below 0.05: not luck",
+        ),
         (
             "observations T, skewness, kurtosis",
             f"{inputs.get('T')}, {_round(inputs.get('skewness'))}, {_round(inputs.get('kurtosis'))}",
@@ -145,6 +149,8 @@ class Overfitting:
     dsr: float
     cscv: CscvResult
     spa: SpaResult
+    #: what the SPA test's best trial is measured against
+    benchmark: str = "buy-and-hold"
 
     def to_dict(self) -> dict[str, Any]:
         c = self.cscv
@@ -157,6 +163,7 @@ class Overfitting:
             "pbo": c.pbo,
             "degradation_slope": c.degradation_slope,
             "spa_pvalue": self.spa.pvalue,
+            "benchmark": self.benchmark,
             "verdict": self.verdict(),
             "inputs": {
                 "T": self.days,
@@ -194,8 +201,8 @@ class Overfitting:
             )
         p = self.spa.pvalue
         if math.isfinite(p):
-            beats = "beats buy-and-hold beyond luck" if p < 0.05 else "does not beat buy-and-hold beyond luck"
-            parts.append(f"SPA p {p:.2f}: the best trial {beats}")
+            beats = "beats" if p < 0.05 else "does not beat"
+            parts.append(f"SPA p {p:.2f}: the best trial {beats} {self.benchmark} beyond luck")
         return "; ".join(parts) if parts else "too little data for the overfitting statistics"
 
     def splits_frame(self) -> pd.DataFrame:
@@ -207,7 +214,12 @@ class Overfitting:
 
 
 def assess(
-    matrix: TrialMatrix, oos_returns: np.ndarray, blocks: int, spa_reps: int, seed: int
+    matrix: TrialMatrix,
+    oos_returns: np.ndarray,
+    blocks: int,
+    spa_reps: int,
+    seed: int,
+    benchmark: str = "buy-and-hold",
 ) -> Overfitting:
     """Every statistic of luck for a study: its trial matrix and its stitched out-of-sample returns.
 
@@ -235,4 +247,5 @@ def assess(
             dsr=float(deflated_sharpe(sharpe, days, skew, kurt, matrix.n_trials, variance)),
             cscv=split,
             spa=spa.result(),
+            benchmark=benchmark,
         )

@@ -12,15 +12,15 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
+from backtest.config import encode_choice
+from backtest.defaults import CHOICES, SIDES, WEIGHTINGS
 from backtest.errors import ConfigError
 from backtest.ranking import portfolio_nb, scores_nb
 
-SIDES = portfolio_nb.SIDES
-WEIGHTINGS = portfolio_nb.WEIGHTINGS
+__all__ = ["CHOICES", "SIDES", "WEIGHTINGS", "encode_choice"]
+
 #: the construction options as grid parameters, in the order of the combination table's columns
 CONSTRUCTION_PARAMS = ("top", "quantile", "side", "weighting", "max_weight", "rebalance")
-#: options given by name on the command line and in the grid, stored as their position in these tuples
-CHOICES = {"side": SIDES, "weighting": WEIGHTINGS}
 DEFAULT_TOP = 50
 DEFAULT_REBALANCE = 21
 
@@ -90,18 +90,6 @@ class Construction:
         """Eligible symbols the first rebalance waits for."""
         per_leg = self.top if self.top else 1
         return 2 * per_leg if self.side == "long_short" else per_leg
-
-
-def encode_choice(name: str, value: str | float) -> float:
-    """A grid value of ``side`` or ``weighting`` by name (or already as its code)."""
-    choices = CHOICES[name]
-    if isinstance(value, str):
-        if value not in choices:
-            raise ConfigError(f"unknown {name} {value!r}: choose one of {', '.join(choices)}")
-        return float(choices.index(value))
-    if value != int(value) or not (0 <= value < len(choices)):
-        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
-    return float(value)
 
 
 @dataclass(frozen=True, eq=False)

@@ -10,8 +10,6 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-SIDES = ("long", "long_short")
-WEIGHTINGS = ("equal", "score", "inverse_vol")
 EQUAL, SCORE, INVERSE_VOL = 0, 1, 2
 
 

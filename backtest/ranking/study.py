@@ -481,7 +481,7 @@ def walk_forward(
         benchmark=bench_trials,
         symbols=blocks[0].bar_count[lo:hi],
     )
-    luck = assess(trials, oos_ret, cfg.pbo_blocks, SPA_REPS, SPA_SEED)
+    luck = assess(trials, oos_ret, cfg.pbo_blocks, SPA_REPS, SPA_SEED, "the equal-weight universe")
     selections = pd.DataFrame(rows)
     for w in WINDOWS:
         for e in ("start", "end"):

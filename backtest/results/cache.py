@@ -26,7 +26,8 @@ class CacheLayout:
 
     ``results`` and ``records`` are Prefect's result files and cache records of the chunks (same names, the
     chunk keys), ``locks`` the chunks' lock files, ``prices`` each chunk's price file, ``collected`` the
-    merged tables of a set of chunks (one folder per ``collected_key``).
+    merged tables of a set of chunks (one folder per ``collected_key``), ``ranking`` a cross-sectional
+    study's score files (per chunk) and portfolio files (per block of combinations), named by their keys.
     """
 
     root: Path
@@ -54,6 +55,10 @@ class CacheLayout:
     @property
     def collected(self) -> Path:
         return self.root / "collected"
+
+    @property
+    def ranking(self) -> Path:
+        return self.root / "ranking"
 
     def result_file(self, key: str) -> Path:
         return self.results / key

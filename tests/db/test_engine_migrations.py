@@ -122,11 +122,29 @@ def test_migration_4_adds_the_statistics_of_luck_keeping_the_metrics(tmp_path):
             sa.text("INSERT INTO symbol_metrics (run_id, symbol, sharpe, folds) VALUES (:r, 'A', 1.5, 2)"),
             {"r": run_id},
         )
-    assert upgrade(engine, url) == [4]
+    assert upgrade(engine, url, target=4) == [4]
     assert "run_overfitting" in _tables_and_indexes(engine)[0]
     with engine.connect() as conn:
         row = conn.execute(sa.select(s.symbol_metrics)).one()
     assert (row.symbol, row.sharpe, row.folds, row.psr, row.dsr) == ("A", 1.5, 2, None, None)
+
+
+def test_migration_5_adds_the_holdings_keeping_the_runs(tmp_path):
+    url = f"sqlite:///{tmp_path / 'v4.db'}"
+    engine = get_engine(url)
+    assert upgrade(engine, url, target=4) == [1, 2, 3, 4]
+    assert "holdings" not in _tables_and_indexes(engine)[0]
+    with engine.begin() as conn:
+        conn.execute(
+            sa.insert(s.runs).values(
+                strategy="momentum_rank", state="Completed", started_at=sa.func.current_timestamp(), config={}
+            )
+        )
+    assert upgrade(engine, url) == [5]
+    assert "holdings" in _tables_and_indexes(engine)[0]
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(s.runs.c.strategy)).scalar_one() == "momentum_rank"
+        assert conn.execute(sa.select(sa.func.count()).select_from(s.holdings)).scalar() == 0
 
 
 def test_a_newer_database_is_refused_and_left_alone(tmp_path):

@@ -21,7 +21,8 @@ from flows.params import StudyParams
         ({"strategy": "momentum", "grid": {"lookback": [300]}, "train_years": 1}, "momentum (300 bars)"),
         ({"fees_bps": -1}, "fees_bps"),
         ({"slippage_bps": -0.5}, "slippage_bps"),
-        ({"grid": {"fast": ["a"]}}, "grid.fast.0"),
+        ({"grid": {"fast": ["a"]}}, "parameter 'fast' takes numbers, got 'a'"),
+        ({"strategy": "momentum_rank", "grid": {"side": ["long", "sideways"]}}, "unknown side 'sideways'"),
         ({"grid": {"period": [5]}}, "has no parameter period"),
     ],
 )
@@ -42,6 +43,18 @@ def test_bad_values_are_refused_with_the_reason(values, message):
 )
 def test_usable_values_pass(values):
     StudyParams(**values)
+
+
+def test_a_ranking_grid_takes_its_choices_by_name_as_the_command_line_does():
+    from cli.grid import parse_param
+
+    by_name = StudyParams(strategy="momentum_rank", grid={"side": ["long", "long_short"], "top": [10, 20]})
+    assert by_name.to_config().grid.as_dict() == {"side": [0.0, 1.0], "top": [10.0, 20.0]}
+    assert dict([parse_param("side=long,long_short")]) == {"side": [0.0, 1.0]}
+    assert (
+        by_name.to_config().digest()
+        == StudyParams(strategy="momentum_rank", grid={"side": [0, 1], "top": [10, 20]}).to_config().digest()
+    )  # one cache key, however the choice was written
 
 
 def test_public_dump_masks_a_database_password():

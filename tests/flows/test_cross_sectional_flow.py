@@ -93,3 +93,31 @@ def test_portfolio_options_are_checked_before_any_work(store, tmp_path):
     universe.write_text("symbol,start\nA,2001-01-01\n")
     bad = runner.invoke(app, [*base, "--strategy", "momentum_rank", "--universe", str(universe), *ARGS[2:]])
     assert bad.exit_code == 1 and "missing end" in bad.output
+
+
+def test_a_ranking_run_is_profiled_reported_and_persisted(store, tmp_path):
+    """As a user runs it: the report (with each fold and the holdings), the profile of its score and block
+    tasks, the run in the database, and the progress of every task."""
+    from backtest.db.results import read_holdings, read_run
+    from backtest.observe.report import RANKING_PLOT_TITLES
+
+    out = tmp_path / "out"
+    db = f"sqlite:///{store.root.resolve() / 'backtest.db'}"  # beside the store: where a run's results go
+    args = [a for a in ARGS if a not in ("--no-report", "--no-persist")]
+    result = runner.invoke(app, ["run", "--store", str(store.root), "--out", str(out), *args])
+    assert result.exit_code == 0, result.output
+    assert "no timings" not in result.output
+    summary = json.loads((out / "summary.json").read_text())
+    counts = summary["counts"]
+    assert counts["chunks"] == counts["score_chunks"] + counts["blocks"] and counts["blocks"] >= 1
+    # the progress bar counts every task, the blocks included
+    assert f"{counts['chunks']}/{counts['chunks']} chunks" in result.output
+    profile = summary["profile"]
+    assert set(profile["phases"]) == {"load", "scores", "portfolios"}
+    assert profile["phases"]["scores"]["wall"] > 0 and profile["phases"]["portfolios"]["wall"] > 0
+    page = (out / "report.html").read_text()
+    assert summary["report"] == str(out / "report.html") and "<h2>Folds</h2>" in page
+    assert all((out / "report" / f"{name}.png").exists() for name in RANKING_PLOT_TITLES)
+    run = read_run(db, summary["flow_run_id"])
+    assert run.state == "Completed" and run.summary["kind"] == "cross_sectional"
+    assert len(read_holdings(db, run.id)) == len(pd.read_parquet(out / "holdings.parquet"))

@@ -22,7 +22,15 @@ from backtest.observe.alerts import AlertBook
 from backtest.observe.monitor import ResourceMonitor
 from backtest.observe.profiling import ChunkFigures, analyse, save_profile
 from backtest.observe.recommendations import recommend
-from backtest.observe.report import PLOT_TITLES, RESULT_PLOTS, build_report, report_markdown
+from backtest.observe.report import (
+    PLOT_TITLES,
+    RANKING_PLOT_TITLES,
+    RESULT_PLOTS,
+    build_report,
+    report_markdown,
+)
+from backtest.ranking.portfolio import Construction
+from backtest.ranking.study import run_cross_sectional
 from backtest.results.outputs import study_figures
 from cli.app import app
 from tests.panels import random_panel
@@ -165,11 +173,11 @@ def test_result_plots_are_kept_in_the_plot_cache_and_linked_on_the_next_build(ru
     first = Path(shutil.copytree(run_folder, tmp_path / "first"))
     build_report(first, cache)
     cached = {p.name for p in cache.iterdir()}
-    assert cached == {f"{name}.png" for name in RESULT_PLOTS}
+    assert cached == {f"{name}.png" for name in RESULT_PLOTS if name in PLOT_TITLES}
     again = Path(shutil.copytree(run_folder, tmp_path / "again", ignore=shutil.ignore_patterns("report")))
     files = build_report(again, cache)
     assert set(files.plots) == set(PLOT_TITLES)
-    for name in RESULT_PLOTS:
+    for name in (n for n in RESULT_PLOTS if n in PLOT_TITLES):
         png = again / "report" / f"{name}.png"
         assert os.path.samefile(png, cache / f"{name}.png")
         assert os.stat(png).st_mode & 0o777 == 0o444  # read-only: never written in place through a link
@@ -183,3 +191,56 @@ def test_result_plots_are_kept_in_the_plot_cache_and_linked_on_the_next_build(ru
     assert "no portfolio.parquet" in build_report(partial, skipped_cache).skipped["equity"]
     assert "no portfolio.parquet" in (skipped_cache / "equity.skipped.txt").read_text()
     assert "no portfolio.parquet" in build_report(partial, skipped_cache).skipped["equity"]
+
+
+def _has_content(path: Path) -> bool:
+    rgb = imread(path)[..., :3]
+    return rgb.std() > 0.05 and (np.ptp(rgb, axis=2) > 0.15).mean() > 0.005
+
+
+def test_a_cross_sectional_report_adds_each_fold_and_the_holdings(tmp_path):
+    """A ranking study's report: every plot of a timing study's, each fold's test window and the holdings
+    and turnover, its choices (side, weighting) drawn by name, and a table of the folds."""
+    config = StudyConfig(
+        strategy="momentum_rank",
+        grid=ParamGrid.from_mapping(
+            {
+                "lookback": [21, 63],
+                "top": [3, 5],
+                "side": ["long", "long_short"],
+                "weighting": ["equal", "score"],
+            }
+        ),
+        folds=FoldSpec(train_years=2, validate_years=1, test_years=1),
+    )
+    result = run_cross_sectional(config, Construction(), random_panel(n_symbols=16, n_bars=1600, seed=3))
+    out = tmp_path / "rank"
+    result.save(out)
+    summary = {
+        "kind": "cross_sectional",
+        "flow_run_id": "test",
+        "state": "Completed",
+        "config": {"strategy": "momentum_rank"},
+        "counts": {"symbols": 16, "chunks": 3, "folds": len(result.selections), "combinations": 16},
+        "cache": {"hits": 0, "misses": 3, "failed": 0},
+        "figures": result.figures(),
+        "phase_seconds": {"plan": 0.01, "backtest": 0.5, "collect": 0.1},
+        "wall_seconds": 0.61,
+        "out": str(out),
+    }
+    write_json(out / "summary.json", summary)
+    files = build_report(out)
+    expected = set(RANKING_PLOT_TITLES) - {"resources"}  # no resource samples in this folder
+    assert set(files.plots) == expected and set(files.skipped) == {"resources"}
+    assert {"folds", "holdings"} <= expected and not {"folds", "holdings"} & set(PLOT_TITLES)
+    for name in expected:
+        assert _has_content(files.plots[name]), name
+    page = files.html.read_text()
+    assert "<h1>Cross-sectional study: momentum_rank</h1>" in page
+    assert "<h2>Folds</h2>" in page and "equal-weight universe" in page
+    chosen = result.selections[result.selections["combo"] >= 0].iloc[-1]
+    # the folds table names the grid's axes with their values, choices by name
+    assert f"weighting={chosen['param_weighting']}" in page and f"side={chosen['param_side']}" in page
+    assert "rebalance=" not in page  # not an axis of this grid
+    for title in (RANKING_PLOT_TITLES["folds"], RANKING_PLOT_TITLES["holdings"]):
+        assert f"<h3>{title}</h3><img" in page.replace("&#x27;", "'")
