@@ -91,7 +91,9 @@ def core_portfolios(piece: RankSlice) -> np.ndarray:
     """Each combination's total return over the whole calendar: the core's scores and portfolio kernel."""
     panel, plan = piece.clean, piece.plan
     scores = chunk_scores(plan, panel)
-    block = form_block(plan, market_of(panel), lambda s: scores[s], list(range(len(plan.combos))))
+    block = form_block(
+        plan, market_of(panel), lambda s: lambda: [(0, scores[s])], list(range(len(plan.combos)))
+    )
     return np.prod(1.0 + block.ret, axis=1) - 1.0
 
 

@@ -8,11 +8,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from prefect import get_run_logger
 from prefect.context import get_run_context
 from prefect.futures import as_completed
 from prefect.states import Completed, Failed, State
+from prefect.utilities.annotations import quote
 
 from backtest.atomic import write_json
 from backtest.data.store import Store
@@ -21,16 +21,17 @@ from backtest.engine.planning import ChunkSpec, Universe, plan_chunks, resolve_u
 from backtest.errors import BacktestError
 from backtest.observe.profiling import RANKING_PHASES, REPORT_FILE
 from backtest.ranking.files import block_key, ranking_code, score_key
-from backtest.ranking.study import KIND, BlockResult, RankingPlan, blocks_of, walk_forward
+from backtest.ranking.study import KIND, RankingPlan, blocks_of
 from backtest.ranking.universe import members_without_prices, read_universe, universe_digest
 from backtest.results.cache import CacheLayout, CacheLimits
+from backtest.results.outputs import collected_key
 from backtest.results.summary import CACHED, ChunkOutcome, PhaseClock, RunSummary
 from flows.monitoring import RunWatch
 from flows.params import StudyParams
 from tasks import artifacts
 from tasks.chunks import PriceSource
 from tasks.db import mark_queries, record_ranking_run
-from tasks.ranking import BlockJob, ScoreJob, form_portfolios, release_market, score_chunk
+from tasks.ranking import BlockJob, ScoreJob, collect_ranking, form_portfolios, release_market, score_chunk
 from tasks.report import publish_report
 from tasks.results import prune_cache
 
@@ -185,16 +186,23 @@ def run_cross_sectional(params: StudyParams, watch: RunWatch, runner_factory: An
                 finally:
                     release_market()
     watch.backtest_done()
+    key = collected_key([Path(b.path).name for b in blocks], run.plan.config.merge_digest())
     if not summary.failed:
         with clock.phase("collect"):
-            results = [BlockResult.load(Path(b.path)) for b in blocks]
-            result = walk_forward(run.plan, run.universe.symbols, results[0].dates, results)
-            result.save(run.out)
-            summary.figures = figures(result)
-            del results, result
+            collected = collect_ranking(
+                quote(run.plan),
+                quote(list(run.universe.symbols)),
+                [b.path for b in blocks],
+                str(run.out),
+                str(cache.collected),
+                key,
+            )
+            summary.figures = collected["figures"]
+            summary.collect_reused = collected["reused"]
+            summary.collected_key = key
     with clock.phase("prune"):
         limits = CacheLimits(int(params.cache_max_gb * 1e9), params.cache_max_age_days * 86400.0)
-        summary.pruned = prune_cache(cache, limits, [w.key for w in watched], "").to_dict()
+        summary.pruned = prune_cache(cache, limits, [w.key for w in watched], key).to_dict()
     if params.persist:  # the run and its results into the database, then light maintenance
         with clock.phase("db"):
             summary.wall_seconds = clock.elapsed()
@@ -213,7 +221,7 @@ def run_cross_sectional(params: StudyParams, watch: RunWatch, runner_factory: An
     text = artifacts.summary_text(doc)
     watch.post("the summary", lambda: artifacts.summary_markdown(text))
     if doc["report"]:
-        built = publish_report(str(run.out), None, return_state=True)
+        built = publish_report(str(run.out), str(cache.collected / key), return_state=True)
         if built.is_failed():
             logger.error("the report could not be built: %s", built.message)
     if summary.failed:
@@ -249,25 +257,3 @@ def _wait(
         size = len(job.spec.symbols) if isinstance(job, ScoreJob) else len(job.combos)
         summary.outcomes.append(ChunkOutcome(name, size, state_name, "", error))
         watch.chunk_finished(name, future.state, value.get("timings"), cached=bool(value.get("cached")))
-
-
-def figures(result: Any) -> dict[str, Any]:
-    """summary.json's figures, with the names the timing study's printing and artifacts read."""
-    fig = result.figures()
-    sel = result.selections[result.selections["combo"] >= 0]
-    port = result.portfolio
-    fig.update(
-        oos_start=str(port["date"].iloc[0].date()) if len(port) else None,
-        oos_end=str(port["date"].iloc[-1].date()) if len(port) else None,
-        mean_in_sample_score=_mean(sel["is_score"]),
-        mean_validation_score=_mean(sel["val_score"]),
-        mean_test_score=_mean(sel["test_score"]),
-        mean_turnover=_mean(port["turnover"]),
-    )
-    return fig
-
-
-def _mean(series: Any) -> float | None:
-    values = np.asarray(series, dtype=float)
-    values = values[np.isfinite(values)]
-    return float(values.mean()) if len(values) else None

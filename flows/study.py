@@ -27,6 +27,7 @@ from backtest.engine.planning import (
 )
 from backtest.engine.study import StudyPlan
 from backtest.errors import BacktestError
+from backtest.observe.preload import preload
 from backtest.observe.profiling import REPORT_FILE, wall_timings
 from backtest.results.cache import CacheLayout, CacheLimits
 from backtest.results.handoff import RESULTS
@@ -70,6 +71,7 @@ def three_phase_study(params: StudyParams = StudyParams()) -> Any:  # noqa: B008
     """Plan the chunks, load and backtest each (cached by its inputs), collect, publish, prune, report."""
     if params.report:
         preload_report()  # matplotlib's import overlaps the run instead of delaying the report
+    preload("arch.bootstrap")  # the statistics of luck's SPA test (1.5 s to import), needed at the end
     watch = RunWatch(get_run_context().flow_run, params.alerts, params.monitor_interval)
     with watch:  # the resource monitor samples the run's process tree until the flow returns or fails
         if params.kind() == "ranking":

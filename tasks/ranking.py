@@ -21,7 +21,7 @@ from backtest.data.panel import PricePanel
 from backtest.data.panelio import prices_file
 from backtest.engine.planning import ChunkSpec
 from backtest.observe.profiling import Measured, add_task_figures, measure, wall_timings
-from backtest.ranking.files import ChunkCloses, MarketLoader, cut, save_scores, whole
+from backtest.ranking.files import ChunkCloses, MarketLoader, collect_study, cut, save_scores, whole
 from backtest.ranking.study import RankingPlan, chunk_scores, form_block
 from tasks.chunks import PriceSource, retry_transient
 
@@ -91,23 +91,31 @@ def shared_market(job: BlockJob) -> MarketLoader:
             _MARKET.clear()  # one market at a time: the previous run's is let go
             last = np.datetime64(job.plan.last_date, "D")
             opens = job.plan.config.execution == "next_open"
-            panels = [closes_of(job.source, spec, last, opens) for spec in job.specs]
-            _MARKET[key] = MarketLoader(panels, [Path(p) for p in job.score_files], job.membership, opens)
+            readers = [ChunkReader(job.source, spec, last, opens) for spec in job.specs]
+            _MARKET[key] = MarketLoader(readers, [Path(p) for p in job.score_files], job.membership, opens)
         return _MARKET[key]
 
 
-def closes_of(
-    source: PriceSource, spec: ChunkSpec, last: np.datetime64, opens: bool
-) -> ChunkCloses | PricePanel:
-    """A chunk's closes from its price file (written by its score task), or its whole panel when that is gone."""
-    path = prices_file(Path(source.cache_dir), spec.data_fingerprint, source.last)
-    try:
-        return ChunkCloses.read(path, last, opens)
-    except FileNotFoundError:
-        panel, written = source.load(spec)
-        if written is not None:
-            written.result()
-        return cut(panel, last)
+class ChunkReader:
+    """A chunk's closes from its price file (written by its score task), or its whole panel when that is
+    gone (fetched once, then kept for the market's second reading)."""
+
+    def __init__(self, source: PriceSource, spec: ChunkSpec, last: np.datetime64, opens: bool) -> None:
+        self.source, self.spec, self.last, self.opens = source, spec, last, opens
+        self._fetched: PricePanel | None = None
+
+    def __call__(self) -> ChunkCloses | PricePanel:
+        if self._fetched is not None:
+            return self._fetched
+        path = prices_file(Path(self.source.cache_dir), self.spec.data_fingerprint, self.source.last)
+        try:
+            return ChunkCloses.read(path, self.last, self.opens)
+        except FileNotFoundError:
+            panel, written = self.source.load(self.spec)
+            if written is not None:
+                written.result()
+            self._fetched = cut(panel, self.last)
+            return self._fetched
 
 
 def release_market() -> None:
@@ -151,7 +159,7 @@ def form_portfolios(job: BlockJob) -> dict[str, Any]:
         with measure() as load:
             loader = shared_market(job)  # built by the first block of the process, the others wait for it
         with measure() as formed:
-            block = form_block(job.plan, loader.market, loader.scores, job.combos)
+            block = form_block(job.plan, loader.market, loader.pieces, job.combos)
             block.save(path)
     return _done(path, {"load": load.wall, "portfolios": formed.wall}, load, total, False)
 
@@ -168,3 +176,13 @@ def _done(
         ", ".join(f"{k} {v:.2f} s" for k, v in wall_timings(timings).items()),
     )
     return {"path": str(path), "cached": False, "timings": timings}
+
+
+@task(name="collect-study", persist_result=False)
+def collect_ranking(
+    plan: RankingPlan, symbols: list[str], block_files: list[str], out: str, cache: str, key: str
+) -> dict[str, Any]:
+    """Phases 1-3 on the blocks' portfolios, the study's tables in ``out`` (linked from the cache on a re-run
+    with the same blocks)."""
+    done = collect_study(plan, symbols, [Path(p) for p in block_files], Path(out), Path(cache), key)
+    return {"figures": done.figures, "reused": done.reused, "key": done.key, "timings": done.timings}

@@ -42,11 +42,15 @@ def test_the_forms_bounds_are_the_cores():
 
 def test_prefect_yaml_states_no_default_again():
     doc = yaml.safe_load((REPO / "prefect.yaml").read_text())
-    nightly = next(d for d in doc["deployments"] if d["name"] == "nightly")
-    params = nightly["parameters"]["params"]
-    StudyParams(**params)  # valid as the UI would submit it
+    studies = [d for d in doc["deployments"] if d["entrypoint"] == "flows/study.py:three_phase_study"]
+    assert {d["name"] for d in studies} >= {"nightly", "momentum"}
     fields = StudyParams.model_fields
-    restated = [
-        k for k, v in params.items() if k not in {"strategy", "grid", "store"} and v == fields[k].default
-    ]
-    assert restated == [], f"prefect.yaml repeats defaults of backtest/defaults.py: {restated}"
+    for study in studies:
+        params = study["parameters"]["params"]
+        StudyParams(**params)  # valid as the UI would submit it
+        restated = [
+            k for k, v in params.items() if k not in {"strategy", "grid", "store"} and v == fields[k].default
+        ]
+        assert restated == [], (
+            f"{study['name']} in prefect.yaml repeats defaults of backtest/defaults.py: {restated}"
+        )

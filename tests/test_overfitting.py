@@ -369,3 +369,17 @@ def test_pbo_blocks_change_the_merged_key_not_the_chunk_key():
     assert a.digest() == b.digest()  # every chunk stays a cache hit
     assert a.merge_digest() != b.merge_digest()
     assert collected_key(["c1"], a.merge_digest()) != collected_key(["c1"], b.merge_digest())
+
+
+def test_the_standard_librarys_normal_distribution_equals_scipys():
+    from scipy.special import ndtr as scipy_ndtr
+    from scipy.special import ndtri as scipy_ndtri
+
+    from backtest.overfitting.sharpe import ndtr, ndtri
+
+    z = np.linspace(-8.0, 8.0, 2001)
+    np.testing.assert_allclose(ndtr(z), scipy_ndtr(z), rtol=1e-13, atol=1e-16)
+    p = np.linspace(1e-9, 1.0 - 1e-9, 2001)
+    np.testing.assert_allclose(ndtri(p), scipy_ndtri(p), rtol=1e-13, atol=1e-14)
+    assert np.isnan(ndtr(np.nan)) and ndtr(np.array([])).shape == (0,)
+    assert ndtri(np.array([0.0, 1.0])).tolist() == [-np.inf, np.inf] and np.isnan(ndtri(np.nan))

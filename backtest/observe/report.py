@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator, PercentFormatter
+from matplotlib.ticker import PercentFormatter
 from PIL import Image
 
 from backtest.atomic import atomic_path
@@ -229,35 +229,41 @@ def plot_equity(tables: RunTables, ranking: bool = False) -> Figure | str:
 
 
 def plot_fold_equity(tables: RunTables) -> Figure | str:
-    """A cross-sectional study's test windows one by one: each fold's equity from 1, beside the benchmark's
-    on the same days, so a fold that carried (or sank) the stitched result stands out."""
+    """A cross-sectional study's test windows one by one, side by side on one time axis: each fold's equity
+    from 1 beside the benchmark's on the same days, so a fold that carried (or sank) the stitched result
+    stands out."""
     port = tables["portfolio.parquet"]
     if port is None or port.empty or "fold" not in port:
         return "no portfolio.parquet with folds (the study produced no out-of-sample returns)"
-    folds = sorted(int(f) for f in port["fold"].unique())
-    cols = min(4, len(folds))
-    rows = -(-len(folds) // cols)
-    fig = _figure(
-        10, 2.1 * rows + 0.8, Margins(left=0.7, right=0.2, top=0.5, bottom=0.5, hspace=0.45, wspace=0.25)
-    )
-    axes = fig.subplots(rows, cols, squeeze=False).ravel()
-    for ax, f in zip(axes, folds, strict=False):
-        part = port[port["fold"] == f]
-        dates = part["date"].to_numpy(dtype="datetime64[ns]")
-        equity = np.cumprod(1.0 + part["ret"].to_numpy(dtype=float))
-        ax.plot(dates, equity, linewidth=1.1, label="strategy")
-        if "benchmark_ret" in part:
-            bench = np.cumprod(1.0 + part["benchmark_ret"].fillna(0.0).to_numpy(dtype=float))
-            ax.plot(dates, bench, linewidth=0.9, label="benchmark")
-        ax.axhline(1.0, color="black", linewidth=0.5)
-        ax.set_title(f"fold {f}: {equity[-1] - 1.0:+.1%}", fontsize="small", y=1.0)
-        ax.tick_params(labelsize="x-small")
-        ax.xaxis.set_major_locator(MaxNLocator(3))
-        ax.grid(alpha=0.3)
-    for ax in axes[len(folds) :]:
-        ax.set_visible(False)
-    axes[0].legend(loc="upper left", fontsize="x-small")
-    fig.suptitle("Equity of each fold's test window (start = 1)", y=1.0 - 0.12 / fig.get_figheight())
+    fig = _figure(9, 4.2, Margins(left=0.85, top=0.35, bottom=0.4))
+    ax = fig.subplots()
+    folds = port["fold"].to_numpy()
+    starts = np.flatnonzero(np.r_[True, folds[1:] != folds[:-1]])
+    ends = np.r_[starts[1:], len(port)]
+    dates = port["date"].to_numpy(dtype="datetime64[ns]")
+    ret = port["ret"].to_numpy(dtype=float)
+    bench = port["benchmark_ret"].fillna(0.0).to_numpy(dtype=float) if "benchmark_ret" in port else None
+    for n, (lo, hi) in enumerate(zip(starts, ends, strict=True)):
+        equity = np.cumprod(1.0 + ret[lo:hi])
+        ax.plot(dates[lo:hi], equity, color="tab:blue", linewidth=1.1, label="strategy" if n == 0 else None)
+        if bench is not None:
+            b = np.cumprod(1.0 + bench[lo:hi])
+            ax.plot(dates[lo:hi], b, color="tab:orange", linewidth=0.9, label="benchmark" if n == 0 else None)
+        if n:
+            ax.axvline(dates[lo], color="grey", linewidth=0.6, linestyle=":")
+        ax.text(
+            dates[lo],
+            0.02,
+            f" {equity[-1] - 1.0:+.0%}",
+            transform=ax.get_xaxis_transform(),  # x on the dates, y at the bottom of the axes
+            fontsize="x-small",
+            color="tab:blue",
+        )
+    ax.axhline(1.0, color="black", linewidth=0.5)
+    ax.set_ylabel("equity of the fold's window (start = 1)")
+    _title(ax, "Each fold's test window on its own (its return at the bottom)")
+    ax.legend(loc="upper left", fontsize="small")
+    ax.grid(alpha=0.3)
     return fig
 
 

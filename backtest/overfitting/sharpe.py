@@ -6,13 +6,33 @@ Undefined inputs (too few days, no dispersion, a non-positive variance term) giv
 
 from __future__ import annotations
 
+import math
+from statistics import NormalDist
+
 import numpy as np
-from scipy.special import ndtr, ndtri
 
 #: the Euler-Mascheroni constant of the expected maximum of N normal draws
 EULER_GAMMA = 0.5772156649015329
 
 ArrayLike = float | np.ndarray
+
+# The normal distribution from the standard library (math.erfc, and Wichura's algorithm for the inverse, both
+# accurate to about 1e-16): scipy.special gave the same values and cost every command 0.3 s and 40 MB to import.
+_ndtr = np.vectorize(lambda z: 0.5 * math.erfc(-z / math.sqrt(2.0)), otypes=[float])
+_ndtri = np.vectorize(
+    lambda p: NormalDist().inv_cdf(p) if 0.0 < p < 1.0 else {0.0: -math.inf, 1.0: math.inf}.get(p, math.nan),
+    otypes=[float],
+)
+
+
+def ndtr(z: ArrayLike) -> np.ndarray:
+    """The standard normal CDF."""
+    return _ndtr(np.asarray(z, dtype=float))
+
+
+def ndtri(p: ArrayLike) -> np.ndarray:
+    """The standard normal quantile of ``p`` in (0, 1)."""
+    return _ndtri(np.asarray(p, dtype=float))
 
 
 def probabilistic_sharpe(

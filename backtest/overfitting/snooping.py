@@ -17,7 +17,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from arch.bootstrap import SPA
 
 
 @dataclass(frozen=True)
@@ -54,6 +53,8 @@ def spa_test(
     differs = np.abs(models - bench[:, None]).max(axis=0) > 0 if t else np.zeros(n, dtype=bool)
     if t < 3 or not differs.any():
         return SpaResult(math.nan, math.nan, math.nan, best, 0, reps, block, seed, period)
+    from arch.bootstrap import SPA  # here: importing arch costs every command about 1.5 s
+
     spa = SPA(-bench, -models[:, differs], block_size=block, reps=reps, seed=seed)
     spa.compute()
     p = spa.pvalues

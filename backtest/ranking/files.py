@@ -7,7 +7,7 @@ Named by content keys (the inputs that decide them), written atomically, and rea
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,13 +15,14 @@ import numpy as np
 import pandas as pd
 
 import backtest
-from backtest.atomic import atomic_path
+from backtest.atomic import atomic_path, json_safe
 from backtest.data.panel import PricePanel
 from backtest.data.panelio import read_columns
 from backtest.engine.planning import code_fingerprint
-from backtest.ranking.portfolio import Market
-from backtest.ranking.study import RankingPlan
+from backtest.ranking.portfolio import Market, Pieces
+from backtest.ranking.study import BlockResult, RankingPlan, walk_forward
 from backtest.ranking.universe import membership_mask
+from backtest.results.outputs import Collected, cached_entry
 
 _RANKING_MODULES = (
     "portfolio_nb.py",
@@ -115,35 +116,49 @@ class ChunkCloses:
 
 
 class MarketLoader:
-    """The whole universe on the union calendar of its chunks, and each score combination's array on it.
+    """The whole universe on the union calendar of its chunks, and each score combination's scores on it.
 
-    ``panels`` are the chunks' prices in universe order, already cut: anything with ``symbols``, ``dates``,
-    ``close`` and (with ``opens``) ``open``, such as a ``PricePanel`` or a ``ChunkCloses``; ``score_files``
-    their score files. Scores are read one combination at a time (80 MB for a whole market, float32).
+    ``chunks`` read the chunks' prices in universe order, already cut: anything with ``symbols``, ``dates``,
+    ``close`` and (with ``opens``) ``open``, such as a ``PricePanel`` or a ``ChunkCloses`` (memory-mapped: a
+    read costs nothing until its prices are touched). Each is called twice, once for the calendars, once to
+    copy its prices into the market and let them go, so that the market's 160 MB of closes are never held
+    twice. ``score_files`` are their score files, read one combination and one chunk at a time (``pieces``).
     """
 
     def __init__(
         self,
-        panels: Sequence[PricePanel | ChunkCloses],
+        chunks: Sequence[Callable[[], PricePanel | ChunkCloses]],
         score_files: Sequence[Path],
         membership: pd.DataFrame | None = None,
         opens: bool = True,
     ) -> None:
-        self.dates = (
-            np.unique(np.concatenate([p.dates for p in panels])) if panels else np.zeros(0, "datetime64[D]")
-        )
-        self.symbols = tuple(s for p in panels for s in p.symbols)
+        calendars, symbols = [], []
+        for read in chunks:
+            chunk = read()
+            calendars.append(np.asarray(chunk.dates))
+            symbols.extend(chunk.symbols)
+            del chunk
+        self.dates = np.unique(np.concatenate(calendars)) if calendars else np.zeros(0, "datetime64[D]")
+        self.symbols = tuple(symbols)
         self._files = list(score_files)
-        self._cols = [np.searchsorted(self.dates, p.dates) for p in panels]
-        self._rows = np.cumsum([0] + [len(p.symbols) for p in panels])
+        self._cols = [np.searchsorted(self.dates, d) for d in calendars]
         close = np.full((len(self.symbols), len(self.dates)), np.nan)
         # the opens only for next_open fills: at the close they are never read (160 MB for a whole market)
         open_ = np.full_like(close, np.nan) if opens else close
-        for k, p in enumerate(panels):
-            rows = slice(self._rows[k], self._rows[k + 1])
-            close[rows, self._cols[k]] = p.close
+        row = 0
+        starts = [0]
+        for k, read in enumerate(chunks):
+            chunk = read()
+            rows = slice(row, row + len(chunk.symbols))
+            whole = len(self._cols[k]) == len(self.dates)  # the usual case: a plain copy of rows
+            cols = slice(None) if whole else self._cols[k]
+            close[rows, cols] = chunk.close
             if opens:
-                open_[rows, self._cols[k]] = p.open
+                open_[rows, cols] = chunk.open
+            row += len(chunk.symbols)
+            starts.append(row)
+            del chunk
+        self._rows = np.array(starts)
         member = (
             np.zeros((0, 0), np.bool_)
             if membership is None
@@ -151,9 +166,39 @@ class MarketLoader:
         )
         self.market = Market(self.symbols, self.dates, close, open_, member)
 
-    def scores(self, s: int) -> np.ndarray:
-        out = np.full((len(self.symbols), len(self.dates)), np.nan, dtype=np.float32)
-        for k, path in enumerate(self._files):
-            chunk = np.load(path, mmap_mode="r")
-            out[self._rows[k] : self._rows[k + 1], self._cols[k]] = chunk[s]
-        return out
+    def pieces(self, s: int) -> Pieces:
+        """Score combination ``s`` chunk by chunk, each read from its file only when used (memory-mapped):
+        a chunk whose calendar misses days of the market's is widened to it."""
+
+        def chunks() -> Iterator[tuple[int, np.ndarray]]:
+            n_days = len(self.dates)
+            for k, path in enumerate(self._files):
+                rows = np.load(path, mmap_mode="r")[s]
+                if len(self._cols[k]) != n_days:
+                    wide = np.full((rows.shape[0], n_days), np.nan, dtype=np.float32)
+                    wide[:, self._cols[k]] = rows
+                    rows = wide
+                yield int(self._rows[k]), rows
+
+        return chunks
+
+
+def collect_study(
+    plan: RankingPlan,
+    symbols: Sequence[str],
+    block_files: Sequence[Path],
+    out: Path,
+    cache: Path,
+    key: str,
+) -> Collected:
+    """The study's tables in ``out`` from its blocks' portfolios (the walk-forward), kept in ``cache/<key>``
+    so that a re-run with the same blocks links them instead of walking forward again."""
+
+    def build(folder: Path) -> dict[str, object]:
+        blocks = [BlockResult.load(Path(p)) for p in block_files]
+        result = walk_forward(plan, symbols, blocks[0].dates, blocks)
+        del blocks
+        result.save(folder)
+        return {"figures": json_safe(result.figures()), "timings": result.timings}
+
+    return cached_entry(cache, key, build, out)

@@ -8,6 +8,7 @@ errors that say how to fix them; ``Market`` holds the prices of the whole univer
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -113,14 +114,14 @@ class Market:
         return np.where(has.any(axis=1), last, -1).astype(np.int64)
 
     @functools.cached_property
+    def bar_count(self) -> np.ndarray:
+        """Symbols with a bar, per day."""
+        return np.count_nonzero(~np.isnan(self.close), axis=0).astype(np.int64)
+
+    @functools.cached_property
     def volatility(self) -> np.ndarray:
         """63-bar volatility of every symbol on its own bars, for ``weighting inverse_vol`` (made once)."""
         return scores_nb.own_volatility_nb(self.close, scores_nb.VOL_WINDOW)
-
-    @functools.cached_property
-    def bar_scores(self) -> np.ndarray:
-        """0 wherever a symbol has a bar: the benchmark's scores (everyone eligible ties)."""
-        return np.where(np.isnan(self.close), np.float32(np.nan), np.float32(0.0))
 
     @property
     def n_symbols(self) -> int:
@@ -144,19 +145,87 @@ class Simulation:
     log_targets: np.ndarray  # their targets (days x symbols)
 
 
-def first_rebalance(market: Market, scores: np.ndarray, construction: Construction) -> int:
-    weighting = WEIGHTINGS.index(construction.weighting)
-    vol = market.volatility if weighting == portfolio_nb.INVERSE_VOL else np.zeros((0, 0))
-    return int(
-        portfolio_nb.first_rebalance_nb(
-            scores, market.close, market.member, market.last_bar, vol, construction.need, weighting
-        )
+#: a score combination's scores as pieces of the market's rows: (first row, rows x days float32), in row order
+Pieces = Callable[[], Iterable[tuple[int, np.ndarray]]]
+#: rows of the benchmark's bar "scores" made at a time (bounded memory: 256 x days float32)
+_BENCH_ROWS = 256
+
+
+@dataclass(frozen=True, eq=False)
+class ScoreDays:
+    """A score combination's eligible scores on the days its portfolios may rebalance, day-major: row c
+    holds day ``days[c]``'s score of every symbol, NaN where the symbol is not eligible that day."""
+
+    days: np.ndarray  # calendar indices, ascending
+    col_of: np.ndarray  # per calendar day: its row in ``values`` (-1: not kept)
+    values: np.ndarray  # len(days) x symbols, float32
+    vol: np.ndarray  # len(days) x symbols: the volatility on those days (inverse_vol), else 0 x 0
+
+
+def _rows(
+    market: Market, r0: int, n: int, vol: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The market's ``close``, ``member``, ``last_bar`` and volatility of rows ``r0 ... r0 + n``."""
+    rows = slice(r0, r0 + n)
+    member = market.member[rows] if market.member.shape[0] else market.member
+    return market.close[rows], member, market.last_bar[rows], market.volatility[rows] if vol else _EMPTY2
+
+
+_EMPTY2 = np.zeros((0, 0))
+
+
+def schedule(first: int, rebalance: int, n_days: int) -> np.ndarray:
+    return np.arange(first, n_days, rebalance, dtype=np.int64) if first >= 0 else np.zeros(0, np.int64)
+
+
+def score_days(
+    market: Market, pieces: Pieces, constructions: Sequence[Construction]
+) -> tuple[ScoreDays, list[int]]:
+    """The scores every construction of one score combination needs, and each one's first rebalance (the
+    first day with enough eligible symbols). Two passes over the pieces: the eligible counts per day, then
+    the scores of the rebalance days; no symbols x days array of the whole market is made."""
+    n_days, n_sym = market.n_days, market.n_symbols
+    vol = any(c.weighting == "inverse_vol" for c in constructions)
+    counts = np.zeros((2, n_days), np.int64)
+    for r0, rows in pieces():
+        close, member, last_bar, vol_rows = _rows(market, r0, rows.shape[0], vol)
+        portfolio_nb.eligible_counts_nb(rows, close, member, last_bar, vol_rows, counts)
+    firsts = [
+        int(portfolio_nb.first_day_nb(counts[1 if c.weighting == "inverse_vol" else 0], c.need))
+        for c in constructions
+    ]
+    days = np.unique(
+        np.concatenate([schedule(f, c.rebalance, n_days) for f, c in zip(firsts, constructions, strict=True)])
     )
+    values = np.empty((len(days), n_sym), np.float32)
+    for r0, rows in pieces():
+        close, member, last_bar, _ = _rows(market, r0, rows.shape[0], False)
+        portfolio_nb.gather_days_nb(rows, close, member, last_bar, days, values, r0)
+    return _score_days(market, days, values, vol), firsts
+
+
+def bench_days(market: Market, first: int, rebalance: int) -> ScoreDays:
+    """The equal-weight benchmark's "scores" on its rebalance days: 0 for every eligible symbol (a bar, a
+    member, a history not ending that day), built a few hundred rows at a time."""
+    days = schedule(first, rebalance, market.n_days)
+    values = np.empty((len(days), market.n_symbols), np.float32)
+    for r0 in range(0, market.n_symbols, _BENCH_ROWS):
+        close, member, last_bar, _ = _rows(market, r0, min(_BENCH_ROWS, market.n_symbols - r0), False)
+        bars = np.where(np.isnan(close), np.float32(np.nan), np.float32(0.0))
+        portfolio_nb.gather_days_nb(bars, close, member, last_bar, days, values, r0)
+    return _score_days(market, days, values, False)
+
+
+def _score_days(market: Market, days: np.ndarray, values: np.ndarray, vol: bool) -> ScoreDays:
+    col_of = np.full(market.n_days, -1, np.int64)
+    col_of[days] = np.arange(len(days))
+    vol_days = np.ascontiguousarray(market.volatility[:, days].T) if vol else _EMPTY2
+    return ScoreDays(days, col_of, values, vol_days)
 
 
 def simulate(
     market: Market,
-    scores: np.ndarray,
+    scores: np.ndarray | ScoreDays,
     construction: Construction,
     cost: float,
     next_open: bool,
@@ -164,11 +233,21 @@ def simulate(
     log_mask: np.ndarray | None = None,
     first: int | None = None,
 ) -> Simulation:
-    """Run one portfolio; ``first`` forces the first rebalance day (the benchmark follows the strategy's)."""
+    """Run one portfolio. ``scores`` is the whole market's (symbols x days) or a combination's ``ScoreDays``
+    (then ``first`` is its first rebalance, from ``score_days``); ``first`` forces the first rebalance day
+    (the benchmark follows the strategy's)."""
+    if isinstance(scores, np.ndarray):
+        whole = np.ascontiguousarray(scores, np.float32)
+        days, firsts = score_days(market, lambda: [(0, whole)], [construction])
+        if first is None:
+            first = firsts[0]
+        elif first >= 0:  # forced: its own schedule
+            days = _forced(market, whole, first, construction)
+    else:
+        days = scores
+        if first is None:
+            raise ValueError("give the first rebalance day of these ScoreDays (score_days returns it)")
     weighting = WEIGHTINGS.index(construction.weighting)
-    vol = market.volatility if weighting == portfolio_nb.INVERSE_VOL else np.zeros((0, 0))
-    if first is None:
-        first = first_rebalance(market, scores, construction)
     n_sym, n_days = market.n_symbols, market.n_days
     snap_days = np.zeros(0, np.int64) if snap_days is None else np.ascontiguousarray(snap_days, np.int64)
     log_mask = np.zeros(n_days, np.bool_) if log_mask is None else np.ascontiguousarray(log_mask, np.bool_)
@@ -180,10 +259,10 @@ def simulate(
     n_log = portfolio_nb.simulate_nb(
         market.close,
         market.open,
-        np.ascontiguousarray(scores, np.float32),
-        market.member,
+        days.values,
+        days.col_of,
+        days.vol,
         market.last_bar,
-        vol,
         construction.top,
         construction.quantile,
         construction.side == "long_short",
@@ -203,6 +282,14 @@ def simulate(
         log_days,
     )
     return Simulation(ret, turnover, n_holdings, first, snaps, log_days[:n_log], log_targets[:n_log])
+
+
+def _forced(market: Market, scores: np.ndarray, first: int, construction: Construction) -> ScoreDays:
+    days = schedule(first, construction.rebalance, market.n_days)
+    values = np.empty((len(days), market.n_symbols), np.float32)
+    close, member, last_bar, _ = _rows(market, 0, market.n_symbols, False)
+    portfolio_nb.gather_days_nb(scores, close, member, last_bar, days, values, 0)
+    return _score_days(market, days, values, construction.weighting == "inverse_vol")
 
 
 def _rebalances_in(mask: np.ndarray, first: int, every: int) -> int:

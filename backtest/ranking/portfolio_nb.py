@@ -2,7 +2,9 @@
 
 The rules are docs/cross_sectional.md's ("Portfolio construction", "Accounting"), in value units from 1 in
 cash. Only held symbols are touched between rebalances (a list of them is kept), so a day costs the size of
-the portfolio, not of the market; a rebalance day looks at every symbol once.
+the portfolio, not of the market; a rebalance day looks at every symbol once, in a day-major row of the
+scores of the days that can be rebalance days (``gather_days_nb``), eligibility already folded in: a whole
+market's prices are symbol-major, and reading one day across them is a cache miss per symbol.
 """
 
 from __future__ import annotations
@@ -97,37 +99,82 @@ def ends_nb(idx: np.ndarray, key: np.ndarray, m: int, last: bool) -> np.ndarray:
 
 
 @njit(nogil=True, cache=True)
-def targets_nb(
-    t: int,
+def eligible_nb(score: float, close: float, member: bool, last_bar: int, t: int, n_bars: int) -> bool:
+    """Eligible on day ``t``: a score and a bar, a member, and a history that does not end that day (before
+    the calendar's last day)."""
+    if np.isnan(score) or np.isnan(close) or not member:
+        return False
+    return not (last_bar == t and t < n_bars - 1)
+
+
+@njit(nogil=True, cache=True)
+def eligible_counts_nb(
     scores: np.ndarray,
     close: np.ndarray,
     member: np.ndarray,
     last_bar: np.ndarray,
     vol: np.ndarray,
+    counts: np.ndarray,
+) -> None:
+    """Add the eligible symbols of these rows (a chunk of the market) to ``counts`` per day: row 0 all of
+    them, row 1 those with a positive volatility too (``inverse_vol``; only when ``vol`` is not empty)."""
+    n_sym, n_bars = scores.shape
+    for i in range(n_sym):
+        for t in range(n_bars):
+            ok = member.shape[0] == 0 or member[i, t]
+            if eligible_nb(scores[i, t], close[i, t], ok, last_bar[i], t, n_bars):
+                counts[0, t] += 1
+                if vol.shape[0] > 0 and vol[i, t] > 0.0:
+                    counts[1, t] += 1
+
+
+@njit(nogil=True, cache=True)
+def gather_days_nb(
+    scores: np.ndarray,
+    close: np.ndarray,
+    member: np.ndarray,
+    last_bar: np.ndarray,
+    days: np.ndarray,
+    out: np.ndarray,
+    first_row: int,
+) -> None:
+    """The scores of these rows on ``days`` into columns ``first_row...`` of the day-major ``out`` (days x
+    symbols), NaN where the symbol is not eligible that day."""
+    n_sym, n_bars = scores.shape
+    for i in range(n_sym):
+        for c in range(days.shape[0]):
+            t = days[c]
+            ok = member.shape[0] == 0 or member[i, t]
+            s = scores[i, t]
+            out[c, first_row + i] = s if eligible_nb(s, close[i, t], ok, last_bar[i], t, n_bars) else np.nan
+
+
+@njit(nogil=True, cache=True)
+def targets_nb(
+    row: np.ndarray,
+    vol_row: np.ndarray,
     top: int,
     quantile: float,
     long_short: bool,
     weighting: int,
     max_weight: float,
     target: np.ndarray,
+    chosen: np.ndarray,
 ) -> int:
-    """Target weights decided at day ``t``'s close into ``target`` (zeroed first); returns how many are set."""
-    n_sym, n_bars = close.shape
+    """Target weights decided from one day's eligible scores ``row`` into ``target`` (zeroed first), the
+    symbols they set in ``chosen``; returns how many."""
+    n_sym = row.shape[0]
     target[:] = 0.0
     idx = np.empty(n_sym, dtype=np.int64)
     key = np.empty(n_sym)
     vol_today = np.zeros(n_sym)
     n = 0
     for i in range(n_sym):
-        s = scores[i, t]
-        if np.isnan(s) or np.isnan(close[i, t]):
+        s = row[i]
+        if np.isnan(s):
             continue
-        if member.shape[0] > 0 and not member[i, t]:
-            continue
-        if last_bar[i] == t and t < n_bars - 1:
-            continue  # its history ends today: sold at this close, not bought
         if weighting == INVERSE_VOL:
-            v = vol[i, t]
+            v = vol_row[i]
             if not (v > 0.0):
                 continue
             vol_today[i] = v
@@ -149,41 +196,22 @@ def targets_nb(
     w = leg_weights_nb(best, True, weighting, budget, max_weight, vol_today)
     for j in range(m):
         target[best[j]] = w[j]
+        chosen[j] = best[j]
     if long_short:
         worst = ends_nb(idx[:n], key[:n], m, True)
         w = leg_weights_nb(worst, False, weighting, budget, max_weight, vol_today)
         for j in range(m):
             target[worst[j]] = -w[j]
+            chosen[m + j] = worst[j]
         return 2 * m
     return m
 
 
 @njit(nogil=True, cache=True)
-def first_rebalance_nb(
-    scores: np.ndarray,
-    close: np.ndarray,
-    member: np.ndarray,
-    last_bar: np.ndarray,
-    vol: np.ndarray,
-    need: int,
-    weighting: int,
-) -> int:
-    """The first day with at least ``need`` eligible symbols, or -1."""
-    n_sym, n_bars = close.shape
-    for t in range(n_bars):
-        n = 0
-        for i in range(n_sym):
-            s = scores[i, t]
-            if np.isnan(s) or np.isnan(close[i, t]):
-                continue
-            if member.shape[0] > 0 and not member[i, t]:
-                continue
-            if last_bar[i] == t and t < n_bars - 1:
-                continue
-            if weighting == INVERSE_VOL and not (vol[i, t] > 0.0):
-                continue
-            n += 1
-        if n >= need:
+def first_day_nb(counts: np.ndarray, need: int) -> int:
+    """The first day with at least ``need`` eligible symbols (``counts`` per day), or -1."""
+    for t in range(counts.shape[0]):
+        if counts[t] >= need:
             return t
     return -1
 
@@ -192,10 +220,10 @@ def first_rebalance_nb(
 def simulate_nb(
     close: np.ndarray,
     open_: np.ndarray,
-    scores: np.ndarray,
-    member: np.ndarray,
+    days: np.ndarray,
+    col_of: np.ndarray,
+    vol_days: np.ndarray,
     last_bar: np.ndarray,
-    vol: np.ndarray,
     top: int,
     quantile: float,
     long_short: bool,
@@ -216,10 +244,11 @@ def simulate_nb(
 ) -> int:
     """One portfolio over the whole calendar: daily ``ret``, ``turnover`` and ``n_holdings``.
 
-    ``first`` is the first rebalance day (``first_rebalance_nb``; -1: never). End-of-day weights of the days
-    ``snap_days`` (ascending) go to the rows of ``snaps``; the targets decided on rebalance days where
-    ``log_mask`` is set go to the rows of ``log_targets`` with their day in ``log_days``. ``member`` and
-    ``vol`` may be empty (0 x 0): everyone a member, no volatility needed. Returns the rows logged.
+    ``days`` holds the eligible scores (``gather_days_nb``) of the days ``col_of`` maps to its rows: every
+    rebalance day, ``first`` and every ``rebalance`` days after it (-1: never); ``vol_days`` the volatility
+    on those days for ``inverse_vol`` (else empty). End-of-day weights of the days ``snap_days``
+    (ascending) go to the rows of ``snaps``; the targets decided on rebalance days where ``log_mask`` is set
+    go to the rows of ``log_targets`` with their day in ``log_days``. Returns the rows logged.
     """
     n_sym, n_bars = close.shape
     pos = np.zeros(n_sym)  # value held in each symbol
@@ -229,6 +258,9 @@ def simulate_nb(
     cash = 1.0
     value_prev = 1.0
     target = np.zeros(n_sym)
+    chosen = np.empty(n_sym, dtype=np.int64)
+    n_chosen = 0
+    seen = np.zeros(n_sym, dtype=np.bool_)
     pending = False
     n_log = 0
     k_snap = 0
@@ -248,7 +280,9 @@ def simulate_nb(
             value = cash
             for h in range(n_held):
                 value += pos[held[h]]
-            cash, traded = trade_nb(t, True, close, open_, target, pos, last_px, held, n_held, cash, value)
+            cash, traded = trade_nb(
+                t, True, close, open_, target, chosen, n_chosen, pos, last_px, held, n_held, seen, cash, value
+            )
             n_held = _rebuild_held(pos, held)
             fee += cost * traded
             traded_all += traded
@@ -275,19 +309,10 @@ def simulate_nb(
                     pos[i] = 0.0
         is_rebalance = first >= 0 and t >= first and (t - first) % rebalance == 0
         if is_rebalance:
-            targets_nb(
-                t,
-                scores,
-                close,
-                member,
-                last_bar,
-                vol,
-                top,
-                quantile,
-                long_short,
-                weighting,
-                max_weight,
-                target,
+            c = col_of[t]
+            vol_row = vol_days[c] if vol_days.shape[0] > 0 else np.empty(0)
+            n_chosen = targets_nb(
+                days[c], vol_row, top, quantile, long_short, weighting, max_weight, target, chosen
             )
             if log_mask[t]:
                 log_targets[n_log, :] = target
@@ -296,7 +321,22 @@ def simulate_nb(
             if next_open:
                 pending = t + 1 < n_bars
             else:
-                cash, done = trade_nb(t, False, close, open_, target, pos, last_px, held, n_held, cash, value)
+                cash, done = trade_nb(
+                    t,
+                    False,
+                    close,
+                    open_,
+                    target,
+                    chosen,
+                    n_chosen,
+                    pos,
+                    last_px,
+                    held,
+                    n_held,
+                    seen,
+                    cash,
+                    value,
+                )
                 traded += done
         n_held = _rebuild_held(pos, held) if (is_rebalance or traded > 0.0) else n_held
         fee += cost * traded
@@ -331,16 +371,20 @@ def trade_nb(
     close: np.ndarray,
     open_: np.ndarray,
     target: np.ndarray,
+    chosen: np.ndarray,
+    n_chosen: int,
     pos: np.ndarray,
     last_px: np.ndarray,
     held: np.ndarray,
     n_held: int,
+    seen: np.ndarray,
     cash: float,
     value: float,
 ) -> tuple[float, float]:
     """Trade every symbol with a bar on day ``t`` to ``target x value``; returns the cash and the notional.
 
-    A held symbol without a bar cannot trade: it keeps its value, and the targets shrink by its share.
+    Only the held symbols and the ``chosen`` ones (those with a target) can trade. A held symbol without a
+    bar cannot: it keeps its value, and the targets shrink by its share.
     """
     stuck = 0.0
     for h in range(n_held):
@@ -349,7 +393,11 @@ def trade_nb(
             stuck += abs(pos[i])
     scale = max(0.0, 1.0 - stuck / value) if value > 0.0 else 0.0
     traded = 0.0
-    for i in range(close.shape[0]):
+    for k in range(n_held + n_chosen):
+        i = held[k] if k < n_held else chosen[k - n_held]
+        if seen[i]:
+            continue
+        seen[i] = True
         c = close[i, t]
         if np.isnan(c):
             continue
@@ -361,6 +409,8 @@ def trade_nb(
                 o = open_[i, t]
                 last_px[i] = o if at_open and not np.isnan(o) else c
             pos[i] = new
+    for k in range(n_held + n_chosen):
+        seen[held[k] if k < n_held else chosen[k - n_held]] = False
     return cash, traded
 
 

@@ -35,7 +35,10 @@ from backtest.ranking.portfolio import (
     CONSTRUCTION_PARAMS,
     Construction,
     Market,
+    Pieces,
+    bench_days,
     encode_choice,
+    score_days,
     simulate,
 )
 from backtest.ranking.universe import membership_mask
@@ -211,9 +214,12 @@ def fold_layout(plan: RankingPlan, dates: np.ndarray) -> FoldLayout:
 
 
 def form_block(
-    plan: RankingPlan, market: Market, scores_of: Callable[[int], np.ndarray], combos: Sequence[int]
+    plan: RankingPlan, market: Market, pieces_of: Callable[[int], Pieces], combos: Sequence[int]
 ) -> BlockResult:
-    """Simulate the combinations ``combos`` (each over the whole calendar) and their benchmarks."""
+    """Simulate the combinations ``combos`` (each over the whole calendar) and their benchmarks.
+
+    ``pieces_of(s)`` gives score combination ``s``'s scores in pieces of the market's rows (a chunk file
+    each in the flow); the combinations sharing a score are simulated together, from one ``ScoreDays``."""
     cfg = plan.config
     layout = fold_layout(plan, market.dates)
     test = layout.win_bounds[2::3]
@@ -229,22 +235,27 @@ def form_block(
     logs: list[tuple[np.ndarray, ...]] = []
     benches: dict[tuple[int, int], np.ndarray] = {}
     next_open = cfg.execution == "next_open"
-    loaded: tuple[int, np.ndarray] | None = None  # the score array in use: a block's combinations share it
-    for j, k in enumerate(combos):
-        build = plan.construction_of(int(k))
-        s = int(plan.score_index[k])
-        if loaded is None or loaded[0] != s:
-            loaded = None  # let the previous array go before the next is made
-            loaded = (s, scores_of(s))
-        sim = simulate(market, loaded[1], build, cfg.cost, next_open, snap_days, log_mask)
-        ret[j], turnover[j], n_holdings[j], first[j] = sim.ret, sim.turnover, sim.n_holdings, sim.first
-        snaps[j] = np.where((test[:, 0] > 0)[:, None], sim.snaps, 0.0)
-        day, sym = np.nonzero(sim.log_targets)
-        logs.append((np.full(len(day), k), sim.log_days[day], sym, sim.log_targets[day, sym]))
-        key = bench_key(int(sim.first), build.rebalance)
-        if key not in benches:
-            bench = Construction(top=0, quantile=1.0, rebalance=build.rebalance)
-            benches[key] = simulate(market, market.bar_scores, bench, cfg.cost, next_open, first=key[0]).ret
+    position = {int(k): j for j, k in enumerate(combos)}
+    by_score: dict[int, list[int]] = {}
+    for k in combos:
+        by_score.setdefault(int(plan.score_index[k]), []).append(int(k))
+    for s, ks in by_score.items():
+        builds = [plan.construction_of(k) for k in ks]
+        days, firsts = score_days(market, pieces_of(s), builds)
+        for k, build, f in zip(ks, builds, firsts, strict=True):
+            j = position[k]
+            sim = simulate(market, days, build, cfg.cost, next_open, snap_days, log_mask, first=f)
+            ret[j], turnover[j], n_holdings[j], first[j] = sim.ret, sim.turnover, sim.n_holdings, sim.first
+            snaps[j] = np.where((test[:, 0] > 0)[:, None], sim.snaps, 0.0)
+            day, sym = np.nonzero(sim.log_targets)
+            logs.append((np.full(len(day), k), sim.log_days[day], sym, sim.log_targets[day, sym]))
+            key = bench_key(int(sim.first), build.rebalance)
+            if key not in benches:
+                bench = Construction(top=0, quantile=1.0, rebalance=build.rebalance)
+                benches[key] = simulate(
+                    market, bench_days(market, *key), bench, cfg.cost, next_open, first=key[0]
+                ).ret
+        del days
     log = (
         [np.concatenate(parts) if parts else np.zeros(0) for parts in zip(*logs, strict=True)]
         if logs
@@ -263,7 +274,7 @@ def form_block(
         log_weight=log[3].astype(np.float64),
         bench_keys=np.array(list(benches), np.int64).reshape(-1, 2),
         bench_ret=np.array(list(benches.values())).reshape(len(benches), n_days),
-        bar_count=(~np.isnan(market.close)).sum(axis=0).astype(np.int64),
+        bar_count=market.bar_count,
         dates=market.dates.astype("datetime64[D]"),
     )
 
@@ -303,17 +314,31 @@ class CrossSectionalResult:
         return paths
 
     def figures(self) -> dict[str, object]:
-        """What summary.json says about the results."""
-        sel = self.selections
+        """What summary.json says about the results (with the names the timing study's printing and
+        artifacts read)."""
+        sel = self.selections[self.selections["combo"] >= 0]
+        port = self.portfolio
         return {
             "kind": KIND,
             "portfolio": self.portfolio_metrics,
             "benchmark": self.benchmark_metrics,
             "combinations": len(self.plan.combos),
-            "folds_selected": int((sel["combo"] >= 0).sum()),
-            "mean_holdings": float(self.portfolio["n_holdings"].mean()) if len(self.portfolio) else 0.0,
+            "folds_selected": len(sel),
+            "mean_holdings": float(port["n_holdings"].mean()) if len(port) else 0.0,
+            "oos_start": str(port["date"].iloc[0].date()) if len(port) else None,
+            "oos_end": str(port["date"].iloc[-1].date()) if len(port) else None,
+            "mean_in_sample_score": _mean(sel["is_score"]),
+            "mean_validation_score": _mean(sel["val_score"]),
+            "mean_test_score": _mean(sel["test_score"]),
+            "mean_turnover": _mean(port["turnover"]),
             "overfitting": self.overfitting.to_dict(),
         }
+
+
+def _mean(series: pd.Series) -> float | None:
+    values = np.asarray(series, dtype=float)
+    values = values[np.isfinite(values)]
+    return float(values.mean()) if len(values) else None
 
 
 def _param_columns(plan: RankingPlan, combos: np.ndarray) -> dict[str, np.ndarray]:
@@ -548,7 +573,7 @@ def run_cross_sectional(
     timings["scores"] = time.perf_counter() - t
     t = time.perf_counter()
     market = market_of(panel, membership)
-    block = form_block(plan, market, lambda s: scores[s], list(range(len(plan.combos))))
+    block = form_block(plan, market, lambda s: lambda: [(0, scores[s])], list(range(len(plan.combos))))
     timings["portfolios"] = time.perf_counter() - t
     result = walk_forward(plan, panel.symbols, panel.dates, [block])
     result.timings.update(timings)

@@ -258,15 +258,41 @@ def collect_cached(
     """The merged tables in ``out``: linked from ``cache/<key>`` when there, else merged there first.
 
     ``chunks`` yields (name, result) in universe order and is consumed only on a miss, so a generator that
-    reads chunk files costs nothing on a hit. Entries are built in a private folder and published with one
-    rename, so concurrent runs of the same study never see half an entry; the loser of a race keeps the
-    winner's. Files in the cache are made read-only: every output folder links to them.
+    reads chunk files costs nothing on a hit.
+    """
+
+    def build(staging: Path) -> dict[str, Any]:
+        rows: list[dict[str, Any]] = []
+
+        def results() -> Iterator[ChunkResult]:
+            for name, chunk in chunks:
+                rows.append(chunk_row(name, chunk))
+                yield chunk
+
+        result = collect(plan, results(), staging)
+        return {
+            "figures": json_safe(study_figures(result)),
+            "chunks": json_safe(rows),
+            "timings": result.timings,
+        }
+
+    return cached_entry(cache, key, build, out)
+
+
+def cached_entry(cache: Path, key: str, build: Callable[[Path], dict[str, Any]], out: Path) -> Collected:
+    """A study's result files in ``out``: linked from ``cache/<key>`` when there, else made there first by
+    ``build(folder)``, which writes the tables (``OUTPUT_TABLES`` or others, as Parquet) into ``folder`` and
+    returns the ``figures``, ``chunks`` and ``timings`` to keep beside them.
+
+    Entries are built in a private folder and published with one rename, so concurrent runs of the same study
+    never see half an entry; the loser of a race keeps the winner's. Files in the cache are made read-only:
+    every output folder links to them.
     """
     entry = cache / key
     manifest = _read_entry(entry, key)
     reused = manifest is not None
     if manifest is None:
-        manifest = _build_entry(plan, chunks, cache, key)
+        manifest = _build_entry(cache, key, build)
     out.mkdir(parents=True, exist_ok=True)
     files = {}
     for name in manifest["files"]:
@@ -278,37 +304,29 @@ def collect_cached(
         key=key,
         reused=reused,
         figures=manifest["figures"],
-        chunks=manifest["chunks"],
-        timings=manifest["timings"],
+        chunks=manifest.get("chunks", []),
+        timings=manifest.get("timings", {}),
         files=files,
     )
 
 
-def _build_entry(
-    plan: StudyPlan, chunks: Iterable[tuple[str, ChunkResult]], cache: Path, key: str
-) -> dict[str, Any]:
+def _build_entry(cache: Path, key: str, build: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
     entry = cache / key
     cache.mkdir(parents=True, exist_ok=True)
     staging = temporary_for(cache / key)
-    rows: list[dict[str, Any]] = []
-
-    def results() -> Iterator[ChunkResult]:
-        for name, chunk in chunks:
-            rows.append(chunk_row(name, chunk))
-            yield chunk
-
     try:
-        result = collect(plan, results(), staging)
-        names = [f"{stem}.parquet" for stem in OUTPUT_TABLES if (staging / f"{stem}.parquet").exists()]
+        staging.mkdir(parents=True, exist_ok=True)
+        made = build(staging)
+        names = sorted(p.name for p in staging.iterdir() if p.suffix == ".parquet")
         for name in names:
             os.chmod(staging / name, 0o444)
         manifest = {
             "format": COLLECTED_FORMAT,
             "key": key,
             "files": {name: _file_stamp(staging / name) for name in names},
-            "figures": json_safe(study_figures(result)),
-            "chunks": json_safe(rows),
-            "timings": result.timings,
+            "figures": made["figures"],
+            "chunks": made.get("chunks", []),
+            "timings": made.get("timings", {}),
         }
         write_json(staging / _MANIFEST, manifest)
         if entry.exists():  # a broken or stale entry (a complete one was a hit): replace it

@@ -14,6 +14,8 @@ from pathlib import Path
 from uuid import UUID
 
 import httpx
+import numpy as np
+import pandas as pd
 import pytest
 import yaml
 from typer.testing import CliRunner
@@ -81,6 +83,9 @@ def test_deploy_creates_the_pool_and_the_scheduled_deployments(deployed, api_url
     definitions = study.parameter_openapi_schema["definitions"]
     schema = definitions["StudyParams"]["properties"]
     assert {"strategy", "grid", "train_years", "fees_bps", "runner", "store"} <= set(schema)
+    # and a cross-sectional study's portfolio options, the choices as menus
+    assert {"top", "quantile", "side", "weighting", "max_weight", "rebalance", "universe"} <= set(schema)
+    assert schema["side"]["enum"] == ["long", "long_short"]
 
     def has_default(field: dict) -> bool:
         if "$ref" in field:
@@ -105,6 +110,19 @@ def test_the_server_refuses_parameters_of_the_wrong_type_or_range(deployed, api_
     assert field in caught.value.response.json()["detail"]
 
 
+#: a cross-sectional study from the momentum deployment, its grid made small, a choice given by name as the
+#: UI's form takes it
+RANKING = {
+    "strategy": "momentum_rank",
+    "grid": {"lookback": [21, 63], "skip": [0, 5], "top": [3, 6], "side": ["long", "long_short"]},
+    "train_years": 2,
+    "validate_years": 1,
+    "test_years": 1,
+    "fees_bps": 5,
+    "chunk_size": 8,
+    "workers": 2,
+}
+
 #: one run, to show a refusal fails the run before any task: every reason is checked without a server in
 #: test_params.py, and each run here is another Python process importing Prefect on the worker (costly)
 BAD = {"unknown strategy": {"strategy": "no_such_strategy"}}
@@ -125,6 +143,10 @@ class Launched:
     bad: dict[str, UUID]
     bad_store: Store
     maintenance: UUID
+    ranking: UUID
+    ranking_store: Store
+    ranking_out: Path
+    ranking_params: dict
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +154,7 @@ def launched(worker, api_url, synthetic_csv, flaky, tmp_path_factory) -> Launche
     """What a user does in the UI's Run form: the study with its parameters filled in, several times."""
     folder = tmp_path_factory.mktemp("runs")
     stores = {}
-    for name in ("ok", "failing", "bad"):
+    for name in ("ok", "failing", "bad", "ranking"):
         stores[name] = Store(folder / name / "store")
         ingest_folder(synthetic_csv, stores[name], workers=1, durable=False)
     flaky.marker.write_text(stores["failing"].symbols()[17])  # a symbol of chunk 2 of 3
@@ -143,6 +165,7 @@ def launched(worker, api_url, synthetic_csv, flaky, tmp_path_factory) -> Launche
         "strategy": flaky.name,
         **SMALL,
     }
+    ranking_params = {"store": str(stores["ranking"].root), "out": str(folder / "ranking" / "out"), **RANKING}
     deployment = "three-phase-study/nightly"
     db = f"sqlite:///{folder / 'maintenance.db'}"
     created = CliRunner().invoke(app, ["db", "upgrade", "--db", db])
@@ -162,6 +185,10 @@ def launched(worker, api_url, synthetic_csv, flaky, tmp_path_factory) -> Launche
         },
         bad_store=stores["bad"],
         maintenance=start_run(api_url, "db-maintenance/weekly", {"db": db}),
+        ranking=start_run(api_url, "three-phase-study/momentum", {"params": ranking_params}),
+        ranking_store=stores["ranking"],
+        ranking_out=folder / "ranking" / "out",
+        ranking_params=ranking_params,
     )
 
 
@@ -189,6 +216,30 @@ def test_a_run_from_the_deployment_completes_with_artifacts_and_results(launched
     assert "# Three-phase study: sma_crossover" in found["study-summary"].data
     chunks = json.loads(found["study-chunks"].data)
     assert [row["chunk"] for row in chunks] == ["chunk-0000", "chunk-0001", "chunk-0002"]
+
+
+def test_a_ranking_study_from_the_momentum_deployment_completes_as_in_memory(launched, api_url):
+    from backtest.db.results import read_holdings, read_run
+    from backtest.ranking.study import run_cross_sectional
+
+    state = wait_final(api_url, launched.ranking)
+    assert state.is_completed(), state.message
+    out, store = launched.ranking_out, launched.ranking_store
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["kind"] == "cross_sectional" and summary["counts"]["combinations"] == 16
+    params = StudyParams(**launched.ranking_params)
+    whole = run_cross_sectional(params.to_config(), params.construction(), store.load(store.symbols()))
+    port = pd.read_parquet(out / "portfolio.parquet")
+    np.testing.assert_array_equal(port["ret"].to_numpy(), whole.portfolio["ret"].to_numpy())
+    assert pd.read_parquet(out / "selections.parquet")["combo"].tolist() == whole.selections["combo"].tolist()
+    found = artifacts_of(api_url, launched.ranking)
+    assert {"study-progress", "study-summary", "study-report"} <= set(found)
+    assert found["study-progress"].data == 100.0
+    assert "# Cross-sectional study: momentum_rank" in found["study-summary"].data
+    assert (out / "report.html").exists() and "<h2>Folds</h2>" in (out / "report.html").read_text()
+    db = f"sqlite:///{store.root.resolve() / 'backtest.db'}"
+    run = read_run(db, str(launched.ranking))
+    assert run.state == "Completed" and len(read_holdings(db, run.id)) == len(whole.holdings)
 
 
 def test_the_weekly_maintenance_deployment_runs(launched, api_url):
