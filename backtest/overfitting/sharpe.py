@@ -27,12 +27,14 @@ _ndtri = np.vectorize(
 
 def ndtr(z: ArrayLike) -> np.ndarray:
     """The standard normal CDF."""
-    return _ndtr(np.asarray(z, dtype=float))
+    with np.errstate(invalid="ignore"):  # NaN in, NaN out
+        return _ndtr(np.asarray(z, dtype=float))
 
 
 def ndtri(p: ArrayLike) -> np.ndarray:
     """The standard normal quantile of ``p`` in (0, 1)."""
-    return _ndtri(np.asarray(p, dtype=float))
+    with np.errstate(invalid="ignore"):
+        return _ndtri(np.asarray(p, dtype=float))
 
 
 def probabilistic_sharpe(

@@ -260,6 +260,13 @@ def collect_cached(
     ``chunks`` yields (name, result) in universe order and is consumed only on a miss, so a generator that
     reads chunk files costs nothing on a hit.
     """
+    return cached_entry(cache, key, merge_into(plan, chunks), out)
+
+
+def merge_into(
+    plan: StudyPlan, chunks: Iterable[tuple[str, ChunkResult]]
+) -> Callable[[Path], dict[str, Any]]:
+    """A ``cached_entry`` builder: the chunks merged into its folder, their figures and rows returned."""
 
     def build(staging: Path) -> dict[str, Any]:
         rows: list[dict[str, Any]] = []
@@ -276,7 +283,7 @@ def collect_cached(
             "timings": result.timings,
         }
 
-    return cached_entry(cache, key, build, out)
+    return build
 
 
 def cached_entry(cache: Path, key: str, build: Callable[[Path], dict[str, Any]], out: Path) -> Collected:
@@ -434,7 +441,7 @@ class CollectAhead:
 
     def _run(self, plan: StudyPlan, names: list[str], paths: list[Path], cache: Path) -> None:
         try:
-            _build_entry(plan, self._chunks(names, paths), cache, self.key)
+            _build_entry(cache, self.key, merge_into(plan, self._chunks(names, paths)))
             self.built = True
         except _Abandoned:
             pass
