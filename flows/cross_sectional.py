@@ -152,7 +152,10 @@ def run_cross_sectional(params: StudyParams, watch: RunWatch, runner_factory: An
     if not isinstance(run, RankingRun):
         return run
     cache = run.cache
-    source = PriceSource(str(run.store.root), run.plan.last_date, str(cache.prices), params.db)
+    # the blocks read the price files the score tasks write: through the page cache, not around it
+    source = PriceSource(
+        str(run.store.root), run.plan.last_date, str(cache.prices), params.db, read_soon=True
+    )
     blocks = run.blocks(source)
     watched = _watched(run, blocks)
     watch.plan(watched, cache.ranking, RANKING_PHASES, footers=False)

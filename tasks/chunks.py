@@ -52,6 +52,8 @@ class PriceSource:
     last: dt.date
     cache_dir: str
     db: str | None = None
+    #: a later stage of the run reads the price files it writes (``write_panel``'s ``read_soon``)
+    read_soon: bool = False
 
     def load(self, spec: ChunkSpec) -> tuple[PricePanel, Future[Path] | None]:
         """The chunk's prices, and when they had to be fetched from the source (no price file yet), the write
@@ -62,6 +64,7 @@ class PriceSource:
             spec.data_fingerprint,
             self.last,
             Path(self.cache_dir),
+            self.read_soon,
         )
 
 

@@ -21,9 +21,10 @@ def assert_same_panel(a, b) -> None:
         np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
 
 
-def test_round_trip_is_exact_and_memory_mapped(tmp_path) -> None:
+@pytest.mark.parametrize("read_soon", [False, True])  # around the page cache, or through it
+def test_round_trip_is_exact_and_memory_mapped(tmp_path, read_soon) -> None:
     panel = random_panel(n_symbols=5, n_bars=300, seed=4)
-    path = write_panel(panel, tmp_path / "prices.arrow")
+    path = write_panel(panel, tmp_path / "prices.arrow", read_soon)
     assert path.read_bytes()[:6] == b"ARROW1" and not list(tmp_path.glob(".*.tmp"))
     back = read_panel(path)
     assert_same_panel(back, panel)

@@ -57,6 +57,27 @@ def test_scores_equal_pandas_on_each_symbols_own_bars(name, params, reference):
     assert np.isnan(scores[np.isnan(panel.close)]).all()
 
 
+@pytest.mark.parametrize(
+    "name", ["momentum_rank", "reversal_rank", "low_volatility_rank", "sma_distance_rank"]
+)
+def test_a_chunks_scores_in_one_kernel_call_equal_each_combination_on_its_own(name):
+    from backtest.ranking.study import chunk_scores
+
+    panel = random_panel(7, 1600, seed=4)
+    plan = RankingPlan.create(
+        StudyConfig(strategy=name, folds=FoldSpec(2.0, 1.0, 1.0)),
+        Construction(),
+        pd.Timestamp(panel.dates[0]).date(),
+        pd.Timestamp(panel.dates[-1]).date(),
+    )
+    assert plan.strategy.kernel is not None and len(plan.score_combos) > 1
+    batched = chunk_scores(plan, panel)
+    one_by_one = np.stack(
+        [plan.strategy.scores(panel, plan.score_params(s)) for s in range(len(plan.score_combos))]
+    )
+    np.testing.assert_array_equal(batched, one_by_one)
+
+
 def test_own_volatility_is_the_63_bar_std_of_own_returns():
     panel = random_panel(4, 300, seed=4)
     vol = scores_nb.own_volatility_nb(panel.close, scores_nb.VOL_WINDOW)

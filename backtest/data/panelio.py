@@ -36,11 +36,13 @@ FORMAT = "backtest.panel/1"
 _PARQUET_MAGIC = b"PAR1"
 
 
-def write_panel(panel: PricePanel, path: Path) -> Path:
+def write_panel(panel: PricePanel, path: Path, read_soon: bool = False) -> Path:
     """Write atomically (temporary file, then rename): a reader never sees half a chunk.
 
     Around the page cache where the file system allows (backtest.data.directio): the run that writes the file
-    computes from the panel it has, and memory new to a VM costs more than the disk write.
+    computes from the panel it has, and memory new to a VM costs more than the disk write. With ``read_soon``
+    (a later stage of the same run reads it, as a cross-sectional study's portfolios do) it goes through the
+    page cache, where that reading finds it instead of going back to the disk.
     """
     n = panel.n_bars
     columns = {"symbol": pa.array(panel.symbols, pa.string())}
@@ -50,7 +52,11 @@ def write_panel(panel: PricePanel, path: Path) -> Path:
     meta = {"format": FORMAT, "dates": panel.dates.astype(np.int64).tolist()}
     table = pa.table(columns).replace_schema_metadata({"backtest": json.dumps(meta)})
     with atomic_path(path) as tmp:
-        write_uncached(tmp, lambda sink: _write_ipc(table, sink))
+        if read_soon:
+            with pa.OSFile(str(tmp), "wb") as sink:
+                _write_ipc(table, sink)
+        else:
+            write_uncached(tmp, lambda sink: _write_ipc(table, sink))
     return path
 
 
@@ -118,7 +124,12 @@ def prices_file(cache_dir: Path, data_fingerprint: str, last: dt.date) -> Path:
 
 
 def chunk_prices(
-    source: PriceSource, symbols: Sequence[str], data_fingerprint: str, last: dt.date, cache_dir: Path
+    source: PriceSource,
+    symbols: Sequence[str],
+    data_fingerprint: str,
+    last: dt.date,
+    cache_dir: Path,
+    read_soon: bool = False,
 ) -> tuple[PricePanel, Future[Path] | None]:
     """A chunk's prices, and the write of its price file when they were fetched (``None`` when read from it).
 
@@ -134,7 +145,7 @@ def chunk_prices(
     if path.exists():
         return read_panel(path), None
     panel = source.load(list(symbols), end=last)
-    return panel, _file_writer().submit(write_panel, panel, path)
+    return panel, _file_writer().submit(write_panel, panel, path, read_soon)
 
 
 _writer: tuple[int, ThreadPoolExecutor] | None = None

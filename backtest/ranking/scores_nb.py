@@ -76,10 +76,10 @@ def score_row_nb(kind: int, params: np.ndarray, close: np.ndarray, out: np.ndarr
 
 
 @njit(nogil=True, cache=True)
-def builtin_scores_nb(kind: int, params: np.ndarray, close: np.ndarray) -> np.ndarray:
-    """Scores (symbols x bars, float32, NaN where undefined or without a bar) of one parameter row."""
+def builtin_scores_nb(kind: int, params: np.ndarray, close: np.ndarray, out: np.ndarray) -> None:
+    """Scores of every parameter row of ``params`` into ``out`` (rows x symbols x bars, float32; NaN where
+    undefined or without a bar). Each symbol's bars are compacted once for all the rows."""
     n_sym, n_bars = close.shape
-    out = np.full((n_sym, n_bars), np.nan, dtype=np.float32)
     idx = np.empty(n_bars, dtype=np.int64)
     row = np.empty(n_bars)
     work = np.empty(n_bars)
@@ -91,10 +91,11 @@ def builtin_scores_nb(kind: int, params: np.ndarray, close: np.ndarray) -> np.nd
                 idx[m] = t
                 row[m] = c
                 m += 1
-        score_row_nb(kind, params, row[:m], work[:m])
-        for j in range(m):
-            out[i, idx[j]] = work[j]
-    return out
+        for r in range(params.shape[0]):
+            out[r, i, :] = np.nan
+            score_row_nb(kind, params[r], row[:m], work[:m])
+            for j in range(m):
+                out[r, i, idx[j]] = work[j]
 
 
 @njit(nogil=True, cache=True)

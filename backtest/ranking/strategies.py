@@ -40,7 +40,9 @@ def ranking_strategy(
 
 
 def _scores(kind: int, prices: PricePanel, *values: float) -> np.ndarray:
-    return scores_nb.builtin_scores_nb(kind, np.array(values, dtype=np.float64), prices.close)
+    out = np.empty((1, prices.n_symbols, prices.n_bars), dtype=np.float32)
+    scores_nb.builtin_scores_nb(kind, np.array([values], dtype=np.float64), prices.close, out)
+    return out[0]
 
 
 def momentum_rank(prices: PricePanel, lookback: int = 252, skip: int = 21) -> np.ndarray:
@@ -75,6 +77,7 @@ def _window_at_least_2(c: Mapping[str, float]) -> str | None:
 
 def _builtin(
     func: StrategyFunc,
+    kernel: int,
     grid: Mapping[str, list[float]],
     warmup: tuple[str, ...],
     check: ComboCheck | None = None,
@@ -93,6 +96,7 @@ def _builtin(
             warmup_params=warmup,
             description=base.description,
             kind="ranking",
+            kernel=kernel,
             _extra_sources=(_KERNEL_SOURCE,),
         )
     )
@@ -100,11 +104,20 @@ def _builtin(
 
 _builtin(
     momentum_rank,
+    scores_nb.MOMENTUM_RANK,
     {"lookback": [63, 126, 252], "skip": [0, 21]},
     ("lookback",),
     _skip_below_lookback,
     integer_params=("lookback",),
 )
-_builtin(reversal_rank, {"lookback": [5, 21]}, ("lookback",))
-_builtin(low_volatility_rank, {"window": [21, 63, 126]}, ("window",), _window_at_least_2)
-_builtin(sma_distance_rank, {"window": [20, 50, 200]}, ("window",), _window_at_least_2)
+_builtin(reversal_rank, scores_nb.REVERSAL_RANK, {"lookback": [5, 21]}, ("lookback",))
+_builtin(
+    low_volatility_rank,
+    scores_nb.LOW_VOLATILITY_RANK,
+    {"window": [21, 63, 126]},
+    ("window",),
+    _window_at_least_2,
+)
+_builtin(
+    sma_distance_rank, scores_nb.SMA_DISTANCE_RANK, {"window": [20, 50, 200]}, ("window",), _window_at_least_2
+)

@@ -30,6 +30,7 @@ from backtest.engine.strategies import Strategy, get_strategy
 from backtest.engine.study import select_top_k
 from backtest.errors import ConfigError, DataError
 from backtest.overfitting.trials import Overfitting, TrialMatrix, assess
+from backtest.ranking import scores_nb
 from backtest.ranking.portfolio import (
     CHOICES,
     CONSTRUCTION_PARAMS,
@@ -154,8 +155,12 @@ def construction_rows(
 
 
 def chunk_scores(plan: RankingPlan, panel: PricePanel) -> np.ndarray:
-    """Scores of a chunk's symbols for every score combination: score combinations x symbols x bars."""
+    """Scores of a chunk's symbols for every score combination: score combinations x symbols x bars.
+    A built-in strategy computes every combination in one kernel call; another is called per combination."""
     out = np.empty((len(plan.score_combos), panel.n_symbols, panel.n_bars), dtype=np.float32)
+    if plan.strategy.kernel is not None:
+        scores_nb.builtin_scores_nb(plan.strategy.kernel, plan.score_combos, panel.close, out)
+        return out
     for s in range(len(plan.score_combos)):
         out[s] = plan.strategy.scores(panel, plan.score_params(s))
     return out
