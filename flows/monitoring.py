@@ -244,14 +244,20 @@ class RunWatch:
     def _check_slow_chunks(self) -> None:
         """The slow-chunk rule over the chunks computed so far, start-up chunks left out. A chunk ran from its
         end (its final state's time) back by its task body's time; a start-up chunk still running when another
-        ends started before that first end, so it is recognised as one when it finishes in turn."""
+        ends started before that first end, so it is recognised as one when it finishes in turn. Tasks of
+        different kinds (a cross-sectional study's score chunks and portfolio blocks, named ``chunk-...`` and
+        ``block-...``) are only compared with their own kind."""
         seconds = self._computed_seconds()
-        spans = {}
+        kinds: dict[str, dict[str, float]] = {}
         for name, secs in seconds.items():
-            end = self.finished[name][2]
-            if end is not None:
-                spans[name] = (end - secs, end)
-        self._emit(self.book.check_chunks(seconds, startup_chunks(spans)))
+            kinds.setdefault(name.partition("-")[0], {})[name] = secs
+        for same in kinds.values():
+            spans = {}
+            for name, secs in same.items():
+                end = self.finished[name][2]
+                if end is not None:
+                    spans[name] = (end - secs, end)
+            self._emit(self.book.check_chunks(same, startup_chunks(spans)))
 
     def backtest_done(self) -> None:
         """After the backtest step: the slow-chunk rule against the final median, and the cache rule."""

@@ -173,6 +173,12 @@ def record_run(
         include_oos,
         summary.collected_key,
     )
+    return maintain_after(db_url, persisted, mark)
+
+
+def maintain_after(db_url: str, persisted: dict[str, Any], mark: Mapping[str, QueryStat]) -> dict[str, Any]:
+    """Light maintenance after a run was persisted, with the run's slowest queries; none for a run that only
+    points at an earlier run's rows."""
     done = {"url": describe_url(db_url), "persisted": persisted}
     if persisted.get("results_of") is not None:
         # a pointer to an earlier run's rows: no table changed, so its statistics and query plans are what the
@@ -200,7 +206,9 @@ def record_run(
     retry_condition_fn=retry_transient,
     persist_result=False,
 )
-def persist_ranking_results(db_url: str, price_source: str, summary: dict[str, Any]) -> dict[str, Any]:
+def persist_ranking_results(
+    db_url: str, price_source: str, summary: dict[str, Any], collected_key: str | None
+) -> dict[str, Any]:
     """A cross-sectional run and its results (read from its output files) in the database."""
     config = summary["config"]
     report = persist_ranking_run(
@@ -213,15 +221,24 @@ def persist_ranking_results(db_url: str, price_source: str, summary: dict[str, A
         state=summary["state"],
         summary=summary,
         out=Path(summary["out"]),
+        collected_key=collected_key,
     )
-    get_run_logger().info(
-        "run %d persisted: %d fold selections, %d holdings, %d portfolio days in %.2f s",
-        report.run_id,
-        report.selections,
-        report.holdings,
-        report.portfolio_rows,
-        report.seconds,
-    )
+    if report.results_of is not None:
+        get_run_logger().info(
+            "run %d persisted as a pointer to the identical results of run %d in %.2f s",
+            report.run_id,
+            report.results_of,
+            report.seconds,
+        )
+    else:
+        get_run_logger().info(
+            "run %d persisted: %d fold selections, %d holdings, %d portfolio days in %.2f s",
+            report.run_id,
+            report.selections,
+            report.holdings,
+            report.portfolio_rows,
+            report.seconds,
+        )
     return report.to_dict()
 
 
@@ -229,12 +246,5 @@ def record_ranking_run(
     db_url: str, price_source: str, summary: dict[str, Any], mark: Mapping[str, QueryStat]
 ) -> dict[str, Any]:
     """The cross-sectional flow's database step: persist the run, then light maintenance."""
-    persisted = persist_ranking_results(db_url, price_source, quote(summary))
-    report = maintain_db(db_url, light=True, slowest=slowest_since(mark))
-    return {
-        "url": describe_url(db_url),
-        "persisted": persisted,
-        "plans_ok": all(p["uses_index"] for p in report["plans"]),
-        "optimized": report["optimized"],
-        "slowest_queries": report["slowest_queries"][:5],
-    }
+    persisted = persist_ranking_results(db_url, price_source, quote(summary), summary.get("collected_key"))
+    return maintain_after(db_url, persisted, mark)

@@ -341,7 +341,7 @@ def point_at_results(
     (selections, metrics, oos, portfolio), which are this run's results as readers see them."""
     c = s.chunks.c
     with conn.begin():
-        for table in (s.selections, s.symbol_metrics, s.oos_returns, s.portfolio, s.chunks):
+        for table in (s.selections, s.symbol_metrics, s.oos_returns, s.portfolio, s.holdings, s.chunks):
             conn.execute(sa.delete(table).where(table.c.run_id == run_id))  # a re-persisted run's old rows
         held = {
             row.cache_key: row
@@ -391,7 +391,7 @@ def release_results(conn: Connection, run_ids: Sequence[int]) -> int:
         if not alive:
             continue
         heir = alive[0]
-        for table in (s.selections, s.symbol_metrics, s.oos_returns, s.portfolio):
+        for table in (s.selections, s.symbol_metrics, s.oos_returns, s.portfolio, s.holdings):
             conn.execute(sa.update(table).where(table.c.run_id == holder).values(run_id=heir))
         conn.execute(sa.update(s.runs).where(r.id == heir).values(results_of=None))
         conn.execute(sa.update(s.runs).where(r.results_of == holder, r.id != heir).values(results_of=heir))
@@ -502,11 +502,15 @@ def persist_ranking_run(
     state: str,
     summary: dict[str, Any],
     out: Path,
+    collected_key: str | None = None,
 ) -> PersistReport:
     """A cross-sectional run from its output files: one selection row per fold (symbol ``PORTFOLIO_SYMBOL``),
     the holdings decided on its test windows' rebalance days, the daily portfolio and the statistics of luck.
-    One transaction for the rows; persisting the same flow run again replaces them."""
+    One transaction for the rows; persisting the same flow run again replaces them. With ``collected_key``
+    (the cache key of its tables) a run whose identical results an earlier run holds points at them, as
+    ``persist_run`` does."""
     t0 = time.perf_counter()
+    key = results_key_of(collected_key, False) if state == "Completed" else None
     engine = open_db(url, create=True, migrate=True)
     sel = hold = rows = 0
     with db_errors(url, "write results to"), connection(engine, backtest_write=True) as conn:
@@ -518,41 +522,61 @@ def persist_ranking_run(
             price_source=price_source,
             started_at=started_at,
         )
-        done = state == "Completed" and (out / "selections.parquet").exists()
-        with conn.begin():
-            if not new:
-                for table in (s.selections, s.holdings, s.portfolio):
-                    conn.execute(sa.delete(table).where(table.c.run_id == run_id))
+        holder = find_results(conn, key, run_id) if key else None
+        if holder is not None:
+            sel, _, _, rows = point_at_results(conn, run_id, holder, [])
+            with conn.begin():
+                hold = _count_rows(conn, s.holdings, holder)
+        else:
+            done = state == "Completed" and (out / "selections.parquet").exists()
+            with conn.begin():
+                if not new:
+                    for table in (s.selections, s.holdings, s.portfolio):
+                        conn.execute(sa.delete(table).where(table.c.run_id == run_id))
+                if done:
+                    sel, hold = _write_ranking_tables(conn, run_id, out)
             if done:
-                selections = pd.read_parquet(out / "selections.parquet")
-                selections.insert(0, "symbol", s.PORTFOLIO_SYMBOL)
-                sel = bulk_insert(conn, s.selections, _selection_columns(run_id, selections))
-                holdings = pd.read_parquet(out / "holdings.parquet")
-                hold = bulk_insert(
-                    conn,
-                    s.holdings,
-                    {
-                        "run_id": np.full(len(holdings), run_id, dtype=np.int64),
-                        "fold": holdings["fold"].to_numpy(dtype=np.int64),
-                        "date": holdings["date"].to_numpy().astype("datetime64[D]"),
-                        "symbol": holdings["symbol"].to_numpy(dtype=object),
-                        "weight": holdings["weight"].to_numpy(dtype=np.float64),
-                    },
-                )
-        if done:
-            portfolio = pd.read_parquet(out / "portfolio.parquet")
-            portfolio["n_symbols"] = portfolio["n_holdings"]  # the symbols held that day
-            portfolio["gross_exposure"] = np.nan  # not recorded by a ranking study
-            rows = write_portfolio(conn, run_id, portfolio)
+                portfolio = pd.read_parquet(out / "portfolio.parquet")
+                portfolio["n_symbols"] = portfolio["n_holdings"]  # the symbols held that day
+                portfolio["gross_exposure"] = np.nan  # not recorded by a ranking study
+                rows = write_portfolio(conn, run_id, portfolio)
         finish_run(
             conn,
             run_id,
             state=state,
             wall_seconds=summary.get("wall_seconds"),
             summary=summary,
+            results_key=key,
+            results_of=holder,
             replace=not new,
         )
-    return PersistReport(run_id, 0, sel, 0, 0, rows, time.perf_counter() - t0, [], holdings=hold)
+    return PersistReport(run_id, 0, sel, 0, 0, rows, time.perf_counter() - t0, [], holder, holdings=hold)
+
+
+def _write_ranking_tables(conn: Connection, run_id: int, out: Path) -> tuple[int, int]:
+    selections = pd.read_parquet(out / "selections.parquet")
+    selections.insert(0, "symbol", s.PORTFOLIO_SYMBOL)
+    sel = bulk_insert(conn, s.selections, _selection_columns(run_id, selections))
+    holdings = pd.read_parquet(out / "holdings.parquet")
+    hold = bulk_insert(
+        conn,
+        s.holdings,
+        {
+            "run_id": np.full(len(holdings), run_id, dtype=np.int64),
+            "fold": holdings["fold"].to_numpy(dtype=np.int64),
+            "date": holdings["date"].to_numpy().astype("datetime64[D]"),
+            "symbol": holdings["symbol"].to_numpy(dtype=object),
+            "weight": holdings["weight"].to_numpy(dtype=np.float64),
+        },
+    )
+    return sel, hold
+
+
+def _count_rows(conn: Connection, table: sa.Table, run_id: int) -> int:
+    return int(
+        conn.execute(sa.select(sa.func.count()).select_from(table).where(table.c.run_id == run_id)).scalar()
+        or 0
+    )
 
 
 def read_holdings(url: str, run: int | str | None = None) -> pd.DataFrame:

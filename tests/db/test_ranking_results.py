@@ -43,7 +43,7 @@ def ranking_out(db_store, tmp_path_factory):
     return out, summary, result
 
 
-def _persist(url, out, summary, flow_run_id="rank-1", state="Completed"):
+def _persist(url, out, summary, flow_run_id="rank-1", state="Completed", key=None):
     return r.persist_ranking_run(
         url,
         flow_run_id=flow_run_id,
@@ -54,6 +54,7 @@ def _persist(url, out, summary, flow_run_id="rank-1", state="Completed"):
         state=state,
         summary={**summary, "state": state},
         out=out,
+        collected_key=key,
     )
 
 
@@ -92,6 +93,28 @@ def test_a_ranking_run_round_trips_and_a_rewrite_replaces(ranking_out, db_url):
     expected = result.holdings.sort_values(["fold", "date", "symbol"], ignore_index=True)
     assert holdings["symbol"].tolist() == expected["symbol"].tolist()
     np.testing.assert_allclose(holdings["weight"].to_numpy(float), expected["weight"].to_numpy(float))
+
+
+def test_a_warm_re_run_points_at_the_identical_results_and_survives_their_run(ranking_out, db_url):
+    from backtest.db.optimize import prune_runs
+
+    out, summary, result = ranking_out
+    first = _persist(db_url, out, summary, flow_run_id="cold", key="collected-abc")
+    again = _persist(db_url, out, summary, flow_run_id="warm", key="collected-abc")
+    assert first.results_of is None and again.results_of == first.run_id
+    assert (again.selections, again.holdings) == (first.selections, first.holdings) > (0, 0)
+    assert _count(db_url, s.holdings) == len(result.holdings)  # written once
+    warm = r.read_run(db_url, "warm")
+    assert len(r.read_holdings(db_url, warm.id)) == len(result.holdings)
+    assert len(r.read_selections(db_url, warm.id, s.PORTFOLIO_SYMBOL)) == len(result.selections)
+    # the cold run pruned: its rows move to the run that points at them
+    with open_db(db_url).begin() as conn:
+        conn.execute(
+            sa.update(s.runs).where(s.runs.c.flow_run_id == "cold").values(started_at=dt.datetime(2000, 1, 1))
+        )
+    assert prune_runs(open_db(db_url), 30.0) == 1
+    r.clear_result_cache()
+    assert len(r.read_holdings(db_url, warm.id)) == len(result.holdings)
 
 
 def test_a_failed_ranking_run_keeps_its_row_without_results(ranking_out, db_url):

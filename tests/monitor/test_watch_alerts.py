@@ -42,6 +42,19 @@ def test_a_slow_chunk_after_start_up_alerts_once(watch):
     assert watch.emitted == ["chunk-slow:chunk-0006"]
 
 
+def test_a_ranking_studys_blocks_are_compared_with_blocks_only(watch):
+    """Portfolio blocks take longer than score chunks by nature: neither kind is slow against the other's
+    median, a block slow among blocks still is."""
+    spans = run_spans([0.18] * 10, workers=2, start_up=0.0)
+    t = max(end for _, end in spans.values())
+    blocks = {f"block-{i:02d}": (t + 0.6 * i, t + 0.6 * (i + 1)) for i in range(4)}
+    finish(watch, {**spans, **blocks})
+    assert watch.emitted == []
+    slow = {**blocks, "block-04": (t + 2.4, t + 6.0)}
+    finish(watch, {**spans, **slow})
+    assert watch.emitted == ["chunk-slow:block-04"]
+
+
 def test_the_recommendations_get_the_bars_the_chunk_size_was_chosen_for():
     counts = {"symbols": 10, "combinations": 4, "bars_x_combinations": 10 * 4 * 4_500}
     assert monitoring._bars_per_symbol(counts) == 4_500  # stored bars per symbol
