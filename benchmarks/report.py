@@ -28,7 +28,7 @@ RATIO_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("flow vs vectorbt (slice / at scale)", "", ""),
     ("core vs naive pandas", "core_study_vs_naive", "{:,.0f}x"),
     ("statistics of luck / core", "luck_share_of_core", "{:.1%}"),
-    ("ranking: flow cold s / peak RSS MB", "", ""),
+    ("ranking: flow cold s / command's peak RSS MB", "", ""),
     ("ranking: flow vs vectorbt at scale", "rank_flow_at_scale_vs_vectorbt", "{:,.0f}x"),
 )
 
@@ -101,10 +101,10 @@ def render_table(runs: list[dict[str, Any]]) -> str:
                     f"{_fmt(r.get('core_at_scale_vs_vectorbt'), '{:,.0f}x')}"
                 )
             elif title.startswith("ranking: flow cold"):
-                rank = (run.get("ranking") or {}).get("cold") or {}
+                rank = run.get("ranking") or {}
                 cells.append(
-                    f"{_fmt(rank.get('wall_seconds'), '{:.2f}')} / "
-                    f"{_fmt(rank.get('peak_rss_with_children_mb'), '{:,.0f}')}"
+                    f"{_fmt((rank.get('cold') or {}).get('wall_seconds'), '{:.2f}')} / "
+                    f"{_fmt((rank.get('command') or {}).get('peak_rss_with_children_mb'), '{:,.0f}')}"
                 )
             elif title.startswith("flow vs vectorbt"):
                 cells.append(
