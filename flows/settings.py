@@ -52,10 +52,15 @@ def local_run_settings() -> Iterator[None]:
     this process reports its own crash on the terminal. A frequency set in the environment or the Prefect
     profile is kept, and the runs of deployments use their worker's settings.
     """
-    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, get_current_settings, temporary_settings
+    from prefect.context import SettingsContext, get_settings_context
 
-    if "heartbeat_frequency" in get_current_settings().flows.model_fields_set:
+    context = get_settings_context()
+    settings = context.settings
+    if "heartbeat_frequency" in settings.flows.model_fields_set:
         yield
         return
-    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+    # a copy of the two models, not Prefect's temporary_settings: that rebuilds every setting from the
+    # environment and the profile (0.16 s a run, measured)
+    flows = settings.flows.model_copy(update={"heartbeat_frequency": None})
+    with SettingsContext(profile=context.profile, settings=settings.model_copy(update={"flows": flows})):
         yield
