@@ -145,29 +145,58 @@ def _watched(run: RankingRun, blocks: list[BlockJob]) -> list[ChunkSpec]:
 
 
 def run_cross_sectional(params: StudyParams, watch: RunWatch, runner_factory: Any) -> Any:
+    """Plan, scores per chunk, portfolios per block, the walk-forward, prune, persist, report."""
     clock = PhaseClock()
     db_mark = mark_queries()
     with clock.phase("plan"):
         run = plan_ranking(params)
     if not isinstance(run, RankingRun):
-        return run
-    cache = run.cache
+        return run  # a clean Failed state: the input cannot make a study
     # the blocks read the price files the score tasks write: through the page cache, not around it
     source = PriceSource(
-        str(run.store.root), run.plan.last_date, str(cache.prices), params.db, read_soon=True
+        str(run.store.root), run.plan.last_date, str(run.cache.prices), params.db, read_soon=True
     )
     blocks = run.blocks(source)
     watched = _watched(run, blocks)
-    watch.plan(watched, cache.ranking, RANKING_PHASES, footers=False)
-    summary = RunSummary(
+    watch.plan(watched, run.cache.ranking, RANKING_PHASES, footers=False)
+    summary = _summary(params, run, len(blocks))
+    with clock.phase("backtest"):
+        submit(run, source, blocks, watched, watch, summary, runner_factory)
+    watch.backtest_done()
+    key = collected_key([Path(b.path).name for b in blocks], run.plan.config.merge_digest())
+    if not summary.failed:
+        with clock.phase("collect"):
+            collect(run, blocks, key, summary)
+    with clock.phase("prune"):
+        limits = CacheLimits(int(params.cache_max_gb * 1e9), params.cache_max_age_days * 86400.0)
+        summary.pruned = prune_cache(run.cache, limits, [w.key for w in watched], key).to_dict()
+    if params.persist:  # the run and its results into the database, then light maintenance
+        with clock.phase("db"):
+            summary.wall_seconds = clock.elapsed()
+            summary.db = record_ranking_run(
+                params.results_db(), params.db or str(run.store.root), _doc(summary), db_mark
+            )
+    summary.phase_seconds = clock.phases
+    summary.wall_seconds = clock.elapsed()
+    doc = report(params, run, watch, summary, key)
+    if summary.failed:
+        names = ", ".join(o.chunk for o in summary.failed)
+        return Failed(
+            message=f"{len(summary.failed)} of {len(watched)} tasks failed ({names}); the others are kept. "
+            "Re-run the same study (or retry this flow run) to recompute only them."
+        )
+    return Completed(message=f"{len(watched)} tasks ({summary.hits} from cache)", data=doc)
+
+
+def _summary(params: StudyParams, run: RankingRun, blocks: int) -> RunSummary:
+    return RunSummary(
         flow_run_id=run.run_id,
         config=params.public_dump(),
         counts={
             "symbols": len(run.universe.symbols),
-            # the cache's hits and misses count both kinds of task
-            "chunks": len(run.specs) + len(blocks),
+            "chunks": len(run.specs) + blocks,  # the cache's hits and misses count both kinds of task
             "score_chunks": len(run.specs),
-            "blocks": len(blocks),
+            "blocks": blocks,
             "folds": len(run.plan.folds),
             "combinations": len(run.plan.combos),
             "bars": 0,
@@ -176,64 +205,74 @@ def run_cross_sectional(params: StudyParams, watch: RunWatch, runner_factory: An
         folds=[f.to_dict() for f in run.plan.folds],
         out=str(run.out),
     )
-    logger = get_run_logger()
-    with clock.phase("backtest"):
-        watch.start_progress()
-        with runner_factory() as runner:
-            jobs = [ScoreJob(s, run.plan, source, p) for s, p in zip(run.specs, run.score_files, strict=True)]
-            _wait(runner, score_chunk, jobs, [w.name for w in watched[: len(jobs)]], summary, watch, logger)
-            if not summary.failed:
-                try:
-                    names = [w.name for w in watched[len(jobs) :]]
-                    _wait(runner, form_portfolios, blocks, names, summary, watch, logger)
-                finally:
-                    release_market()
-    watch.backtest_done()
-    key = collected_key([Path(b.path).name for b in blocks], run.plan.config.merge_digest())
-    if not summary.failed:
-        with clock.phase("collect"):
-            collected = collect_ranking(
-                quote(run.plan),
-                quote(list(run.universe.symbols)),
-                [b.path for b in blocks],
-                str(run.out),
-                str(cache.collected),
-                key,
-            )
-            summary.figures = collected["figures"]
-            summary.collect_reused = collected["reused"]
-            summary.collected_key = key
-    with clock.phase("prune"):
-        limits = CacheLimits(int(params.cache_max_gb * 1e9), params.cache_max_age_days * 86400.0)
-        summary.pruned = prune_cache(cache, limits, [w.key for w in watched], key).to_dict()
-    if params.persist:  # the run and its results into the database, then light maintenance
-        with clock.phase("db"):
-            summary.wall_seconds = clock.elapsed()
-            doc = summary.to_dict()
-            doc["kind"] = KIND
-            summary.db = record_ranking_run(
-                params.results_db(), params.db or str(run.store.root), doc, db_mark
-            )
-    summary.phase_seconds = clock.phases
-    summary.wall_seconds = clock.elapsed()
+
+
+def _doc(summary: RunSummary) -> dict[str, Any]:
     doc = summary.to_dict()
     doc["kind"] = KIND
+    return doc
+
+
+def submit(
+    run: RankingRun,
+    source: PriceSource,
+    blocks: list[BlockJob],
+    watched: list[ChunkSpec],
+    watch: RunWatch,
+    summary: RunSummary,
+    runner_factory: Any,
+) -> None:
+    """Every chunk's scores (a cache hit when its file is there), then every block's portfolios."""
+    logger = get_run_logger()
+    with runner_factory() as runner:
+        jobs = [ScoreJob(s, run.plan, source, p) for s, p in zip(run.specs, run.score_files, strict=True)]
+        _wait(runner, score_chunk, jobs, [w.name for w in watched[: len(jobs)]], summary, watch, logger)
+        if summary.failed:
+            return  # the portfolios need every chunk's scores
+        try:
+            _wait(
+                runner,
+                form_portfolios,
+                blocks,
+                [w.name for w in watched[len(jobs) :]],
+                summary,
+                watch,
+                logger,
+            )
+        finally:
+            release_market()
+
+
+def collect(run: RankingRun, blocks: list[BlockJob], key: str, summary: RunSummary) -> None:
+    """The walk-forward on the blocks' portfolios: the study's tables in ``out`` (reused from the cache)."""
+    collected = collect_ranking(
+        quote(run.plan),
+        quote(list(run.universe.symbols)),
+        [b.path for b in blocks],
+        str(run.out),
+        str(run.cache.collected),
+        key,
+    )
+    summary.figures = collected["figures"]
+    summary.collect_reused = collected["reused"]
+    summary.collected_key = key
+
+
+def report(
+    params: StudyParams, run: RankingRun, watch: RunWatch, summary: RunSummary, key: str
+) -> dict[str, Any]:
+    """Profile, summary.json, the summary artifact and (when asked) the HTML report; returns the summary."""
+    doc = _doc(summary)
     watch.finish(doc, summary.phase_seconds, doc["wall_seconds"], run.out, run.workers, params.runner)
     doc["report"] = str(run.out / REPORT_FILE) if params.report and not summary.failed else None
     write_json(run.out / "summary.json", doc)
     text = artifacts.summary_text(doc)
     watch.post("the summary", lambda: artifacts.summary_markdown(text))
     if doc["report"]:
-        built = publish_report(str(run.out), str(cache.collected / key), return_state=True)
+        built = publish_report(str(run.out), str(run.cache.collected / key), return_state=True)
         if built.is_failed():
-            logger.error("the report could not be built: %s", built.message)
-    if summary.failed:
-        names = ", ".join(o.chunk for o in summary.failed)
-        return Failed(
-            message=f"{len(summary.failed)} of {len(watched)} tasks failed ({names}); the others are kept. "
-            "Re-run the same study (or retry this flow run) to recompute only them."
-        )
-    return Completed(message=f"{len(watched)} tasks ({summary.hits} from cache)", data=doc)
+            get_run_logger().error("the report could not be built: %s", built.message)
+    return doc
 
 
 def _wait(

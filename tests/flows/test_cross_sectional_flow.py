@@ -121,3 +121,61 @@ def test_a_ranking_run_is_profiled_reported_and_persisted(store, tmp_path):
     run = read_run(db, summary["flow_run_id"])
     assert run.state == "Completed" and run.summary["kind"] == "cross_sectional"
     assert len(read_holdings(db, run.id)) == len(pd.read_parquet(out / "holdings.parquet"))
+
+
+_FAIL_ON: dict[str, str] = {}  # symbol -> marker file: while it exists, scoring a chunk with it fails
+
+
+def _flaky_rank(prices, lookback: int = 21):
+    """Momentum, failing for a chunk that holds the symbol named in ``_FAIL_ON`` while its marker exists."""
+    import os
+
+    for symbol, marker in _FAIL_ON.items():
+        if symbol in prices.symbols and os.path.exists(marker):
+            raise RuntimeError(f"{symbol}: marker present")
+    close = prices.close
+    out = np.full(close.shape, np.nan, dtype=np.float32)
+    out[:, lookback:] = close[:, lookback:] / close[:, :-lookback] - 1.0
+    return out
+
+
+def test_a_failed_score_chunk_fails_the_run_and_a_re_run_recomputes_only_it(store, tmp_path):
+    from backtest.ranking import ranking_strategy
+
+    ranking_strategy(
+        _flaky_rank, name="flaky_rank", grid={"lookback": [21, 63]}, integer_params=("lookback",)
+    )
+    marker = tmp_path / "fail"
+    marker.write_text("")
+    symbols = store.symbols()
+    _FAIL_ON.clear()
+    _FAIL_ON[symbols[10]] = str(marker)  # in the second of three chunks of 8
+    out = tmp_path / "out"
+    args = [
+        "run",
+        "--store",
+        str(store.root),
+        "--out",
+        str(out),
+        "--strategy",
+        "flaky_rank",
+        "--top",
+        "5",
+        *ARGS[8:],
+    ]
+    failed = runner.invoke(app, args)
+    assert failed.exit_code == 1, failed.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert [c["chunk"] for c in summary["failed_chunks"]] == ["chunk-0001"]
+    assert "marker present" in summary["failed_chunks"][0]["error"]
+    assert (summary["cache"]["hits"], summary["cache"]["failed"]) == (0, 1)
+    assert not (out / "portfolio.parquet").exists()  # no block runs without every chunk's scores
+
+    marker.unlink()
+    again = runner.invoke(app, args)
+    assert again.exit_code == 0, again.output
+    summary = json.loads((out / "summary.json").read_text())
+    blocks = summary["counts"]["blocks"]
+    # the two chunks scored before are hits; the failed one and the blocks (never formed) are computed
+    assert (summary["cache"]["hits"], summary["cache"]["misses"]) == (2, 1 + blocks)
+    assert len(pd.read_parquet(out / "portfolio.parquet")) > 0
