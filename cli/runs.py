@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +18,97 @@ from backtest.engine.metrics import HEADLINE_METRICS
 from flows.settings import local_run_settings
 
 
-def run_study_cli(params: Any, console: Console) -> int:
-    """Run the flow in this process with a progress bar; print the summary; return the exit code."""
+class Api:
+    """Where a command's flow run talks to Prefect: the project's local server (started in the background
+    when none runs: ``cli.localserver``), the user's ``PREFECT_API_URL``, or Prefect's ephemeral server.
+
+    Made before the command's other start-up work, so that a server starting meanwhile does not keep the
+    command waiting in sequence; ``ready`` waits for it, warming the study's kernels while it does."""
+
+    def __init__(self, console: Console, ephemeral: bool = False, project: Path = Path(".")) -> None:
+        from cli.localserver import ServerError, ensure_server, use_local_server
+
+        self.console, self.project = console, project
+        self.started = None
+        self._warm: threading.Thread | None = None
+        if not use_local_server(ephemeral):
+            return
+        try:
+            self.started = ensure_server(project)
+        except ServerError as exc:
+            raise ApiError(str(exc)) from None
+        os.environ["PREFECT_API_URL"] = self.started.info.api_url  # before Prefect reads its settings
+        if self.started.new:
+            info = self.started.info
+            why = (
+                f" (the recorded one is not usable: {self.started.replaced})" if self.started.replaced else ""
+            )
+            stops = (
+                f"stops after {info.idle_minutes:g} minutes unused"
+                if info.idle_minutes
+                else "runs until stopped"
+            )
+            console.print(
+                f"starting this project's Prefect server at {info.url}{why}: it {stops} "
+                "(`backtest server status`, `backtest server down`)",
+                highlight=False,
+            )
+
+    def warm(self, strategy: str) -> None:
+        """Load (or on a new machine compile) the study's kernels while the new server starts."""
+        if self.started is None or not self.started.new or self._warm is not None:
+            return
+        from backtest.engine.warmup import warm_up
+
+        def run() -> None:
+            with contextlib.suppress(Exception):  # a failure here is the study's to meet and report
+                warm_up(strategy)
+
+        self._warm = threading.Thread(target=run, name="warm-kernels", daemon=True)
+        self._warm.start()
+
+    def ready(self) -> None:
+        """Until the server answers (nothing to wait for with the ephemeral or the user's server)."""
+        from cli.localserver import ServerError
+
+        if self.started is None:
+            return
+        try:
+            self.started.wait()
+        except ServerError as exc:
+            raise ApiError(str(exc)) from None
+
+    def done(self) -> None:
+        from cli.localserver import touch
+
+        if self.started is not None:
+            touch(self.project)  # the server's idle time starts now
+
+
+class ApiError(Exception):
+    """The command's Prefect server could not be started or reached."""
+
+
+def run_study_cli(params: Any, console: Console, api: Api) -> int:
+    """Run the flow in this process with a progress bar; print the summary; return the exit code.
+
+    ``api`` was made first thing by the command: the flow's imports and the kernels' warm-up happen here while
+    a new server starts, then the run waits for it."""
+    try:
+        api.warm(params.strategy)
+        import flows.study  # noqa: F401 - its imports (seconds) while the server starts
+
+        api.ready()
+    except ApiError as exc:
+        console.print(f"[red]error:[/] {exc}", highlight=False)
+        return 1
+    try:
+        return _run(params, console)
+    finally:
+        api.done()
+
+
+def _run(params: Any, console: Console) -> int:
     from flows.progress import Progress as StudyProgress
     from flows.progress import set_listener
     from flows.study import three_phase_study

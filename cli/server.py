@@ -8,25 +8,41 @@ PID, port and URL are in ``server.json`` there, so ``down`` stops exactly the pr
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from cli.errors import cli_errors, fail
-from flows.settings import SERVER_ENV, TELEMETRY_OFF
+from cli.localserver import (
+    HOST,
+    ServerError,
+    ServerInfo,
+    alive,
+    ensure_server,
+    free_port,
+    is_healthy,
+    last_used,
+    port_is_free,
+    port_is_in_use,
+    read_info,
+    server_dir,
+    state_file,
+    stop,
+    touch,
+    usable,
+)
+from flows.settings import TELEMETRY_OFF
 
-HOST = "127.0.0.1"
+__all__ = ["HOST", "ServerError", "ServerInfo", "free_port", "port_is_free", "port_is_in_use", "server_dir"]
+
 DEFAULT_PORT = 4200
 DEFAULT_POOL = "backtest-process"
 FINAL_STATES = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
@@ -40,161 +56,23 @@ ProjectOption = Annotated[
 ]
 
 
-class ServerError(Exception):
-    """A server, deployment or run problem to report as one line."""
-
-
-@dataclass(frozen=True)
-class ServerInfo:
-    """What ``server up`` recorded: enough to find, use and stop that server again."""
-
-    pid: int
-    host: str
-    port: int
-    home: str
-    log: str
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    @property
-    def api_url(self) -> str:
-        return f"{self.url}/api"
-
-
-def server_dir(project: Path) -> Path:
-    return project.resolve() / "data" / "prefect"
-
-
-def state_file(project: Path) -> Path:
-    return server_dir(project) / "server.json"
-
-
-def port_is_free(port: int, host: str = HOST) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
-def free_port(host: str = HOST) -> int:
-    """A port nobody listens on now (the OS picks it); a race with another program is possible but rare."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
-def is_healthy(api_url: str, timeout: float = 2.0) -> bool:
-    import httpx
-
+def start_server(
+    project: Path, port: int = DEFAULT_PORT, timeout: float = 90.0, idle_minutes: float = 0.0
+) -> ServerInfo:
+    """The project's server (``cli.localserver``), started now on ``port`` (0: any free port) unless a usable
+    one runs; waits until it answers."""
+    started = ensure_server(project, port=port, idle_minutes=idle_minutes)
     try:
-        return httpx.get(f"{api_url.rstrip('/')}/health", timeout=timeout).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
-def _alive(pid: int) -> bool:
-    """The process exists and is a Prefect server (a recycled PID of another program is not ours to stop)."""
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return False
-    return b"prefect" in b" ".join(cmdline) and b"server" in cmdline
-
-
-def read_info(project: Path) -> ServerInfo | None:
-    path = state_file(project)
-    if not path.exists():
-        return None
-    try:
-        return ServerInfo(**json.loads(path.read_text()))
-    except (ValueError, TypeError):
-        return None
-
-
-def _log_tail(log: Path, lines: int = 8) -> str:
-    try:
-        text = log.read_text(errors="replace").strip().splitlines()
-    except OSError:
-        return ""
-    return "\n".join(text[-lines:])
-
-
-def start_server(project: Path, port: int = DEFAULT_PORT, timeout: float = 90.0) -> ServerInfo:
-    """Start ``prefect server start`` on 127.0.0.1 in its own session and wait until its API is healthy.
-
-    ``port`` 0 picks a free port. The server keeps running after this process ends (``stop_server`` ends it).
-    """
-    if port == 0:
-        port = free_port()
-    elif not port_is_free(port):
-        raise ServerError(
-            f"port {port} on {HOST} is in use: choose another with --port N (or --port 0 for any free port)"
-        )
-    home = server_dir(project)
-    home.mkdir(parents=True, exist_ok=True)
-    log = home / "server.log"
-    info = ServerInfo(pid=0, host=HOST, port=port, home=str(home), log=str(log))
-    env = {
-        **SERVER_ENV,  # the user's own values of these win
-        **os.environ,
-        **TELEMETRY_OFF,
-        "PREFECT_HOME": str(home),
-        # the UI asks the server where its API is: without these it answers port 4200 whatever --port says
-        "PREFECT_SERVER_API_HOST": HOST,
-        "PREFECT_SERVER_API_PORT": str(port),
-        "PREFECT_UI_API_URL": info.api_url,
-    }
-    env.pop("PREFECT_API_URL", None)  # the server is not a client of some other server
-    with log.open("ab") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "prefect", "server", "start", "--host", HOST, "--port", str(port)],
-            cwd=home,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # Ctrl-C in the terminal that ran `up` must not stop it; `down` does
-        )
-    info = dataclasses.replace(info, pid=proc.pid)
-    state_file(project).write_text(json.dumps(asdict(info), indent=2))
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
+        return started.wait(timeout)
+    except ServerError:
+        if started.new:
+            stop(started.info)
             state_file(project).unlink(missing_ok=True)
-            raise ServerError(f"the Prefect server exited with code {proc.returncode}:\n{_log_tail(log)}")
-        if is_healthy(info.api_url, timeout=1.0):
-            return info
-        time.sleep(0.5)
-    stop_server(info)
-    state_file(project).unlink(missing_ok=True)
-    raise ServerError(f"the Prefect server was not healthy after {timeout:.0f} s (log: {log})")
+        raise
 
 
 def stop_server(info: ServerInfo, timeout: float = 20.0) -> None:
-    """SIGTERM to the server's process group (it was started as a session leader), SIGKILL if it lingers."""
-    if not _alive(info.pid):
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(info.pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(info.pid, os.WNOHANG)  # reap it when this process started it (tests)
-        if not _alive(info.pid) and not port_is_in_use(info.port, info.host):
-            return
-        time.sleep(0.2)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(info.pid, signal.SIGKILL)
-
-
-def port_is_in_use(port: int, host: str = HOST) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.settimeout(0.5)
-        return sock.connect_ex((host, port)) == 0
+    stop(info, timeout)
 
 
 @server_app.command("up")
@@ -204,38 +82,78 @@ def up(
     port: Annotated[
         int, typer.Option("--port", min=0, max=65535, help="Port on 127.0.0.1 (0: any free port).")
     ] = DEFAULT_PORT,
-    timeout: Annotated[float, typer.Option("--timeout", help="Seconds to wait for the server.")] = 90.0,
+    timeout: Annotated[
+        float, typer.Option("--timeout", min=1.0, help="Seconds to wait for the server.")
+    ] = 90.0,
+    idle_minutes: Annotated[
+        float,
+        typer.Option(
+            "--idle-minutes",
+            min=0.0,
+            help="Stop after this many minutes unused (0: never; keep 0 while workers run deployments).",
+        ),
+    ] = 0.0,
 ) -> None:
     """Start a Prefect server on 127.0.0.1 for this project (analytics off, PREFECT_HOME in data/prefect)."""
     info = read_info(project)
-    if info is not None and _alive(info.pid) and is_healthy(info.api_url):
+    if usable(info, project) is None and info is not None and is_healthy(info.api_url):
+        touch(project)
         typer.echo(f"a Prefect server of this project is already running (pid {info.pid})")
     else:
         typer.echo(f"starting a Prefect server on {HOST} (log: {server_dir(project) / 'server.log'}) ...")
         try:
-            info = start_server(project, port, timeout)
+            info = start_server(project, port, timeout, idle_minutes)
         except ServerError as exc:
             raise fail(str(exc)) from None
     typer.echo(f"Prefect UI:  {info.url}")
-    typer.echo("Point the Prefect CLI, workers and `backtest run` at it with:")
+    typer.echo(
+        "`backtest run` and `backtest deploy` in this folder use it; point the Prefect CLI and workers at it with:"
+    )
     typer.echo(f"export PREFECT_API_URL={info.api_url}")
 
 
 @server_app.command("down")
 @cli_errors
 def down(project: ProjectOption = Path(".")) -> None:
-    """Stop the Prefect server that `backtest server up` started for this project."""
+    """Stop the Prefect server of this project (started by `backtest server up` or by a command)."""
     info = read_info(project)
     if info is None:
         raise fail(
             f"no Prefect server was started for {project.resolve()} (nothing in {state_file(project)})"
         )
-    if not _alive(info.pid):
+    if not alive(info.pid):
         state_file(project).unlink(missing_ok=True)
         raise fail(f"the Prefect server of {project.resolve()} (pid {info.pid}) is not running any more")
     stop_server(info)
     state_file(project).unlink(missing_ok=True)
     typer.echo(f"stopped the Prefect server at {info.url} (pid {info.pid})")
+
+
+@server_app.command("status")
+@cli_errors
+def status(project: ProjectOption = Path(".")) -> None:
+    """Say whether this project's Prefect server runs, where, since when, and when it stops on its own."""
+    info = read_info(project)
+    why = usable(info, project)
+    if info is None or (why is not None and not alive(info.pid)):
+        state_file(project).unlink(missing_ok=True)
+        typer.echo(f"no Prefect server runs for {project.resolve()}: the next `backtest run` starts one")
+        raise typer.Exit(3)
+    healthy = is_healthy(info.api_url)
+    since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info.started_at)) if info.started_at else "?"
+    typer.echo(
+        f"Prefect server {info.url} (pid {info.pid}, Prefect {info.prefect or '?'}): "
+        f"{'answering' if healthy else 'not answering'}, started {since}"
+    )
+    if why is not None:
+        typer.echo(f"not usable by this command: {why}")
+    if info.idle_minutes > 0:
+        used = last_used(Path(info.home), info.started_at)
+        left = max(0.0, info.idle_minutes - (time.time() - used) / 60.0)
+        typer.echo(f"stops after {info.idle_minutes:g} minutes unused: in {left:.0f} minutes unless used")
+    else:
+        typer.echo("runs until `backtest server down`")
+    typer.echo(f"home {info.home}, log {info.log}")
 
 
 def resolve_api_url(project: Path) -> str:

@@ -3,12 +3,26 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from backtest import defaults as D
 from cli.errors import fail
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from cli.runs import Api
+
+EphemeralOption = Annotated[
+    bool,
+    typer.Option(
+        "--ephemeral",
+        help="Use a Prefect server of this command's own, stopped at its end, instead of the project's "
+        "(also BACKTEST_EPHEMERAL=1); a PREFECT_API_URL you set is used either way.",
+    ),
+]
 
 
 def _study_params(**values: object) -> object:
@@ -101,6 +115,7 @@ def run(
             help="Draw the plots and write report.html at the end (`backtest report OUT` builds it later).",
         ),
     ] = True,
+    ephemeral: EphemeralOption = False,
 ) -> None:
     """Run the three-phase walk-forward study as a Prefect flow and write its results to --out."""
     from flows.settings import prepare_environment
@@ -154,7 +169,18 @@ def run(
 
     if params.persist:  # one clear line, before any work, when the database is unusable
         cli_db.check_writable(params.results_db())
-    raise typer.Exit(run_study_cli(params, Console()))
+    console = Console()
+    raise typer.Exit(run_study_cli(params, console, _api(console, ephemeral)))
+
+
+def _api(console: Console, ephemeral: bool) -> Api:
+    """The command's Prefect API (cli.runs.Api), a server problem as one line."""
+    from cli.runs import Api, ApiError
+
+    try:
+        return Api(console, ephemeral)
+    except ApiError as exc:
+        raise fail(str(exc)) from None
 
 
 def demo(
@@ -166,6 +192,7 @@ def demo(
     verbose: Annotated[
         bool, typer.Option("--verbose", help="Show Prefect's run logs in the terminal.")
     ] = False,
+    ephemeral: EphemeralOption = False,
 ) -> None:
     """Generate a synthetic market, ingest it and run the study on it (repeated, it reuses what exists)."""
     from flows.settings import prepare_environment
@@ -181,6 +208,8 @@ def demo(
     from cli.runs import run_study_cli
 
     console = Console()
+    api = _api(console, ephemeral)  # a new server starts while the market is made
+    api.warm(D.STRATEGY)
     data, store_dir, out = folder / "data", folder / "store", folder / "results"
     manifest = data / "universe.json"
     wanted = {"n_symbols": symbols, "years": float(years)}
@@ -202,4 +231,4 @@ def demo(
         f"{report.count('unchanged')} unchanged, {report.rejected_rows} rows rejected"
     )
     params = _study_params(store=str(store_dir), out=str(out), runner=runner)
-    raise typer.Exit(run_study_cli(params, console))
+    raise typer.Exit(run_study_cli(params, console, api))

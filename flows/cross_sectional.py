@@ -20,6 +20,7 @@ from backtest.db.prices import open_price_source
 from backtest.engine.planning import ChunkSpec, Universe, plan_chunks, resolve_universe
 from backtest.errors import BacktestError
 from backtest.observe.profiling import RANKING_PHASES, REPORT_FILE
+from backtest.observe.report import RANKING_PLOT_TITLES
 from backtest.ranking.files import block_key, ranking_code, score_key
 from backtest.ranking.study import KIND, RankingPlan, blocks_of
 from backtest.ranking.universe import members_without_prices, read_universe, universe_digest
@@ -32,7 +33,7 @@ from tasks import artifacts
 from tasks.chunks import PriceSource
 from tasks.db import mark_queries, record_ranking_run
 from tasks.ranking import BlockJob, ScoreJob, collect_ranking, form_portfolios, release_market, score_chunk
-from tasks.report import publish_report
+from tasks.report import must_draw, preload_report, publish_report
 from tasks.results import prune_cache
 
 #: blocks of combinations per worker: enough for balance, few enough that each reads a score array once
@@ -159,11 +160,13 @@ def run_cross_sectional(params: StudyParams, watch: RunWatch, runner_factory: An
     blocks = run.blocks(source)
     watched = _watched(run, blocks)
     watch.plan(watched, run.cache.ranking, RANKING_PHASES, footers=False)
+    key = collected_key([Path(b.path).name for b in blocks], run.plan.config.merge_digest())
+    if params.report and must_draw(run.cache.collected / key, RANKING_PLOT_TITLES):
+        preload_report()  # matplotlib's import overlaps the run instead of delaying the report
     summary = _summary(params, run, len(blocks))
     with clock.phase("backtest"):
         submit(run, source, blocks, watched, watch, summary, runner_factory)
     watch.backtest_done()
-    key = collected_key([Path(b.path).name for b in blocks], run.plan.config.merge_digest())
     if not summary.failed:
         with clock.phase("collect"):
             collect(run, blocks, key, summary)

@@ -29,6 +29,7 @@ from backtest.engine.study import StudyPlan
 from backtest.errors import BacktestError
 from backtest.observe.preload import preload
 from backtest.observe.profiling import REPORT_FILE, wall_timings
+from backtest.observe.report import PLOT_TITLES
 from backtest.results.cache import CacheLayout, CacheLimits
 from backtest.results.handoff import RESULTS
 from backtest.results.outputs import CollectAhead, collected_key
@@ -39,7 +40,7 @@ from tasks import artifacts
 from tasks.caching import chunk_cache_policy
 from tasks.chunks import ChunkJob, PriceSource, backtest_chunk
 from tasks.db import mark_queries, record_run
-from tasks.report import preload_report, publish_report
+from tasks.report import must_draw, preload_report, publish_report
 from tasks.results import collect_results, prune_cache
 
 
@@ -69,8 +70,6 @@ def make_task_runner(kind: str, workers: int, dask_address: str | None = None) -
 @flow(name="three-phase-study", log_prints=False, persist_result=False)
 def three_phase_study(params: StudyParams = StudyParams()) -> Any:  # noqa: B008 - pydantic default
     """Plan the chunks, load and backtest each (cached by its inputs), collect, publish, prune, report."""
-    if params.report:
-        preload_report()  # matplotlib's import overlaps the run instead of delaying the report
     preload("arch.bootstrap")  # the statistics of luck's SPA test (1.5 s to import), needed at the end
     watch = RunWatch(get_run_context().flow_run, params.alerts, params.monitor_interval)
     with watch:  # the resource monitor samples the run's process tree until the flow returns or fails
@@ -111,6 +110,8 @@ def _run_study(params: StudyParams, watch: RunWatch) -> Any:
     if not isinstance(run, StudyRun):
         return run  # a clean Failed state: the input cannot make a study
     watch.plan(run.specs, run.cache.results)
+    if params.report and must_draw(run.cache.collected / run.merged_key, PLOT_TITLES):
+        preload_report()  # matplotlib's import overlaps the run instead of delaying the report
     summary = RunSummary(
         flow_run_id=run.run_id,
         config=params.public_dump(),

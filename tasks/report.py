@@ -15,9 +15,18 @@ from tasks.artifacts import ArtifactPoster
 
 
 def preload_report() -> threading.Thread:
-    """Start importing the report builder (matplotlib) on a background thread, once per process. Call it when
-    a flow starts: the import then overlaps the run instead of delaying ``publish_report`` at its end."""
-    return preload("backtest.observe.report")
+    """Start importing the report's plots (matplotlib) on a background thread, once per process. Call it when
+    a flow starts that will draw them (``must_draw``): the import then overlaps the run instead of delaying
+    ``publish_report`` at its end."""
+    return preload("backtest.observe.plots", "warm_text")
+
+
+def must_draw(results_cache: Path, titles: dict[str, str]) -> bool:
+    """Whether a report of these results draws a plot: not when the plot cache holds every result plot."""
+    from backtest.observe.report import RESULT_PLOTS, cached_plots
+
+    wanted = [name for name in titles if name in RESULT_PLOTS]
+    return len(cached_plots(results_cache, wanted)) < len(wanted)
 
 
 @task(name="build-report", persist_result=False, retries=0)

@@ -17,6 +17,9 @@ from tests import prefect_db
 # Prefect reads its settings at import: give the test run its own home (never the user's), no telemetry.
 PREFECT_HOME = os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="backtest-tests-prefect-home-")
 os.environ.update(TELEMETRY_OFF)
+# `backtest run` and `demo` in these tests talk to the session's test server (or an ephemeral one), never start
+# the project's background server (cli.localserver) in the checkout; its own tests turn this off
+os.environ["BACKTEST_EPHEMERAL"] = "1"
 # the test server is set up as the project's servers are (flows.settings.SERVER_ENV)
 os.environ.update({k: os.environ.get(k, v) for k, v in SERVER_ENV.items()})
 

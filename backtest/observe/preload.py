@@ -15,8 +15,9 @@ _lock = threading.Lock()
 _started: dict[str, threading.Thread] = {}
 
 
-def preload(module: str) -> threading.Thread:
+def preload(module: str, then: str | None = None) -> threading.Thread:
     """Start importing ``module`` on a background thread, at most once per process; return that thread.
+    ``then`` names a function of the module to call after the import (more start-up to get out of the way).
 
     A later ``import`` of the same module on another thread simply waits on Python's per-module import lock
     for the rest of the work, so callers need not join. An import error is left for that later import to
@@ -26,13 +27,17 @@ def preload(module: str) -> threading.Thread:
     with _lock:
         thread = _started.get(module)
         if thread is None:
-            thread = threading.Thread(target=_import, args=(module,), name=f"preload-{module}", daemon=False)
+            thread = threading.Thread(
+                target=_import, args=(module, then), name=f"preload-{module}", daemon=False
+            )
             _started[module] = thread
             thread.start()
         return thread
 
 
-def _import(module: str) -> None:
+def _import(module: str, then: str | None) -> None:
     # an import error is not this thread's to report: the real import, later, raises it where it is handled
     with contextlib.suppress(Exception):
-        importlib.import_module(module)
+        loaded = importlib.import_module(module)
+        if then:
+            getattr(loaded, then)()

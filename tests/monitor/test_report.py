@@ -98,10 +98,25 @@ def built(run_folder):
     return build_report(run_folder)
 
 
+#: the charts of the run itself, written as SVG (without matplotlib); the result plots are PNG
+CHARTS = ("resources", "phases")
+
+
+def assert_chart(path: Path) -> None:
+    """An SVG document with drawn lines or bars and text."""
+    text = path.read_text()
+    assert text.startswith("<svg") and text.rstrip().endswith("</svg>"), path
+    assert ("<polyline" in text or "<rect" in text) and "<text" in text, path
+
+
 def test_report_renders_every_plot_as_a_png_with_content(run_folder, built):
     files = built
     assert files.skipped == {} and set(files.plots) == set(PLOT_TITLES)
     for name, path in files.plots.items():
+        if name in CHARTS:
+            assert path.suffix == ".svg"
+            assert_chart(path)
+            continue
         assert path.read_bytes()[:8] == PNG_MAGIC, name
         pixels = imread(path)
         assert pixels.shape[0] > 200 and pixels.shape[1] > 400, name
@@ -182,8 +197,8 @@ def test_result_plots_are_kept_in_the_plot_cache_and_linked_on_the_next_build(ru
         assert os.path.samefile(png, cache / f"{name}.png")
         assert os.stat(png).st_mode & 0o777 == 0o444  # read-only: never written in place through a link
         assert png.read_bytes() == (built.html.parent / "report" / f"{name}.png").read_bytes()
-    for name in ("resources", "phases"):
-        assert os.stat(again / "report" / f"{name}.png").st_nlink == 1  # drawn for this run
+    for name in CHARTS:
+        assert os.stat(again / "report" / f"{name}.svg").st_nlink == 1  # written for this run
     partial = tmp_path / "partial"  # results without a portfolio: the cache remembers why it was skipped
     partial.mkdir()
     shutil.copy(run_folder / "summary.json", partial)
@@ -194,6 +209,9 @@ def test_result_plots_are_kept_in_the_plot_cache_and_linked_on_the_next_build(ru
 
 
 def _has_content(path: Path) -> bool:
+    if path.suffix == ".svg":
+        assert_chart(path)
+        return True
     rgb = imread(path)[..., :3]
     return rgb.std() > 0.05 and (np.ptp(rgb, axis=2) > 0.15).mean() > 0.005
 

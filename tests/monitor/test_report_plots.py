@@ -16,19 +16,11 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from backtest.observe.monitor import CORE_PREFIX
+from backtest.observe.plots import DPI, _figure, _line, _pixel_width
 from backtest.observe.profiling import RESOURCES_FILE
-from backtest.observe.report import (
-    DPI,
-    RunTables,
-    _figure,
-    _line,
-    _pixel_width,
-    build_report,
-    m4_indices,
-    plot_resources,
-    render,
-    write_png,
-)
+from backtest.observe.report import build_report
+from backtest.observe.runtables import RunTables
+from backtest.observe.svgcharts import Svg, m4_indices, nice_ticks, resources_svg
 from tasks.report import preload_report
 
 
@@ -99,6 +91,8 @@ def test_a_long_line_is_drawn_with_at_most_eight_points_per_pixel_column_and_its
 
 def test_long_resource_series_still_plot_every_sample_range(tmp_path):
     """A long monitor series (hours at a short interval) draws in bounded time and keeps its peaks."""
+    import re
+
     n = 100_000
     t = np.arange(n) * 0.05
     rss = np.full(n, 500.0 * 2**20)
@@ -115,14 +109,20 @@ def test_long_resource_series_still_plot_every_sample_range(tmp_path):
         }
     )
     frame.to_parquet(tmp_path / RESOURCES_FILE)
-    fig = plot_resources(RunTables(tmp_path))
-    assert not isinstance(fig, str)
-    lines = [line for ax in fig.axes for line in ax.get_lines()]
-    assert len(lines) == 5 and all(len(line.get_xdata()) <= 8 * _pixel_width(fig) for line in lines)
-    (memory,) = [line for line in lines if line.get_label().startswith("RSS")]
-    assert memory.get_ydata().max() == 4000.0  # the peak survives the thinning
-    path = write_png(render(fig), tmp_path / "resources.png")
-    assert path == tmp_path / "resources.png" and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    chart = resources_svg(RunTables(tmp_path)[RESOURCES_FILE])
+    assert isinstance(chart, Svg) and chart.text.startswith("<svg")
+    lines = re.findall(r'<polyline points="([^"]+)"', chart.text)
+    assert len(lines) == 5 and all(len(points.split()) <= 4 * 740 for points in lines)  # 740 pixel columns
+    # the memory line (red) reaches the top of its panel at the peak, its tick labels go up to it
+    memory = re.search(r'<polyline points="([^"]+)" fill="none" stroke="#d62728"', chart.text).group(1)
+    assert min(float(p.split(",")[1]) for p in memory.split()) < 240  # the panel's top edge is at y = 230
+    assert ">4,000<" in chart.text
+
+
+def test_nice_ticks_are_round_and_cover_the_range():
+    assert nice_ticks(0.0, 100.0) == [0.0, 25.0, 50.0, 75.0, 100.0]
+    assert nice_ticks(0.0, 3.7) == [0.0, 1.0, 2.0, 3.0, 4.0]
+    assert nice_ticks(5.0, 5.0) == [5.0]
 
 
 def test_run_tables_reads_each_table_once_and_only_the_plotted_columns(tmp_path, monkeypatch):
@@ -147,7 +147,7 @@ def test_run_tables_reads_each_table_once_and_only_the_plotted_columns(tmp_path,
         opened.append(str(path))
         return real(path, *args, **kwargs)
 
-    monkeypatch.setattr("backtest.observe.report.pq.ParquetFile", counting)
+    monkeypatch.setattr("backtest.observe.runtables.pq.ParquetFile", counting)
     tables = RunTables(tmp_path)
     first = tables["selections.parquet"]
     assert first is tables["selections.parquet"] and len(opened) == 1  # read once, shared by two plots
@@ -168,18 +168,18 @@ def test_a_partial_output_folder_still_builds_without_reading_missing_tables(tmp
 
 def test_preload_imports_the_report_builder_on_a_background_thread():
     """In a fresh interpreter (this one has matplotlib already): ``preload`` returns at once, once per module,
-    and the builder is loaded by the time its thread ends, so ``publish_report`` finds it imported."""
+    and the plots are loaded by the time its thread ends, so ``publish_report`` finds them imported."""
     code = (
         "import sys, time\n"
         "from backtest.observe.preload import preload\n"
         "assert 'matplotlib' not in sys.modules\n"
         "t0 = time.perf_counter()\n"
-        "thread = preload('backtest.observe.report')\n"
+        "thread = preload('backtest.observe.plots', 'warm_text')\n"
         "started = time.perf_counter() - t0\n"
-        "assert preload('backtest.observe.report') is thread and not thread.daemon\n"
+        "assert preload('backtest.observe.plots') is thread and not thread.daemon\n"
         "thread.join(60)\n"
         "loaded = time.perf_counter() - t0\n"
-        "assert 'backtest.observe.report' in sys.modules and 'matplotlib' in sys.modules\n"
+        "assert 'backtest.observe.plots' in sys.modules and 'matplotlib' in sys.modules\n"
         # a module that cannot be imported: nothing raised on the thread, the real import raises
         "missing = preload('backtest.no_such_module')\n"
         "missing.join(10)\n"
@@ -196,6 +196,6 @@ def test_preload_imports_the_report_builder_on_a_background_thread():
 
 def test_the_task_module_preloads_the_report_builder():
     thread = preload_report()
-    assert thread is preload_report() and thread.name == "preload-backtest.observe.report"
+    assert thread is preload_report() and thread.name == "preload-backtest.observe.plots"
     thread.join(60)
     assert "backtest.observe.report" in sys.modules
