@@ -293,56 +293,35 @@ def measure_ranking(
         f"{seconds:.2f} s for {k} of them, total returns "
         f"{'agree' if out['naive']['check']['ok'] else 'DISAGREE'} (max diff {out['naive']['check']['max_abs_diff']:.1e})"
     )
-    out["command"] = measure_command(store, grid, workers, runs_dir / "rank-command")
-    cmd = out["command"]
+    out["command"] = cmd = measure_command(store, grid, workers, runs_dir / "rank-project")
     log(
-        f"ranking: as a user runs it (`backtest run` in a new process, cold): the command {cmd['wall_seconds']:.1f} s, "
-        f"its flow {cmd.get('flow_seconds') or float('nan'):.2f} s, peak RSS of its process tree "
-        f"{cmd.get('peak_rss_with_children_mb') or float('nan'):,.0f} MB (the command's process "
-        f"{cmd.get('peak_rss_mb') or float('nan'):,.0f} MB)"
+        f"ranking: as a user runs it (`backtest run`, a new process and project, cold): the command "
+        f"{cmd['wall_seconds']:.1f} s, its flow {cmd.get('flow_seconds') or float('nan'):.2f} s, peak RSS of its "
+        f"process tree {cmd.get('peak_rss_with_children_mb') or float('nan'):,.0f} MB, its server "
+        f"{cmd.get('server_rss_mb') or float('nan'):,.0f} MB"
     )
     return out, piece, core_tr
 
 
-def measure_command(store: Any, grid: dict[str, list[float]], workers: int, out: Any) -> dict[str, Any]:
-    """The cold study as a user runs it: ``backtest run`` in a new process (its own imports, kernels loaded
-    from numba's cache, Prefect's ephemeral server as its child), the cache removed first. Its memory is the
-    peak RSS of that process tree as the run's own monitor sampled it (summary.json), free of this
-    process's history; its seconds are the command's and the flow's."""
-    import json
-    import os
+def measure_command(store: Any, grid: dict[str, list[float]], workers: int, project: Path) -> dict[str, Any]:
+    """The cold study as a user runs it: ``backtest run`` in a new process and a project folder of its own
+    (its imports, kernels loaded from numba's cache, the project's Prefect server, stopped afterwards), the
+    cache removed first. Its memory is the peak RSS of its process tree as the run's own monitor sampled it
+    (summary.json), free of this process's history, plus the server's."""
     import shutil
-    import subprocess
-    import sys
+
+    from benchmarks.commands import backtest, command_env, server_rss_mb, stop_server
 
     shutil.rmtree(store.root / "cache", ignore_errors=True)
-    args = ["run", "--store", str(store.root), "--out", str(out), "--strategy", "momentum_rank"]
+    args = ["run", "--store", str(store.root), "--out", str(project / "out"), "--strategy", "momentum_rank"]
     for name, values in grid.items():
         args += ["--param", f"{name}={','.join(f'{v:g}' for v in values)}"]
     args += ["--rebalance", str(REBALANCE), "--workers", str(workers)]
-    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
-    t0 = time.perf_counter()
-    done = subprocess.run(
-        [sys.executable, "-c", "from cli.app import app; app()", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    run: dict[str, Any] = {"wall_seconds": time.perf_counter() - t0, "returncode": done.returncode}
-    path = Path(out) / "summary.json"
-    if done.returncode != 0 or not path.exists():
-        run["error"] = (done.stderr or done.stdout)[-2000:]
-        return run
-    summary = json.loads(path.read_text())
-    profile = summary.get("profile") or {}
-    run.update(
-        state=summary.get("state"),
-        flow_seconds=summary.get("wall_seconds"),
-        phase_seconds=summary.get("phase_seconds"),
-        peak_rss_with_children_mb=round((summary.get("peak_rss_bytes") or 0) / 1e6, 1),
-        peak_rss_mb=round((profile.get("peak_flow_process_rss_bytes") or 0) / 1e6, 1),
-    )
+    try:
+        run = backtest(args, project, project / "out", command_env())
+        run["server_rss_mb"] = server_rss_mb(project)
+    finally:
+        stop_server(project)
     return run
 
 

@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.commands import measure_demo, measure_run_commands
 from benchmarks.compare import (
     GRIDS,
     CompactCloses,
@@ -79,6 +80,15 @@ SYMBOLS_GOAL = 4.4
 LUCK_GOAL = 0.05
 #: the cross-sectional study of W (momentum_rank, 40 combinations) through the flow, cold
 RANK_FLOW_W_GOAL_SECONDS = 10.0
+#: the study as a user runs it (`backtest run`, the project's server up): its command over its flow, cold
+COMMAND_OVER_FLOW_GOAL = 1.15
+#: a warm re-run of W as a command, in seconds and as a share of the cold command
+COMMAND_WARM_GOAL_SECONDS = 3.0
+COMMAND_WARM_SHARE_GOAL = 0.15
+#: the first command of a project (its server's new home migrated) over a later cold one
+COMMAND_FIRST_GOAL = 1.3
+#: the demo's flow on a fresh clone (numba's cache empty) over its flow on a second run
+DEMO_FIRST_GOAL = 2.0
 #: fees of the comparison slice, so the fee conventions are part of what must agree
 COMPARISON_FEES_BPS = 10.0
 COMPARISON_GRID = 16
@@ -116,6 +126,10 @@ RATIO_KEYS: tuple[str, ...] = (
     "rank_flow_vs_vectorbt",
     "rank_flow_at_scale_vs_vectorbt",
     "rank_core_vs_naive",
+    "command_cold_over_flow",
+    "command_warm_over_cold",
+    "command_first_over_cold",
+    "demo_first_flow_over_second",
 )
 
 
@@ -130,6 +144,8 @@ class BenchSizes:
     workers: int = 2
     slice_symbols: int = 200
     grids: tuple[int, ...] = (16, 64, 256)
+    demo_symbols: int = 500  # `backtest demo`'s default market
+    demo_years: float = 20.0
 
     @classmethod
     def full(cls) -> BenchSizes:
@@ -138,7 +154,7 @@ class BenchSizes:
     @classmethod
     def quick(cls) -> BenchSizes:
         """A quarter of W's symbols and half its years: every ratio, in a fraction of the full run's time."""
-        return cls("quick", W_SYMBOLS // 4, W_YEARS / 2)
+        return cls("quick", W_SYMBOLS // 4, W_YEARS / 2, demo_symbols=125, demo_years=10.0)
 
     @property
     def scaling_symbols(self) -> tuple[int, ...]:
@@ -791,6 +807,22 @@ def compute_ratios(p: dict[str, Any]) -> dict[str, float | None]:
         "luck_kernel_overhead": (core.get("luck_kernel") or {}).get("overhead"),
         "luck_share_of_core": _luck_share(core),
         **_rank_ratios(p.get("ranking") or {}),
+        **_command_ratios(p.get("commands") or {}),
+    }
+
+
+def _command_ratios(commands: dict[str, Any]) -> dict[str, float | None]:
+    """The commands' ratios: over their flows, warm / cold, the first of a project / a later cold one, and the
+    demo's first flow on an empty numba cache over its second."""
+    run, demo = commands.get("run") or {}, commands.get("demo") or {}
+    cold, warm, first = run.get("cold") or {}, run.get("warm") or {}, run.get("first") or {}
+    return {
+        "command_cold_over_flow": _ratio(cold.get("wall_seconds"), cold.get("flow_seconds")),
+        "command_warm_over_cold": _ratio(warm.get("wall_seconds"), cold.get("wall_seconds")),
+        "command_first_over_cold": _ratio(first.get("wall_seconds"), cold.get("wall_seconds")),
+        "demo_first_flow_over_second": _ratio(
+            (demo.get("first") or {}).get("flow_seconds"), (demo.get("second") or {}).get("flow_seconds")
+        ),
     }
 
 
@@ -939,7 +971,86 @@ def judge(p: dict[str, Any], sizes: BenchSizes) -> list[Goal]:
         )
         goals.append(Goal(g.name, g.target, g.value, g.met, vb_note or g.note, g.why))
     goals += _rank_goals(p, r, at_w, reduced)
+    goals += _command_goals(p, r, at_w, reduced)
     return goals
+
+
+def _command_goals(p: dict[str, Any], r: dict[str, Any], at_w: bool, reduced: str) -> list[Goal]:
+    """The study as a user runs it: the command's wait beyond its flow, warm and first runs, the demo on a
+    fresh clone, and the whole tree's memory with the project's server."""
+    commands = p.get("commands")
+    if not commands:
+        return []
+    run, demo = commands.get("run") or {}, commands.get("demo") or {}
+    cold, warm, first = run.get("cold") or {}, run.get("warm") or {}, run.get("first") or {}
+    whole = _whole_tree_mb({**cold, "server_rss_mb": run.get("server_rss_mb")})
+
+    def judged(value: float | None, target: float, at_most: bool = True) -> bool | None:
+        return None if value is None else (value <= target if at_most else value >= target)
+
+    def seconds(x: dict[str, Any]) -> str:
+        return (
+            f"command {x.get('wall_seconds', math.nan):.2f} s, flow {x.get('flow_seconds') or math.nan:.2f} s"
+        )
+
+    return [
+        Goal(
+            "cold command / its flow (the project's server up)",
+            f"<= {COMMAND_OVER_FLOW_GOAL}x",
+            r["command_cold_over_flow"],
+            judged(r["command_cold_over_flow"], COMMAND_OVER_FLOW_GOAL),
+            "",
+            f"{seconds(cold)}: the rest is the interpreter, imports, parameters, the report and the run's start",
+        ),
+        Goal(
+            "warm command on W, s",
+            f"<= {COMMAND_WARM_GOAL_SECONDS:g} s",
+            warm.get("wall_seconds"),
+            judged(warm.get("wall_seconds"), COMMAND_WARM_GOAL_SECONDS) if at_w else None,
+            "" if at_w else reduced,
+            seconds(warm),
+        ),
+        Goal(
+            "warm command / cold command",
+            f"<= {COMMAND_WARM_SHARE_GOAL:.0%}",
+            r["command_warm_over_cold"],
+            judged(r["command_warm_over_cold"], COMMAND_WARM_SHARE_GOAL),
+            "",
+            f"warm: {seconds(warm)}; cold: {seconds(cold)}",
+        ),
+        Goal(
+            "first command of a project / a later cold one",
+            f"<= {COMMAND_FIRST_GOAL}x",
+            r["command_first_over_cold"],
+            judged(r["command_first_over_cold"], COMMAND_FIRST_GOAL),
+            "",
+            f"first (starts the server on a new home): {seconds(first)}; cold: {seconds(cold)}",
+        ),
+        Goal(
+            "the demo on a fresh clone: its flow / its flow on a second run",
+            f"<= {DEMO_FIRST_GOAL}x",
+            r["demo_first_flow_over_second"],
+            judged(r["demo_first_flow_over_second"], DEMO_FIRST_GOAL),
+            "",
+            f"{demo.get('symbols')} symbols x {demo.get('years')} years; first: {seconds(demo.get('first') or {})}; "
+            f"second: {seconds(demo.get('second') or {})}",
+        ),
+        Goal(
+            "peak RSS, cold command's process tree and the project's server, MB",
+            f"<= {MEMORY_GOAL_MB:g} MB",
+            whole,
+            judged(whole, MEMORY_GOAL_MB) if at_w else None,
+            "" if at_w else reduced,
+            f"the command's tree {cold.get('peak_rss_with_children_mb') or math.nan:,.0f} MB (its process "
+            f"{cold.get('peak_rss_mb') or math.nan:,.0f} MB), the server {run.get('server_rss_mb') or math.nan:,.0f} MB",
+        ),
+    ]
+
+
+def _whole_tree_mb(command: dict[str, Any]) -> float | None:
+    """A command's peak RSS with the project's server beside it (a process of its own, sampled at the end)."""
+    tree, server = command.get("peak_rss_with_children_mb"), command.get("server_rss_mb")
+    return None if not tree or server is None else round(tree + server, 1)
 
 
 def _rank_goals(p: dict[str, Any], r: dict[str, Any], at_w: bool, reduced: str) -> list[Goal]:
@@ -951,7 +1062,8 @@ def _rank_goals(p: dict[str, Any], r: dict[str, Any], at_w: bool, reduced: str) 
     cold, warm = rank.get("cold") or {}, rank.get("warm") or {}
     vb = rank.get("vectorbt") or {}
     command = rank.get("command") or {}
-    seconds, peak = cold.get("wall_seconds", math.inf), command.get("peak_rss_with_children_mb", math.inf)
+    whole = _whole_tree_mb(command)
+    seconds, peak = cold.get("wall_seconds", math.inf), whole if whole is not None else math.inf
     warm_ratio, vb_ratio = r["rank_flow_warm_over_cold"], r["rank_flow_at_scale_vs_vectorbt"]
     combos = f"momentum_rank, {rank.get('combinations')} combinations"
     return [
@@ -964,13 +1076,14 @@ def _rank_goals(p: dict[str, Any], r: dict[str, Any], at_w: bool, reduced: str) 
             f"{combos}; {_phases(cold)}",
         ),
         Goal(
-            "cross-sectional peak RSS of the process tree, `backtest run` cold, MB",
+            "cross-sectional peak RSS, `backtest run` cold and the project's server, MB",
             f"<= {MEMORY_GOAL_MB:g} MB",
-            command.get("peak_rss_with_children_mb"),
+            whole,
             peak <= MEMORY_GOAL_MB if at_w else None,
             "" if at_w else reduced,
-            f"the command's process {command.get('peak_rss_mb', math.nan):,.0f} MB, the rest Prefect's ephemeral "
-            f"server; the command {command.get('wall_seconds', math.nan):.1f} s, its flow "
+            f"the command's process tree {command.get('peak_rss_with_children_mb') or math.nan:,.0f} MB, the "
+            f"server {command.get('server_rss_mb') or math.nan:,.0f} MB; the command "
+            f"{command.get('wall_seconds', math.nan):.1f} s, its flow "
             f"{command.get('flow_seconds') or math.nan:.2f} s (a new process: imports, kernels from numba's cache); "
             f"in this process, after the other measurements, the flow peaked at "
             f"{cold.get('peak_rss_with_children_mb', math.nan):,.0f} MB from {cold.get('start_rss_mb', 0):,.0f} MB",
@@ -1059,6 +1172,10 @@ def run_bench(
         p["ranking"], rank_piece, rank_tr = measure_ranking(
             store, sizes.symbols, sizes.workers, sizes.comparison_symbols, runs_dir, run_flow, log
         )
+        p["commands"] = {
+            "run": measure_run_commands(store, runs_dir, log),
+            "demo": measure_demo(runs_dir, sizes.demo_symbols, sizes.demo_years, log),
+        }
     finally:
         if not keep_runs:
             shutil.rmtree(runs_dir, ignore_errors=True)
@@ -1082,6 +1199,13 @@ def run_bench(
     bench.problems += check_rank_run(rank["slice_flow"], None, None, rank["slice_study"])
     if rank["command"].get("state") != "Completed":
         bench.problems.append(f"ranking, `backtest run`: {rank['command'].get('error') or 'not Completed'}")
+    commands = p["commands"]
+    for label, run in [*commands["run"].items(), *((f"demo {k}", v) for k, v in commands["demo"].items())]:
+        if isinstance(run, dict) and run.get("state") != "Completed":
+            bench.problems.append(f"command {label}: {run.get('error') or run.get('state')}")
+    misses = ((commands["run"].get("warm") or {}).get("cache") or {}).get("misses")
+    if misses:
+        bench.problems.append(f"command warm: {misses} cache misses, expected none")
     for name in ("naive", "vectorbt"):
         check = (rank.get(name) or {}).get("check")
         if check and not check["ok"]:

@@ -56,6 +56,16 @@ RATIO_TEXT: dict[str, tuple[str, str]] = {
         "cross-sectional: core portfolios vs the naive pandas loop, same slice",
         "{:,.1f}x",
     ),
+    "command_cold_over_flow": ("command: `backtest run` cold / its flow (goal <= 1.15x)", "{:.2f}x"),
+    "command_warm_over_cold": ("command: `backtest run` warm / cold (goal <= 15 %)", "{:.1%}"),
+    "command_first_over_cold": (
+        "command: the first of a project / a later cold one (goal <= 1.3x)",
+        "{:.2f}x",
+    ),
+    "demo_first_flow_over_second": (
+        "command: `backtest demo` on a fresh clone, flow / second flow (goal <= 2x)",
+        "{:.2f}x",
+    ),
 }
 
 
@@ -119,6 +129,8 @@ def bench(
     sizes = BenchSizes.quick() if quick else BenchSizes.full()
     if symbols is not None or years is not None:
         sizes = replace(sizes, mode="custom", symbols=symbols or sizes.symbols, years=years or sizes.years)
+        # the demo's market no larger than the universe asked for
+        sizes = replace(sizes, demo_symbols=min(sizes.demo_symbols, sizes.symbols), demo_years=sizes.years)
     sizes = replace(sizes, seed=seed, workers=workers, slice_symbols=slice_symbols)
     if (sizes.symbols, sizes.years) == (4000, 20.0):
         sizes = replace(sizes, mode="full")

@@ -26,6 +26,7 @@ import dataclasses
 import fcntl
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -49,6 +50,11 @@ RECORD = "server.json"
 LOCK = "server.lock"
 USED = "last-used"
 LOG = "server.log"
+DB = "prefect.db"  # Prefect's SQLite database in its home (when no other database is configured)
+#: a copy of a freshly migrated database, per Prefect version, for every new home of this machine; ``off``
+#: (or another path) in this variable
+TEMPLATE_ENV = "BACKTEST_PREFECT_DB_TEMPLATE"
+_DB_URL_ENVS = ("PREFECT_SERVER_DATABASE_CONNECTION_URL", "PREFECT_API_DATABASE_CONNECTION_URL")
 _SUPERVISOR = "cli.localserver"
 
 
@@ -291,6 +297,7 @@ def spawn(project: Path, port: int, idle_minutes: float) -> ServerInfo:
         )
     home = server_dir(project)
     home.mkdir(parents=True, exist_ok=True)
+    seed_home(home)
     log = home / LOG
     args = [sys.executable, "-m", _SUPERVISOR, "--home", str(home), "--port", str(port)]
     args += ["--idle-minutes", str(idle_minutes), "--record", str(state_file(project))]
@@ -363,12 +370,65 @@ def runs_in_flight(api_url: str) -> int | None:
         return None
 
 
+# -- the migrated database of a new home ----------------------------------------------------------------------
+
+
+def template_path() -> Path | None:
+    """Where this machine keeps a freshly migrated database of this Prefect version (None: not used).
+
+    A new home's first server start runs all of Prefect's migrations (about 12 s on 2 cores); the database
+    they leave is the same for every project, so the first server of this machine keeps a copy and the
+    servers of later projects start from it. Only for Prefect's own SQLite database in its home."""
+    setting = os.environ.get(TEMPLATE_ENV, "").strip()
+    if setting.lower() in {"off", "0", "no"} or any(os.environ.get(k) for k in _DB_URL_ENVS):
+        return None
+    if setting:
+        return Path(setting)
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "backtest" / f"prefect-{prefect_version()}.db"
+
+
+def seed_home(home: Path) -> bool:
+    """A new home's database copied from the machine's template; whether it was."""
+    template = template_path()
+    target = home / DB
+    if template is None or target.exists() or not template.is_file():
+        return False
+    from backtest.atomic import atomic_path
+
+    with contextlib.suppress(OSError), atomic_path(target) as tmp:
+        shutil.copyfile(template, tmp)
+    return target.exists()
+
+
+def keep_template(home: Path) -> None:
+    """A consistent copy of ``home``'s database (SQLite's online backup) as the machine's template."""
+    import sqlite3
+
+    template = template_path()
+    if template is None or template.exists() or not (home / DB).is_file():
+        return
+    from backtest.atomic import atomic_path
+
+    with contextlib.suppress(OSError, sqlite3.Error):
+        template.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(template) as tmp:
+            source, copy = sqlite3.connect(home / DB), sqlite3.connect(tmp)
+            try:
+                source.backup(copy)
+            finally:
+                copy.close()
+                source.close()
+
+
 # -- the supervisor ------------------------------------------------------------------------------------------
 
 
 def supervise(home: Path, port: int, idle_minutes: float, record: Path) -> int:
     """Run ``prefect server start`` and watch it: stop it after ``idle_minutes`` without use (0: never) and
-    when told to (SIGTERM), forget the record when it ends. Returns the exit code."""
+    when told to (SIGTERM), forget the record when it ends. Returns the exit code. A server that migrated a
+    new home's database leaves a copy of it as the machine's template (``template_path``)."""
+    migrates = not (home / DB).exists()
     server = subprocess.Popen(
         [sys.executable, "-m", "prefect", "server", "start", "--host", HOST, "--port", str(port)],
         cwd=home,
@@ -389,6 +449,9 @@ def supervise(home: Path, port: int, idle_minutes: float, record: Path) -> int:
     check = min(10.0, max(0.2, idle / 8.0)) if idle > 0 else 10.0
     reason = "stopped"
     while not stopping:
+        if migrates and is_healthy(api_url, timeout=1.0):
+            keep_template(home)
+            migrates = False
         if server.poll() is not None:
             reason = f"the server exited with code {server.returncode}"
             break
@@ -399,7 +462,7 @@ def supervise(home: Path, port: int, idle_minutes: float, record: Path) -> int:
                 break
             if in_flight:
                 touch_home(home)  # a run going on is a use
-        time.sleep(check)
+        time.sleep(min(check, 0.5) if migrates else check)
     if server.poll() is None:
         server.terminate()
         try:

@@ -68,7 +68,9 @@ class Api:
         self._warm.start()
 
     def ready(self) -> None:
-        """Until the server answers (nothing to wait for with the ephemeral or the user's server)."""
+        """Until the server answers (nothing to wait for with the ephemeral or the user's server), and the
+        kernels' warm-up has ended: on a new machine it compiles them, work the study would do anyway, and
+        its first tasks would only wait for it on numba's compile lock."""
         from cli.localserver import ServerError
 
         if self.started is None:
@@ -77,6 +79,8 @@ class Api:
             self.started.wait()
         except ServerError as exc:
             raise ApiError(str(exc)) from None
+        if self._warm is not None:
+            self._warm.join()
 
     def done(self) -> None:
         from cli.localserver import touch

@@ -20,6 +20,9 @@ os.environ.update(TELEMETRY_OFF)
 # `backtest run` and `demo` in these tests talk to the session's test server (or an ephemeral one), never start
 # the project's background server (cli.localserver) in the checkout; its own tests turn this off
 os.environ["BACKTEST_EPHEMERAL"] = "1"
+os.environ["BACKTEST_PREFECT_DB_TEMPLATE"] = (
+    "off"  # never the user's own cache (the tests seed their servers)
+)
 # the test server is set up as the project's servers are (flows.settings.SERVER_ENV)
 os.environ.update({k: os.environ.get(k, v) for k, v in SERVER_ENV.items()})
 

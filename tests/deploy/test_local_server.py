@@ -34,6 +34,36 @@ def project(tmp_path, monkeypatch, prefect_db_template) -> Path:
         ls.stop(info)
 
 
+@pytest.mark.e2e
+def test_a_new_home_keeps_a_migrated_template_and_the_next_home_starts_from_it(tmp_path, monkeypatch):
+    """The machine's first server migrates its database and keeps a copy; a later project's server starts
+    from that copy instead of migrating again."""
+    monkeypatch.delenv(ls.EPHEMERAL_ENV, raising=False)
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    template = tmp_path / "cache" / "prefect.db"
+    monkeypatch.setenv(ls.TEMPLATE_ENV, str(template))
+    first, second = tmp_path / "one", tmp_path / "two"
+    try:
+        t0 = time.monotonic()
+        ls.ensure_server(first, idle_minutes=5).wait()
+        migrating = time.monotonic() - t0
+        deadline = time.monotonic() + 30
+        while not template.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert template.exists()
+        t0 = time.monotonic()
+        started = ls.ensure_server(second, idle_minutes=5)
+        assert (ls.server_dir(second) / ls.DB).exists()  # seeded before the server started
+        started.wait()
+        seeded = time.monotonic() - t0
+        assert seeded < migrating, (seeded, migrating)
+    finally:
+        for project in (first, second):
+            info = ls.read_info(project)
+            if info is not None:
+                ls.stop(info)
+
+
 def test_whether_a_command_uses_the_projects_server(monkeypatch):
     monkeypatch.delenv(ls.EPHEMERAL_ENV, raising=False)
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
@@ -46,6 +76,13 @@ def test_whether_a_command_uses_the_projects_server(monkeypatch):
     monkeypatch.setenv(ls.IDLE_ENV, "soon")
     with pytest.raises(ls.ServerError, match="not a number of minutes"):
         ls.idle_minutes_from_env()
+    monkeypatch.setenv(ls.TEMPLATE_ENV, "off")
+    assert ls.template_path() is None
+    monkeypatch.delenv(ls.TEMPLATE_ENV)
+    monkeypatch.setenv("XDG_CACHE_HOME", "/somewhere")
+    assert ls.template_path() == Path(f"/somewhere/backtest/prefect-{ls.prefect_version()}.db")
+    monkeypatch.setenv("PREFECT_SERVER_DATABASE_CONNECTION_URL", "postgresql+asyncpg://x/y")
+    assert ls.template_path() is None  # only Prefect's own SQLite database
 
 
 def test_a_record_is_used_only_for_a_live_server_of_this_home_and_version(tmp_path):
