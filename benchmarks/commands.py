@@ -92,9 +92,9 @@ def stop_server(project: Path) -> None:
 def measure_run_commands(store: Any, runs_dir: Path, log: Log) -> dict[str, Any]:
     """``backtest run`` on the whole store in a new project: the first command (it starts the project's server
     on a new home), cold again with the server up, and warm."""
-    project = runs_dir / "command-project"
+    project = (runs_dir / "command-project").resolve()
     env = command_env()
-    base = ["run", "--store", str(store.root)]
+    base = ["run", "--store", str(store.root.resolve())]
     out: dict[str, Any] = {}
     try:
         for label, wipe in (("first", True), ("cold", True), ("warm", False)):
@@ -115,14 +115,16 @@ def measure_run_commands(store: Any, runs_dir: Path, log: Log) -> dict[str, Any]
 
 def measure_demo(runs_dir: Path, symbols: int, years: float, log: Log) -> dict[str, Any]:
     """``backtest demo`` twice in a new project with numba's cache empty, as on a fresh clone: the first
-    compiles the kernels (while its server starts and its market is made), the second finds them."""
-    project = runs_dir / "demo-project"
+    compiles the kernels (while its server starts and its market is made), the second finds them; its study's
+    cache is removed before it, so both flows do the same work."""
+    project = (runs_dir / "demo-project").resolve()
     cache = Path(tempfile.mkdtemp(prefix="backtest-bench-numba-"))
     env = command_env(NUMBA_CACHE_DIR=str(cache))
     args = ["demo", "--folder", "demo", "--symbols", str(symbols), "--years", f"{years:g}"]
     out: dict[str, Any] = {"symbols": symbols, "years": years}
     try:
         for label in ("first", "second"):
+            shutil.rmtree(project / "demo" / "store" / "cache", ignore_errors=True)
             run = backtest(args, project, project / "demo" / "results", env)
             out[label] = run
             log(

@@ -293,7 +293,7 @@ def measure_ranking(
         f"{seconds:.2f} s for {k} of them, total returns "
         f"{'agree' if out['naive']['check']['ok'] else 'DISAGREE'} (max diff {out['naive']['check']['max_abs_diff']:.1e})"
     )
-    out["command"] = cmd = measure_command(store, grid, workers, runs_dir / "rank-project")
+    out["command"] = cmd = measure_command(store, grid, workers, (runs_dir / "rank-project").resolve())
     log(
         f"ranking: as a user runs it (`backtest run`, a new process and project, cold): the command "
         f"{cmd['wall_seconds']:.1f} s, its flow {cmd.get('flow_seconds') or float('nan'):.2f} s, peak RSS of its "
@@ -313,7 +313,15 @@ def measure_command(store: Any, grid: dict[str, list[float]], workers: int, proj
     from benchmarks.commands import backtest, command_env, server_rss_mb, stop_server
 
     shutil.rmtree(store.root / "cache", ignore_errors=True)
-    args = ["run", "--store", str(store.root), "--out", str(project / "out"), "--strategy", "momentum_rank"]
+    args = [
+        "run",
+        "--store",
+        str(store.root.resolve()),
+        "--out",
+        str(project / "out"),
+        "--strategy",
+        "momentum_rank",
+    ]
     for name, values in grid.items():
         args += ["--param", f"{name}={','.join(f'{v:g}' for v in values)}"]
     args += ["--rebalance", str(REBALANCE), "--workers", str(workers)]

@@ -1079,7 +1079,7 @@ def _rank_goals(p: dict[str, Any], r: dict[str, Any], at_w: bool, reduced: str) 
             "cross-sectional peak RSS, `backtest run` cold and the project's server, MB",
             f"<= {MEMORY_GOAL_MB:g} MB",
             whole,
-            peak <= MEMORY_GOAL_MB if at_w else None,
+            peak <= MEMORY_GOAL_MB if at_w and whole is not None else None,
             "" if at_w else reduced,
             f"the command's process tree {command.get('peak_rss_with_children_mb') or math.nan:,.0f} MB, the "
             f"server {command.get('server_rss_mb') or math.nan:,.0f} MB; the command "

@@ -261,7 +261,8 @@ def print_report(run: Any, console: Any) -> None:
     console.print(goals)
     for g in run.goals:
         if g.met is False:
-            console.print(Text(f"MISSED {g.name}: {g.value:,.3g} vs {g.target}; {g.why}"))
+            value = "n/a" if g.value is None else f"{g.value:,.3g}"
+            console.print(Text(f"MISSED {g.name}: {value} vs {g.target}; {g.why}"))
     if run.problems:
         console.print("[bold red]problems (wrong results):[/]")
         for line in run.problems:

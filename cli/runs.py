@@ -56,7 +56,7 @@ class Api:
 
     def warm(self, strategy: str) -> None:
         """Load (or on a new machine compile) the study's kernels while the new server starts."""
-        if self.started is None or not self.started.new or self._warm is not None:
+        if self.started is None or self._warm is not None:
             return
         from backtest.engine.warmup import warm_up
 
@@ -79,7 +79,7 @@ class Api:
             self.started.wait()
         except ServerError as exc:
             raise ApiError(str(exc)) from None
-        if self._warm is not None:
+        if self._warm is not None and self.started.new:
             self._warm.join()
 
     def done(self) -> None:
