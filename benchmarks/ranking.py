@@ -92,6 +92,7 @@ def core_portfolios(piece: RankSlice) -> np.ndarray:
     """Each combination's total return over the whole calendar: the core's scores and portfolio kernel."""
     panel, plan = piece.clean, piece.plan
     scores = chunk_scores(plan, panel)
+    scores.flags.writeable = False
     block = form_block(
         plan, market_of(panel), lambda s: lambda: [(0, scores[s])], list(range(len(plan.combos)))
     )

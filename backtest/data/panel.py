@@ -44,6 +44,13 @@ class PricePanel:
                     f"PricePanel.{name} must be a C-contiguous float64 array of shape {shape}, "
                     f"got {arr.dtype} {arr.shape}"
                 )
+            if arr.flags.writeable:
+                # a read-only view: prices are never written, and the kernels then see one type of array,
+                # whether the prices were fetched from the store or mapped from a price file (each type is
+                # another compilation of every kernel, on a machine that never ran them)
+                arr = arr.view()
+                arr.flags.writeable = False
+                object.__setattr__(self, name, arr)
 
     @property
     def n_symbols(self) -> int:

@@ -17,7 +17,24 @@ from backtest.data.panel import PricePanel
 from backtest.engine.strategies import get_strategy
 
 #: a market just big enough for a fold of every strategy's slowest built-in indicator (252 bars)
-_SYMBOLS, _YEARS = 6, 6.0
+_SYMBOLS, _BARS = 6, 1512
+
+
+def tiny_market() -> PricePanel:
+    """Random walks on weekdays from 2001, with a gap: made with NumPy alone (the synthetic universe's own
+    kernels would be compiled too, on a machine that never ran them)."""
+    rng = np.random.default_rng(1)
+    dates = np.busday_offset(np.datetime64("2001-01-01"), np.arange(_BARS), roll="forward").astype(
+        "datetime64[D]"
+    )
+    close = 50.0 * np.exp(np.cumsum(rng.normal(0.0003, 0.015, (_SYMBOLS, _BARS)), axis=1))
+    open_ = close * np.exp(rng.normal(0.0, 0.004, close.shape))
+    high = np.maximum(open_, close) * 1.005
+    low = np.minimum(open_, close) * 0.995
+    volume = np.full(close.shape, 1e6)
+    for field in (open_, high, low, close, volume):
+        field[0, 100:105] = np.nan  # a symbol with missing days, as real ones have
+    return PricePanel(tuple(f"S{i}" for i in range(_SYMBOLS)), dates, open_, high, low, close, volume)
 
 
 def warm_up(strategy: str) -> float:
@@ -25,11 +42,9 @@ def warm_up(strategy: str) -> float:
 
     A user's strategy is run too (a Python function costs nothing to warm, but its kernels may be numba's).
     """
-    from backtest.data.synthetic import generate_panel
-
     t0 = time.perf_counter()
     chosen = get_strategy(strategy)
-    panel = generate_panel(_SYMBOLS, _YEARS, seed=1)
+    panel = tiny_market()
     _align(panel)
     _, combos = chosen.combinations(None)
     grid = ParamGrid.from_mapping({n: [float(v)] for n, v in zip(chosen.params, combos[0], strict=True)})
@@ -57,12 +72,8 @@ def _align(panel: PricePanel) -> None:
 
 
 def _ranking(config: StudyConfig, panel: PricePanel) -> None:
-    """The whole study in memory, and the block kernels once more on read-only scores, as the flow's blocks
-    read them from memory-mapped files (another specialisation of the same kernels)."""
-    from backtest.ranking.portfolio import Construction, score_days
-    from backtest.ranking.study import RankingPlan, chunk_scores, market_of, run_cross_sectional
+    """The whole study in memory (its blocks read read-only scores, as the flow's from their files)."""
+    from backtest.ranking.portfolio import Construction
+    from backtest.ranking.study import run_cross_sectional
 
-    plan: RankingPlan = run_cross_sectional(config, Construction(top=2), panel).plan
-    scores = chunk_scores(plan, panel)
-    scores.setflags(write=False)
-    score_days(market_of(panel), lambda: [(0, scores[0])], [plan.construction_of(0)])
+    run_cross_sectional(config, Construction(top=2), panel)

@@ -107,6 +107,11 @@ class Market:
     open: np.ndarray
     member: np.ndarray
 
+    def __post_init__(self) -> None:
+        # read-only views, as a PricePanel's: the kernels see one type of array however the market was made
+        for name in ("close", "open", "member"):
+            object.__setattr__(self, name, readonly(getattr(self, name)))
+
     @functools.cached_property
     def last_bar(self) -> np.ndarray:
         has = ~np.isnan(self.close)
@@ -143,6 +148,16 @@ class Simulation:
     snaps: np.ndarray  # end-of-day weights of the snapshot days (days x symbols)
     log_days: np.ndarray  # rebalance days logged
     log_targets: np.ndarray  # their targets (days x symbols)
+
+
+def readonly(arr: np.ndarray) -> np.ndarray:
+    """``arr`` itself when read-only, else a read-only view of it (numba compiles each kernel once per type
+    of its arguments, and a writable array is another type than a read-only one)."""
+    if not arr.flags.writeable:
+        return arr
+    view = arr.view()
+    view.flags.writeable = False
+    return view
 
 
 #: a score combination's scores as pieces of the market's rows: (first row, rows x days float32), in row order
@@ -211,7 +226,7 @@ def bench_days(market: Market, first: int, rebalance: int) -> ScoreDays:
     values = np.empty((len(days), market.n_symbols), np.float32)
     for r0 in range(0, market.n_symbols, _BENCH_ROWS):
         close, member, last_bar, _ = _rows(market, r0, min(_BENCH_ROWS, market.n_symbols - r0), False)
-        bars = np.where(np.isnan(close), np.float32(np.nan), np.float32(0.0))
+        bars = readonly(np.where(np.isnan(close), np.float32(np.nan), np.float32(0.0)))
         portfolio_nb.gather_days_nb(bars, close, member, last_bar, days, values, r0)
     return _score_days(market, days, values, False)
 
@@ -237,7 +252,7 @@ def simulate(
     (then ``first`` is its first rebalance, from ``score_days``); ``first`` forces the first rebalance day
     (the benchmark follows the strategy's)."""
     if isinstance(scores, np.ndarray):
-        whole = np.ascontiguousarray(scores, np.float32)
+        whole = readonly(np.ascontiguousarray(scores, np.float32))
         days, firsts = score_days(market, lambda: [(0, whole)], [construction])
         if first is None:
             first = firsts[0]

@@ -578,6 +578,7 @@ def run_cross_sectional(
     timings["scores"] = time.perf_counter() - t
     t = time.perf_counter()
     market = market_of(panel, membership)
+    scores.flags.writeable = False  # as the flow's blocks read them, memory-mapped (one type for the kernels)
     block = form_block(plan, market, lambda s: lambda: [(0, scores[s])], list(range(len(plan.combos))))
     timings["portfolios"] = time.perf_counter() - t
     result = walk_forward(plan, panel.symbols, panel.dates, [block])
