@@ -264,8 +264,9 @@ def orchestration_heavy(p: RunProfile) -> Recommendation | None:
     return Recommendation(
         "orchestration-overhead",
         f"{p.orchestration_overhead:.1f} s ({share:.0%}) of the {p.wall:.1f} s run was orchestration. "
-        f"Use fewer, larger chunks ({len(p.chunks)} now), and run against a Prefect server that is already "
-        "up (PREFECT_API_URL) instead of a fresh ephemeral one.",
+        f"Use fewer, larger chunks ({len(p.chunks)} now); and keep to a Prefect server that stays up between "
+        "runs (the project's, which `backtest run` starts once and reuses, or PREFECT_API_URL), not a server "
+        "of the run's own (--ephemeral).",
         {"overhead_s": p.orchestration_overhead, "share": share, "chunks": len(p.chunks)},
     )
 
