@@ -165,6 +165,7 @@ def run_cross_sectional(params: StudyParams, watch: RunWatch, runner_factory: An
         preload_report()  # matplotlib's import overlaps the run instead of delaying the report
     summary = _summary(params, run, len(blocks))
     with clock.phase("backtest"):
+        watch.start_progress()
         submit(run, source, blocks, watched, watch, summary, runner_factory)
     watch.backtest_done()
     if not summary.failed:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import uuid
 
 import numpy as np
 import pandas as pd
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 from typer.testing import CliRunner
 
 from backtest.config import FoldSpec, ParamGrid, StudyConfig
@@ -122,6 +125,18 @@ def test_a_ranking_run_is_profiled_reported_and_persisted(store, tmp_path):
     run = read_run(db, summary["flow_run_id"])
     assert run.state == "Completed" and run.summary["kind"] == "cross_sectional"
     assert len(read_holdings(db, run.id)) == len(pd.read_parquet(out / "holdings.parquet"))
+    # the artifacts a user sees on the flow run in the UI, the progress at 100 % over every task
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[uuid.UUID(summary["flow_run_id"])])
+            )
+        )
+    by_key = {a.key: a for a in found}
+    assert {"study-progress", "study-summary", "study-report"} <= set(by_key)
+    assert by_key["study-progress"].data == 100.0
+    assert f"{counts['chunks']}/{counts['chunks']} chunks" in by_key["study-progress"].description
+    assert "# Cross-sectional study: momentum_rank" in by_key["study-summary"].data
 
 
 _FAIL_ON: dict[str, str] = {}  # symbol -> marker file: while it exists, scoring a chunk with it fails
