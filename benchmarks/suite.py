@@ -735,15 +735,16 @@ def measure_flow(store: Any, sizes: BenchSizes, piece: Slice, runs_dir: Path, lo
             f"{cache.get('hits', '?')} hits / {cache.get('misses', '?')} misses), peak RSS of the process "
             f"tree {run['peak_rss_with_children_mb']:,.0f} MB"
         )
-    sliced = base.model_copy(
-        update={
+    sliced = StudyParams(  # validated anew, so the grid's integers are read as the field's numbers
+        **base.model_dump()
+        | {
             "out": str(runs_dir / "slice"),
             "symbols": list(piece.symbols),
             "grid": GRIDS[COMPARISON_GRID],
             "fees_bps": COMPARISON_FEES_BPS,
         }
     )
-    out["slice"] = run_flow(StudyParams(**sliced.model_dump()), "flow on the slice")
+    out["slice"] = run_flow(sliced, "flow on the slice")
     log(f"flow: the slice, cold: {out['slice']['wall_seconds']:.2f} s ({out['slice']['state']})")
     return out
 
