@@ -77,6 +77,18 @@ def write_text(path: Path, text: str) -> Path:
     return path
 
 
+def write_tables(out: Path, tables: dict[str, Any]) -> dict[str, Path]:
+    """Each DataFrame of ``tables`` as ``out/<name>.parquet``, one atomic write each: a run killed part-way
+    leaves whole tables and no partial one."""
+    paths = {}
+    for name, frame in tables.items():
+        path = out / f"{name}.parquet"
+        with atomic_path(path) as tmp:
+            frame.to_parquet(tmp, index=False)
+        paths[name] = path
+    return paths
+
+
 def write_json(path: Path, data: dict[str, Any]) -> Path:
     """``data`` as indented JSON; NaN and infinities become null (JSON has no such numbers)."""
     return write_text(path, json.dumps(json_safe(data), indent=2, sort_keys=False, default=str) + "\n")

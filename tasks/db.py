@@ -20,6 +20,15 @@ from backtest.results.cache import CacheLayout
 from backtest.results.summary import ChunkOutcome, RunSummary
 from tasks.chunks import retry_transient
 
+#: a write of a run's rows: retried twice when the database was briefly unreachable or locked, never cached
+#: (the rows are its result: nothing for Prefect to keep)
+_WRITE: dict[str, Any] = {
+    "retries": 2,
+    "retry_delay_seconds": exponential_backoff(backoff_factor=1),
+    "retry_condition_fn": retry_transient,
+    "persist_result": False,
+}
+
 __all__ = [
     "chunk_records",
     "maintain_db",
@@ -66,13 +75,7 @@ def chunk_records(
     return records
 
 
-@task(
-    name="persist-results",
-    retries=2,
-    retry_delay_seconds=exponential_backoff(backoff_factor=1),
-    retry_condition_fn=retry_transient,
-    persist_result=False,
-)
+@task(name="persist-results", **_WRITE)
 def persist_results(
     db_url: str,
     flow_run_id: str,
@@ -199,13 +202,7 @@ def maintain_after(db_url: str, persisted: dict[str, Any], mark: Mapping[str, Qu
     }
 
 
-@task(
-    name="persist-ranking-results",
-    retries=2,
-    retry_delay_seconds=exponential_backoff(backoff_factor=1),
-    retry_condition_fn=retry_transient,
-    persist_result=False,
-)
+@task(name="persist-ranking-results", **_WRITE)
 def persist_ranking_results(
     db_url: str, price_source: str, summary: dict[str, Any], collected_key: str | None
 ) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from backtest.atomic import atomic_path
+from backtest.atomic import write_tables
 from backtest.config import OBJECTIVES, ParamGrid, StudyConfig
 from backtest.data.panel import PricePanel
 from backtest.defaults import SPA_REPS, SPA_SEED
@@ -490,7 +490,6 @@ class StudyResult:
 
     def save(self, out: Path) -> dict[str, Path]:
         """Write the result tables as Parquet into ``out`` (atomically, file by file)."""
-        out.mkdir(parents=True, exist_ok=True)
         files = {
             "selections": self.selections,
             **({"oos_returns": self.oos_returns} if self.oos_returns is not None else {}),
@@ -500,13 +499,7 @@ class StudyResult:
             "trials": self.trials.to_frame(),
             "cscv": self.overfitting.splits_frame(),
         }
-        paths = {}
-        for name, frame in files.items():
-            path = out / f"{name}.parquet"
-            with atomic_path(path) as tmp:
-                frame.to_parquet(tmp, index=False)
-            paths[name] = path
-        return paths
+        return write_tables(out, files)
 
 
 class _OosParts:

@@ -76,6 +76,20 @@ def score_row_nb(kind: int, params: np.ndarray, close: np.ndarray, out: np.ndarr
 
 
 @njit(nogil=True, cache=True)
+def own_bars_nb(close: np.ndarray, idx: np.ndarray, row: np.ndarray) -> int:
+    """A symbol's bars without its gaps: their closes into ``row`` and calendar days into ``idx``; returns
+    how many (a score counts a lookback in the symbol's own bars, not in calendar days)."""
+    m = 0
+    for t in range(close.shape[0]):
+        c = close[t]
+        if c == c:
+            idx[m] = t
+            row[m] = c
+            m += 1
+    return m
+
+
+@njit(nogil=True, cache=True)
 def builtin_scores_nb(kind: int, params: np.ndarray, close: np.ndarray, out: np.ndarray) -> None:
     """Scores of every parameter row of ``params`` into ``out`` (rows x symbols x bars, float32; NaN where
     undefined or without a bar). Each symbol's bars are compacted once for all the rows."""
@@ -84,13 +98,7 @@ def builtin_scores_nb(kind: int, params: np.ndarray, close: np.ndarray, out: np.
     row = np.empty(n_bars)
     work = np.empty(n_bars)
     for i in range(n_sym):
-        m = 0
-        for t in range(n_bars):
-            c = close[i, t]
-            if c == c:
-                idx[m] = t
-                row[m] = c
-                m += 1
+        m = own_bars_nb(close[i], idx, row)
         for r in range(params.shape[0]):
             out[r, i, :] = np.nan
             score_row_nb(kind, params[r], row[:m], work[:m])
@@ -107,13 +115,7 @@ def own_volatility_nb(close: np.ndarray, window: int) -> np.ndarray:
     row = np.empty(n_bars)
     work = np.empty(n_bars)
     for i in range(n_sym):
-        m = 0
-        for t in range(n_bars):
-            c = close[i, t]
-            if c == c:
-                idx[m] = t
-                row[m] = c
-                m += 1
+        m = own_bars_nb(close[i], idx, row)
         rolling_std_nb(row[:m], window, work[:m])
         for j in range(m):
             out[i, idx[j]] = work[j]

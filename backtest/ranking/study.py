@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from backtest.atomic import atomic_path
+from backtest.atomic import atomic_path, write_tables
 from backtest.config import ParamGrid, StudyConfig
 from backtest.data.panel import PricePanel
 from backtest.defaults import SPA_REPS, SPA_SEED
@@ -301,7 +301,6 @@ class CrossSectionalResult:
 
     def save(self, out: Path) -> dict[str, Path]:
         """The result tables as Parquet in ``out``, each written atomically."""
-        out.mkdir(parents=True, exist_ok=True)
         files = {
             "selections": self.selections,
             "portfolio": self.portfolio,
@@ -310,13 +309,7 @@ class CrossSectionalResult:
             "trials": self.trials.to_frame(),
             "cscv": self.overfitting.splits_frame(),
         }
-        paths = {}
-        for name, frame in files.items():
-            path = out / f"{name}.parquet"
-            with atomic_path(path) as tmp:
-                frame.to_parquet(tmp, index=False)
-            paths[name] = path
-        return paths
+        return write_tables(out, files)
 
     def figures(self) -> dict[str, object]:
         """What summary.json says about the results (with the names the timing study's printing and
